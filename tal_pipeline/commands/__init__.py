@@ -1,0 +1,1 @@
+"""One module per ``tal`` verb; each defines a click command named ``command``."""

@@ -1,0 +1,12 @@
+"""`tal train`: not built yet."""
+
+import click
+
+from tal_pipeline.errors import NotAvailableError
+
+
+@click.command("train", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def command(args):
+    """(not available yet in this version)"""
+    raise NotAvailableError("'tal train' is not available yet in this version")

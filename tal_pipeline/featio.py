@@ -1,0 +1,212 @@
+"""Feature files: ``<id>.npy`` (float32 (T, D)) and ``<id>.json`` (:class:`FeatureMeta`).
+
+The ``.npy`` alone is what ActionFormer-style trainers read; the ``.json`` carries time: feature i
+is centred at ``t0 + i * step`` seconds. The ``.json`` is written last, so its presence (with a
+matching shape) marks a complete pair: a run killed between the two writes is redone on resume.
+
+Foreign, meta-less ``.npy`` files (e.g. the public THUMOS14 I3D features) load when the caller
+gives ``fps`` (frames per second of the video the features came from) and ``feature_stride``
+(frames per feature step): ``step = feature_stride / fps`` and, with ActionFormer's convention,
+feature i covers a ``window_frames`` window starting at frame ``i * feature_stride``, so
+``t0 = 0.5 * window_frames / fps``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tal_pipeline.errors import InputError
+from tal_pipeline.fsutil import atomic_save_npy, atomic_write_json
+
+META_FORMAT = "tal-pipeline/features-1"
+
+
+@dataclass(frozen=True)
+class FeatureMeta:
+    video: str  # source video path (or id for foreign features)
+    duration: float  # seconds
+    fps: float  # sampled frames per second the features were computed at
+    feature_stride: int  # frames per feature step
+    t0: float  # centre time of feature 0, seconds
+    step: float  # seconds between consecutive features
+    backbone: str  # e.g. "r3d_18"; "unknown" for foreign features
+    weights: str  # weights id and checksum, e.g. "seeded:sha256:..."; "unknown" if foreign
+    streams: tuple[str, ...]  # e.g. ("rgb", "flow")
+    dim: int  # D
+    num_features: int  # T
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def times(self) -> np.ndarray:
+        """Centre time of every feature, seconds: float64 (T,)."""
+        return self.t0 + self.step * np.arange(self.num_features, dtype=np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["streams"] = list(self.streams)
+        d["format"] = META_FORMAT
+        return d
+
+
+_REQUIRED = {
+    "video": str,
+    "duration": (int, float),
+    "fps": (int, float),
+    "feature_stride": int,
+    "t0": (int, float),
+    "step": (int, float),
+    "dim": int,
+    "num_features": int,
+}
+
+
+def meta_from_json(d: Any, source: str = "<meta>") -> FeatureMeta:
+    """Validate a parsed ``.json`` meta; :class:`InputError` names the file and the field."""
+    if not isinstance(d, dict):
+        raise InputError(f"{source}: feature meta must be a JSON object")
+    for key, typ in _REQUIRED.items():
+        if key not in d:
+            raise InputError(f"{source}: feature meta lacks '{key}'")
+        if isinstance(d[key], bool) or not isinstance(d[key], typ):
+            raise InputError(f"{source}: feature meta '{key}' has the wrong type")
+    for key in ("duration", "fps", "step", "t0"):
+        if not math.isfinite(float(d[key])):
+            raise InputError(f"{source}: feature meta '{key}' is not finite")
+    if d["fps"] <= 0 or d["step"] <= 0 or d["feature_stride"] <= 0:
+        raise InputError(f"{source}: feature meta fps, step and feature_stride must be > 0")
+    if d["duration"] < 0 or d["num_features"] < 0 or d["dim"] <= 0:
+        raise InputError(f"{source}: feature meta duration/num_features/dim out of range")
+    streams = d.get("streams", [])
+    if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
+        raise InputError(f"{source}: feature meta 'streams' must be a list of names")
+    known = set(_REQUIRED) | {"backbone", "weights", "streams", "extra", "format"}
+    extra = dict(d.get("extra") or {})
+    extra.update({k: v for k, v in d.items() if k not in known})
+    return FeatureMeta(
+        video=d["video"],
+        duration=float(d["duration"]),
+        fps=float(d["fps"]),
+        feature_stride=int(d["feature_stride"]),
+        t0=float(d["t0"]),
+        step=float(d["step"]),
+        backbone=str(d.get("backbone", "unknown")),
+        weights=str(d.get("weights", "unknown")),
+        streams=tuple(streams),
+        dim=int(d["dim"]),
+        num_features=int(d["num_features"]),
+        extra=extra,
+    )
+
+
+def feature_paths(out_dir: str | os.PathLike, video_id: str) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    return out_dir / f"{video_id}.npy", out_dir / f"{video_id}.json"
+
+
+def save_features(
+    out_dir: str | os.PathLike, video_id: str, array: np.ndarray, meta: FeatureMeta
+) -> tuple[Path, Path]:
+    """Write ``<id>.npy`` then ``<id>.json`` atomically; returns both paths."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2 or array.shape != (meta.num_features, meta.dim):
+        raise ValueError(f"features {array.shape} do not match meta ({meta.num_features}, {meta.dim})")
+    npy, js = feature_paths(out_dir, video_id)
+    atomic_save_npy(npy, array)
+    atomic_write_json(js, meta.to_json())
+    return npy, js
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such features file") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy file ({err})") from None
+    if arr.ndim != 2:
+        raise InputError(f"{path}: features must be 2-D (T, D), got shape {arr.shape}")
+    if arr.dtype.kind != "f":
+        raise InputError(f"{path}: features must be floating point, got {arr.dtype}")
+    arr = np.asarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{path}: features contain NaN or infinite values")
+    return arr
+
+
+def load_features(
+    npy_path: str | os.PathLike,
+    fps: float | None = None,
+    feature_stride: int | None = None,
+    window_frames: int = 16,
+) -> tuple[np.ndarray, FeatureMeta]:
+    """Load ``(array float32 (T, D), meta)``.
+
+    With a sibling ``.json``, its meta is used (``fps``/``feature_stride`` given here override
+    nothing and must agree if given). Without one, ``fps`` and ``feature_stride`` are required.
+    """
+    npy = Path(npy_path)
+    arr = _read_npy(npy)
+    js = npy.with_suffix(".json")
+    if js.exists():
+        try:
+            d = json.loads(js.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"{js}: not valid JSON ({err})") from None
+        meta = meta_from_json(d, str(js))
+        if (meta.num_features, meta.dim) != arr.shape:
+            raise InputError(
+                f"{npy}: shape {arr.shape} does not match its meta "
+                f"({meta.num_features}, {meta.dim})"
+            )
+        return arr, meta
+    if fps is None or feature_stride is None:
+        raise InputError(
+            f"{npy}: no {js.name} beside it; pass --fps and --feature-stride for meta-less features"
+        )
+    if fps <= 0 or feature_stride <= 0:
+        raise InputError(f"{npy}: fps and feature_stride must be > 0")
+    step = feature_stride / fps
+    t0 = 0.5 * window_frames / fps
+    num = arr.shape[0]
+    duration = (num - 1) * step + window_frames / fps if num else 0.0
+    meta = FeatureMeta(
+        video=npy.stem,
+        duration=float(duration),
+        fps=float(fps),
+        feature_stride=int(feature_stride),
+        t0=float(t0),
+        step=float(step),
+        backbone="unknown",
+        weights="unknown",
+        streams=(),
+        dim=int(arr.shape[1]),
+        num_features=int(num),
+        extra={"window_frames": window_frames, "meta_less": True},
+    )
+    return arr, meta
+
+
+def list_feature_files(folder: str | os.PathLike) -> list[Path]:
+    """Sorted ``.npy`` files directly in ``folder`` (not recursive)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder of features")
+    return sorted(p for p in folder.glob("*.npy") if p.is_file())
+
+
+def is_complete(out_dir: str | os.PathLike, video_id: str) -> bool:
+    """True when both files exist and the meta matches the array's shape (resume check)."""
+    npy, js = feature_paths(out_dir, video_id)
+    if not (npy.is_file() and js.is_file()):
+        return False
+    try:
+        load_features(npy)
+    except InputError:
+        return False
+    return True

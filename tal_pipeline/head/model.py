@@ -1,0 +1,215 @@
+"""The detection head: stage-1 coarse predictions, TSA, TPP, final predictions.
+
+Architecture (METHOD.md), for features ``y (B, T, D)`` with a padding mask ``(B, T)``::
+
+    y ──embed──▶ x (B,H,T) ──stem──▶ x ──stage-1 heads──▶ cls1 (B,T,C), reg1 (B,T,2), act1 (B,T)
+                                      │                        │
+                                      └──────── TSA (A, B, M → G) ◀──┘
+                                                  │ y_hat (B,H,T)
+                                   TPP(y_hat ⊕ sigmoid(act1)) ──▶ final heads ──▶ cls, reg, act
+
+All distances are in feature steps (``reg[..., 0]`` back to the start, ``reg[..., 1]`` on to the
+end of the instance around each position). Layers are convolutions plus attention inside a
+window, so padded positions never change outputs at valid positions.
+
+Long videos (:meth:`HeadModel.infer`) run in windows of ``window`` steps that overlap by
+``overlap`` steps (hop = window - overlap, a multiple of the TPP pooling factor so the pooling
+grid matches the whole-video grid); each position keeps its prediction from the window where
+it is most central (window ``k`` owns ``[k*hop + overlap/2, (k+1)*hop + overlap/2)``; the first
+and last windows own up to the video's ends). Merging happens before NMS, and memory grows
+linearly with T (``batch_windows`` windows at a time).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tal_pipeline.head.tpp import ChannelNorm, ConvNormReLU, TemporalPyramidPooling
+from tal_pipeline.head.tsa import TSA_MODES, TemporalSelfAttention
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Options of the head; stored in checkpoints (``asdict``), so only plain values."""
+
+    input_dim: int  # D, feature channels (1024 for our two-stream r3d_18, 2048 for public I3D)
+    num_classes: int  # C, action classes (background implied)
+    hidden_dim: int = 128  # H, channels inside the head
+    stem_layers: int = 2  # shared 3-tap conv layers before the stage-1 heads
+    head_layers: int = 1  # conv layers in each class/regression head before its output conv
+    tsa: str = "full"  # "full" (A, B, M fused into G), "plain" (G = M) or "none"
+    tpp: bool = True  # temporal pyramid pooling before the final heads (off: heads read y_hat)
+    tpp_dilations: tuple[int, ...] = (1, 2, 4)  # dilated branches (eq. 8), rates in steps
+    tpp_strides: tuple[int, ...] = (2, 4)  # strided pyramid levels (eq. 7), pooling factors
+    reg_init: float = 4.0  # initial scale of predicted distances, feature steps
+    prior_prob: float = 0.01  # initial class probability (focal-loss bias init)
+    window: int = 256  # inference window, feature steps (training windows default to the same)
+    overlap: int = 64  # overlap of consecutive inference windows, feature steps
+
+    def __post_init__(self):
+        if self.tsa not in TSA_MODES:
+            raise ValueError(f"tsa must be one of {TSA_MODES}, got {self.tsa!r}")
+        if self.input_dim < 1 or self.num_classes < 1 or self.hidden_dim < 1:
+            raise ValueError("input_dim, num_classes and hidden_dim must be positive")
+        if not 0 <= self.overlap < self.window:
+            raise ValueError("need 0 <= overlap < window")
+        multiple = max(self.tpp_strides, default=1) if self.tpp else 1
+        if (self.window - self.overlap) % multiple:
+            raise ValueError(f"window - overlap must be a multiple of {multiple} (TPP pooling)")
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists instead of tuples) for checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeadConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (``TypeError``)."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise TypeError(f"unknown head config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class HeadOutputs:
+    """Raw outputs, all ``(B, T, ...)``; distances in feature steps, >= 0."""
+
+    cls1: torch.Tensor  # (B, T, C) stage-1 class logits
+    reg1: torch.Tensor  # (B, T, 2) stage-1 distances to start / end
+    act1: torch.Tensor  # (B, T) stage-1 actionness logits
+    cls: torch.Tensor  # (B, T, C) final class logits
+    reg: torch.Tensor  # (B, T, 2) final distances
+    act: torch.Tensor  # (B, T) final actionness logits
+
+
+class PredictionHeads(nn.Module):
+    """Class logits, distances and actionness from ``(B, H, T)`` features."""
+
+    def __init__(self, dim: int, num_classes: int, layers: int, reg_init: float, prior_prob: float):
+        super().__init__()
+        self.cls_tower = nn.ModuleList(ConvNormReLU(dim, dim) for _ in range(layers))
+        self.reg_tower = nn.ModuleList(ConvNormReLU(dim, dim) for _ in range(layers))
+        self.cls_out = nn.Conv1d(dim, num_classes, 3, padding=1)
+        self.reg_out = nn.Conv1d(dim, 2, 3, padding=1)
+        self.act_out = nn.Conv1d(dim, 1, 3, padding=1)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(reg_init)))  # distances' unit, steps
+        nn.init.constant_(self.cls_out.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = x
+        for layer in self.cls_tower:
+            c = layer(c, mask)
+        r = x
+        for layer in self.reg_tower:
+            r = layer(r, mask)
+        cls = self.cls_out(c).transpose(1, 2)  # (B, H, T) -> (B, T, C)
+        reg = F.softplus(self.reg_out(r)).transpose(1, 2) * self.log_scale.exp()  # (B, T, 2) steps
+        act = self.act_out(x)[:, 0]  # (B, T)
+        return cls, reg, act
+
+
+class HeadModel(nn.Module):
+    """Stage-1 + TSA + TPP + final heads (see the module docstring)."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        h = config.hidden_dim
+        self.embed = nn.Conv1d(config.input_dim, h, 1)
+        self.embed_norm = ChannelNorm(h)
+        self.stem = nn.ModuleList(ConvNormReLU(h, h) for _ in range(config.stem_layers))
+        self.stage1 = PredictionHeads(h, config.num_classes, config.head_layers, config.reg_init, config.prior_prob)
+        self.tsa = TemporalSelfAttention(h, config.tsa)
+        self.tpp = TemporalPyramidPooling(h, config.tpp_dilations, config.tpp_strides) if config.tpp else None
+        self.final = PredictionHeads(h, config.num_classes, config.head_layers, config.reg_init, config.prior_prob)
+
+    def length_multiple(self) -> int:
+        """Inputs are padded inside :meth:`forward` to a multiple of this many steps."""
+        return self.tpp.length_multiple() if self.tpp is not None else 1
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> HeadOutputs:
+        """``features (B, T, D)`` float, ``mask (B, T)`` bool (True = valid) -> :class:`HeadOutputs`.
+
+        Outputs at padded positions are meaningless (the losses ignore them).
+        """
+        b, t, _ = features.shape
+        if mask is None:
+            mask = torch.ones(b, t, dtype=torch.bool, device=features.device)
+        pad = -t % self.length_multiple()
+        if pad:  # the pooling grid must not depend on how much padding the caller added
+            features = F.pad(features, (0, 0, 0, pad))
+            mask = F.pad(mask, (0, pad), value=False)
+        fmask = mask[:, None, :].to(features.dtype)  # (B, 1, T')
+
+        x = self.embed(features.transpose(1, 2) * fmask)  # (B, D, T') -> (B, H, T')
+        x = torch.relu(self.embed_norm(x)) * fmask
+        for layer in self.stem:
+            x = layer(x, mask)  # (B, H, T')
+        cls1, reg1, act1 = self.stage1(x, mask)  # (B, T', C), (B, T', 2), (B, T')
+
+        y_hat = self.tsa(x, mask, cls1, reg1.detach(), act1)  # (B, H, T')
+        if self.tpp is not None:
+            refined = self.tpp(y_hat, torch.sigmoid(act1)[:, None, :], mask)  # (B, H, T')
+        else:
+            refined = y_hat
+        cls, reg, act = self.final(refined, mask)  # (B, T', C), (B, T', 2), (B, T')
+        return HeadOutputs(cls1[:, :t], reg1[:, :t], act1[:, :t], cls[:, :t], reg[:, :t], act[:, :t])
+
+    @torch.no_grad()
+    def infer(
+        self, features: torch.Tensor, window: int | None = None, overlap: int | None = None, batch_windows: int = 16
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Whole-video inference in overlapping windows (memory linear in T).
+
+        Args:
+            features: ``(T, D)`` float tensor on the model's device.
+            window, overlap: steps; default to the config's.
+            batch_windows: windows per forward pass (bounds peak memory).
+
+        Returns:
+            class probabilities ``(T, C)`` (sigmoid of the final logits), distances ``(T, 2)``
+            (steps) and actionness ``(T,)`` (sigmoid), merged across windows.
+        """
+        window = window or self.config.window
+        overlap = self.config.overlap if overlap is None else overlap
+        t = features.shape[0]
+        if t <= window:
+            out = self(features[None])
+            return torch.sigmoid(out.cls[0]), out.reg[0], torch.sigmoid(out.act[0])
+        hop = window - overlap
+        starts = list(range(0, t - overlap, hop))  # the last window reaches the end (padded)
+        if starts[-1] + window < t:
+            starts.append(starts[-1] + hop)
+        c = self.config.num_classes
+        probs = features.new_empty(t, c)
+        dist = features.new_empty(t, 2)
+        act = features.new_empty(t)
+        for i in range(0, len(starts), batch_windows):
+            group = starts[i : i + batch_windows]
+            batch = features.new_zeros(len(group), window, features.shape[1])  # (nW, W, D)
+            mask = torch.zeros(len(group), window, dtype=torch.bool, device=features.device)
+            for j, s in enumerate(group):
+                n = min(window, t - s)
+                batch[j, :n] = features[s : s + n]
+                mask[j, :n] = True
+            out = self(batch, mask)
+            for j, s in enumerate(group):
+                k = i + j
+                own0 = 0 if k == 0 else s + overlap // 2  # positions this window owns
+                own1 = t if k == len(starts) - 1 else s + hop + overlap // 2
+                own1 = min(own1, t)
+                probs[own0:own1] = torch.sigmoid(out.cls[j, own0 - s : own1 - s])
+                dist[own0:own1] = out.reg[j, own0 - s : own1 - s]
+                act[own0:own1] = torch.sigmoid(out.act[j, own0 - s : own1 - s])
+        return probs, dist, act
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

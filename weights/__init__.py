@@ -1,0 +1,1 @@
+"""Shipped model checkpoints (the demo detector). Installed as ``tal_pipeline.weights``."""
