@@ -267,8 +267,8 @@ def evaluate(
             used += 1
     if ignored_videos:
         log.warning(
-            "ignored %d predictions of %d videos not in the ground truth: %s",
-            num_ignored_video, len(ignored_videos), _few(ignored_videos),
+            "%d predicted videos are not in the ground truth, their %d predictions are ignored: %s",
+            len(ignored_videos), num_ignored_video, _few(ignored_videos),
         )
     if ignored_labels:
         log.warning(
@@ -277,9 +277,13 @@ def evaluate(
         )
     missing = [vid for vid in gt.videos if vid not in videos_with_predictions]
     if missing:
+        hint = ""
+        if len(gt.subsets) > 1:
+            mix = ", ".join(f"{s or '(none)'}: {n} videos" for s, n in gt.subsets.items())
+            hint = f" (the ground truth mixes subsets {mix}: choose one with subset= / --subset)"
         log.warning(
-            "%d of %d ground-truth videos have no predictions (their instances count as missed): %s",
-            len(missing), len(gt.videos), _few(missing),
+            "%d of %d ground-truth videos have no predictions (their instances count as missed): %s%s",
+            len(missing), len(gt.videos), _few(missing), hint,
         )
 
     ap = np.zeros((len(classes), thr.size))  # (C, Th)

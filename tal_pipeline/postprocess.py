@@ -132,7 +132,8 @@ def soft_nms(
     - ``"linear"``: ``score_j *= 1 - iou`` where ``iou > iou_threshold``;
     - ``"hard"``: ``score_j = 0`` where ``iou > iou_threshold`` (classic NMS).
 
-    Segments whose score falls below ``min_score`` are dropped. Stops after ``max_keep`` picks.
+    Segments whose score falls below ``min_score`` (or reaches 0) are dropped. Stops after
+    ``max_keep`` picks.
 
     Args:
         segments: ``(K, 2)`` (start, end), any time unit.
@@ -145,30 +146,28 @@ def soft_nms(
     if method not in NMS_METHODS:
         raise ValueError(f"method must be one of {NMS_METHODS}, got {method!r}")
     segs = np.asarray(segments, dtype=np.float64).reshape(-1, 2)  # (K, 2)
-    cur = np.array(scores, dtype=np.float64).reshape(-1)  # (K,) decayed in place
+    cur = np.array(scores, dtype=np.float64).reshape(-1)  # (K,) current (decayed) scores
     if segs.shape[0] != cur.shape[0]:
         raise ValueError(f"segments {segs.shape} and scores {cur.shape} disagree")
     limit = segs.shape[0] if max_keep is None else min(int(max_keep), segs.shape[0])
-    alive = np.flatnonzero(cur >= min_score)  # indices still in play
+    ids = np.flatnonzero((cur >= min_score) & (cur > 0))  # (R,) original indices in play
+    segs, cur = segs[ids], cur[ids]  # compacted: (R, 2), (R,)
     keep: list[int] = []
     kept_scores: list[float] = []
-    while alive.size and len(keep) < limit:
-        best = int(np.argmax(cur[alive]))  # first max: ties go to the lower index
-        i = int(alive[best])
-        keep.append(i)
-        kept_scores.append(float(cur[i]))
-        alive = np.delete(alive, best)
-        if not alive.size:
-            break
-        iou = _iou_one_to_many(segs[i], segs[alive])  # (R,)
+    while ids.size and len(keep) < limit:
+        b = int(np.argmax(cur))  # first max: ties go to the earlier index
+        keep.append(int(ids[b]))
+        kept_scores.append(float(cur[b]))
+        iou = _iou_one_to_many(segs[b], segs)  # (R,)
         if method == "gaussian":
-            decay = np.exp(-(iou * iou) / sigma)
+            cur = cur * np.exp(-(iou * iou) / sigma)
         elif method == "linear":
-            decay = np.where(iou > iou_threshold, 1.0 - iou, 1.0)
+            cur = np.where(iou > iou_threshold, cur * (1.0 - iou), cur)
         else:
-            decay = np.where(iou > iou_threshold, 0.0, 1.0)
-        cur[alive] *= decay
-        alive = alive[cur[alive] >= min_score]
+            cur = np.where(iou > iou_threshold, 0.0, cur)
+        alive = (cur >= min_score) & (cur > 0)
+        alive[b] = False
+        ids, segs, cur = ids[alive], segs[alive], cur[alive]
     return np.asarray(keep, dtype=np.int64), np.asarray(kept_scores, dtype=np.float64)
 
 
@@ -252,7 +251,7 @@ def postprocess(
         )
         kept = segs[idx][keep]  # (M, 2)
         if config.voting_threshold > 0 and keep.size:
-            kept = _vote(kept, segs[idx], scores[idx], config.voting_threshold)
+            kept = np.clip(_vote(kept, segs[idx], scores[idx], config.voting_threshold), 0.0, duration)
         out_segs.append(kept)
         out_scores.append(new_scores)
         out_cls.append(cls[idx][keep])

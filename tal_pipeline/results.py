@@ -222,6 +222,19 @@ def _segment_dict(seg) -> dict:
     return Segment(seg.label, seg.score, seg.start, seg.end).to_json()
 
 
+def _jsonable(value):
+    """Metadata values as JSON types: paths to str, numpy scalars/arrays to Python, recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
+        return value.tolist()
+    return value
+
+
 def make_results(
     per_video: Mapping[str, Sequence[Segment]],
     videos_meta: Mapping[str, Mapping] | None = None,
@@ -237,8 +250,8 @@ def make_results(
     return {
         "version": RESULTS_VERSION,
         "results": {str(vid): [_segment_dict(s) for s in segs] for vid, segs in per_video.items()},
-        "external_data": dict(external_data or {}),
-        "videos": {str(vid): dict(meta) for vid, meta in (videos_meta or {}).items()},
+        "external_data": _jsonable(dict(external_data or {})),
+        "videos": {str(vid): _jsonable(dict(meta)) for vid, meta in (videos_meta or {}).items()},
     }
 
 
@@ -294,10 +307,12 @@ def _parse_results_obj(name: str, obj) -> Results:
             t0, t1 = _parse_segment(name, f"{here}.segment", d["segment"])
             parsed.append(Segment(label, float(score), t0, t1))
         detections[str(vid)] = parsed
-    videos = obj.get("videos") or {}
+    videos = obj.get("videos")
+    videos = {} if videos is None else videos
     if not isinstance(videos, Mapping):
         raise InputError(f"{name}: videos: expected an object of video id -> metadata")
-    external = obj.get("external_data") or {}
+    external = obj.get("external_data")
+    external = {} if external is None else external
     if not isinstance(external, Mapping):
         raise InputError(f"{name}: external_data: expected an object")
     version = obj.get("version")
@@ -318,7 +333,7 @@ def load_results(path) -> Results:
     path = Path(path)
     if not path.is_dir():
         return _parse_results_obj(str(path), _read_json(path))
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".json" and p.is_file())
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".json" and not p.name.startswith(".") and p.is_file())
     detections: dict[str, list[Segment]] = {}
     videos: dict[str, dict] = {}
     external: dict = {}

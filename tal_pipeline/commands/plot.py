@@ -1,12 +1,84 @@
-"""`tal plot`: not built yet."""
+"""`tal plot PRED -o timeline.png`: a timeline of detections (and ground truth) per video.
+
+PRED is a merged results file or a folder of per-video results files (what ``tal detect``
+writes). One panel per video (``--video-id`` picks some), time across, one colour per class,
+bar opacity = score, overlapping detections stacked in lanes; the ground truth under them with
+``--annotations``; an actionness strip when the results carry one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
-from tal_pipeline.errors import NotAvailableError
+from tal_pipeline.plot import PlotOptions
 
 
-@click.command("plot", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args):
-    """(not available yet in this version)"""
-    raise NotAvailableError("'tal plot' is not available yet in this version")
+@click.command("plot")
+@click.argument("pred", type=click.Path(exists=True, path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write.",
+)
+@click.option(
+    "--annotations",
+    "-a",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    default=None,
+    help="Ground truth (ActivityNet/ActionFormer JSON) drawn under the detections.",
+)
+@click.option("--subset", default=None, help="Only the ground-truth videos of this subset.")
+@click.option(
+    "--video-id",
+    "video_ids",
+    multiple=True,
+    help="Plot this video only (repeat for several). Default: all, up to --max-videos.",
+)
+@click.option(
+    "--min-score",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Leave out detections scoring below this.",
+)
+@click.option(
+    "--max-lanes",
+    type=click.IntRange(1),
+    default=PlotOptions.max_lanes,
+    show_default=True,
+    help="Lanes of stacked detections per video.",
+)
+@click.option(
+    "--max-videos",
+    type=click.IntRange(0),
+    default=PlotOptions.max_videos,
+    show_default=True,
+    help="Panels per figure (0 = all).",
+)
+@click.option(
+    "--width",
+    type=click.FloatRange(2, 100),
+    default=PlotOptions.width_in,
+    show_default=True,
+    help="Figure width, inches.",
+)
+@click.option("--dpi", type=click.IntRange(20, 600), default=PlotOptions.dpi, show_default=True)
+def command(
+    pred, out, annotations, subset, video_ids, min_score, max_lanes, max_videos, width, dpi
+):
+    """Draw a timeline PNG of the detections in PRED."""
+    from tal_pipeline.plot import plot_timeline
+    from tal_pipeline.results import load_annotations
+
+    gt = load_annotations(annotations, subset) if annotations else None
+    opts = PlotOptions(
+        min_score=min_score, max_lanes=max_lanes, max_videos=max_videos, width_in=width, dpi=dpi
+    )
+    tl = plot_timeline(pred, out, gt, list(video_ids) or None, opts)
+    n = sum(len([b for b in bars if b.kind == "pred"]) for bars in tl.bars.values())
+    click.echo(f"{out}: {len(tl.axes)} video(s), {n} detections", err=True)

@@ -1,12 +1,74 @@
-"""`tal report`: not built yet."""
+"""`tal report PRED --videos DIR_OR_FILE -o report.html`: one self-contained HTML page.
+
+Per video: a player (the video file by a path relative to the page), the timeline, keyframes of
+the top segments and a table of segments; clicking a row, bar or keyframe seeks the player.
+With ``--annotations``: the ground truth and AP per class. No network needed to view it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
-from tal_pipeline.errors import NotAvailableError
+from tal_pipeline.report import ReportOptions
 
 
-@click.command("report", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args):
-    """(not available yet in this version)"""
-    raise NotAvailableError("'tal report' is not available yet in this version")
+@click.command("report")
+@click.argument("pred", type=click.Path(exists=True, path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="HTML file to write (keep the videos where they are relative to it).",
+)
+@click.option(
+    "--videos",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Folder of the videos (matched by file name = video id, recursively) or one "
+    "video file. Default: the 'path' recorded in PRED.",
+)
+@click.option(
+    "--annotations",
+    "-a",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    default=None,
+    help="Ground truth (ActivityNet/ActionFormer JSON): drawn and scored.",
+)
+@click.option("--subset", default=None, help="Only the ground-truth videos of this subset.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(0),
+    default=ReportOptions.top_k,
+    show_default=True,
+    help="Keyframe thumbnails per video (highest-scoring segments).",
+)
+@click.option(
+    "--min-score",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Leave out detections scoring below this.",
+)
+@click.option(
+    "--tiou", default=None, help="tIoU thresholds for AP, as in 'tal eval' (default 0.3:0.7:0.1)."
+)
+@click.option("--title", default=ReportOptions.title, show_default=True)
+def command(pred, out, videos, annotations, subset, top_k, min_score, tiou, title):
+    """Write an HTML report of the detections in PRED."""
+    from tal_pipeline.commands.eval_ import parse_tiou
+    from tal_pipeline.report import write_report
+    from tal_pipeline.results import load_annotations
+
+    opts = ReportOptions(
+        top_k=top_k,
+        min_score=min_score,
+        title=title,
+        tiou_thresholds=parse_tiou(tiou) if tiou is not None else ReportOptions.tiou_thresholds,
+    )
+    gt = load_annotations(annotations, subset) if annotations else None
+    path = write_report(pred, videos, out, gt, opts)
+    click.echo(str(path))

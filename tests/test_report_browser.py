@@ -1,0 +1,168 @@
+"""`tal report` in a real browser: headless Chromium opens the page from a file:// URL, a real
+mouse click (DevTools ``Input.dispatchMouseEvent``) on a segment row or bar seeks the video, no
+request leaves the machine, hostile labels run no script, and a screenshot is taken.
+
+Skips (with the reason) where no Chromium is installed or it cannot start. Set
+``TAL_SCREENSHOT_DIR`` to keep the screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from videogen import write_video
+
+from tal_pipeline.report import HeadlessChromium, ReportOptions, find_chromium, write_report
+
+pytestmark = pytest.mark.timeout(120)
+
+FPS = 10
+SEGMENTS = [  # (label, score, start s, end s)
+    ("walk", 0.95, 0.4, 1.6),
+    ('<img src=x onerror="window.__pwned=1">', 0.6, 2.5, 3.6),
+    ("run", 0.8, 4.2, 5.5),
+]
+
+
+def _frame(i: int) -> np.ndarray:
+    """A moving bar on a colour that changes with time: the screenshot shows the seeked frame."""
+    a = np.zeros((72, 96, 3), np.uint8)
+    a[...] = (40 + 3 * i, 90, 200 - 3 * i)
+    a[:, (2 * i) % 96 : (2 * i) % 96 + 4] = 255
+    return a
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if find_chromium() is None:
+        pytest.skip("no Chromium (apt-get install chromium, or set TAL_CHROMIUM)")
+    try:
+        b = HeadlessChromium(width=1100, height=900, timeout=30)
+    except Exception as err:  # noqa: BLE001 - any start failure is an environment problem
+        pytest.skip(f"Chromium cannot start here: {err}")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    (root / "videos").mkdir()
+    write_video(
+        root / "videos" / "clip.webm",
+        _frame,
+        FPS,
+        num_frames=60,
+        codec="libvpx-vp9",
+        options={"deadline": "realtime", "cpu-used": "8"},
+    )
+    res = {
+        "version": "tal-pipeline/0.1",
+        "results": {
+            "clip": [
+                {"label": lab, "score": sc, "segment": [t0, t1]} for lab, sc, t0, t1 in SEGMENTS
+            ]
+        },
+        "external_data": {},
+        "videos": {
+            "clip": {
+                "path": "clip.webm",
+                "duration": 6.0,
+                "fps": 10.0,
+                "actionness": {"t0": 0.2, "step": 0.4, "values": [0.1, 0.8, 0.9, 0.2, 0.1] * 3},
+            }
+        },
+    }
+    gt = {
+        "database": {
+            "clip": {"duration": 6.0, "annotations": [{"label": "walk", "segment": [0.5, 1.5]}]}
+        }
+    }
+    return write_report(
+        res,
+        root / "videos",
+        root / "out" / "report.html",
+        annotations=gt,
+        options=ReportOptions(top_k=3),
+    )
+
+
+def _center(b: HeadlessChromium, selector: str) -> tuple[float, float]:
+    js = (
+        "(function(){var e=document.querySelector(%s);if(!e)return null;e.scrollIntoView({block:'center'});"
+        "var r=e.getBoundingClientRect();return [r.left+r.width/2,r.top+r.height/2];})()"
+    ).replace("%s", repr(selector))
+    box = b.evaluate(js)
+    assert box is not None, selector
+    return box
+
+
+def _current_time(b: HeadlessChromium) -> float:
+    return b.evaluate("document.querySelector('video').currentTime")
+
+
+def test_click_seeks_video_and_screenshot(browser, report, tmp_path):
+    b = browser
+    b.send("Network.enable", session=True)
+    b.events.clear()
+    b.navigate(report.resolve().as_uri())
+    ready = b.evaluate(
+        "new Promise(function(res){var v=document.querySelector('video');"
+        "if(v.readyState>=1)return res(v.readyState);"
+        "v.addEventListener('loadedmetadata',function(){res(v.readyState)});"
+        "v.addEventListener('error',function(){res(-1)});setTimeout(function(){res(v.readyState)},10000);})",
+        await_promise=True,
+    )
+    assert ready >= 1, "Chromium could not load the VP9/WebM video from the relative path"
+    assert abs(b.evaluate("document.querySelector('video').duration") - 6.0) < 0.2
+    assert _current_time(b) == 0
+
+    # a real click on the second row (sorted by start: the 2.5 s segment) seeks there
+    x, y = _center(b, "table.segments tbody tr:nth-child(2)")
+    b.click(x, y)
+    t = _current_time(b)
+    assert 2.5 <= t < 2.5 + 0.8, t  # the player starts playing after the seek
+    assert b.evaluate(
+        "document.querySelector('table.segments tbody tr:nth-child(2)').classList.contains('sel')"
+    )
+    assert b.evaluate("document.querySelectorAll('.bar.sel').length") == 1
+
+    # a click on the timeline bar of the 4.2 s segment seeks there
+    x, y = _center(b, ".bar[data-start='4.2']")
+    b.click(x, y)
+    assert 4.2 <= _current_time(b) < 4.2 + 0.8
+
+    # a click on a keyframe (the best segment, 0.4 s) seeks there
+    x, y = _center(b, ".thumb[data-start='0.4']")
+    b.evaluate("document.querySelector('video').pause()")
+    b.click(x, y)
+    assert 0.4 <= _current_time(b) < 0.4 + 0.8
+
+    # the hostile label ran nothing; every request stayed on this machine
+    assert b.evaluate("typeof window.__pwned") == "undefined"
+    urls = [
+        e["params"]["request"]["url"]
+        for e in b.events
+        if e.get("method") == "Network.requestWillBeSent"
+    ]
+    assert urls and all(u.startswith(("file:", "data:")) for u in urls), urls
+
+    # screenshot after seeking back to the first row
+    b.evaluate("document.querySelector('video').pause()")
+    x, y = _center(b, "table.segments tbody tr:nth-child(1)")
+    b.click(x, y)
+    b.evaluate("document.querySelector('video').pause(); window.scrollTo(0, 0)")
+    b.evaluate("new Promise(function(r){setTimeout(r, 400)})", await_promise=True)
+    png = b.screenshot(tmp_path / "report.png")
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert img.shape == (900, 1100, 3)
+    assert img.std() > 10  # not a blank page
+    keep = os.environ.get("TAL_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, Path(keep) / "report_browser.png")
