@@ -15,6 +15,8 @@ _LAZY = {
     "decode_video": "tal_pipeline.decode",
     "probe_video": "tal_pipeline.decode",
     "FrameChunk": "tal_pipeline.decode",
+    "VideoInfo": "tal_pipeline.decode",
+    "rgb_to_gray": "tal_pipeline.decode",
     "compute_flow": "tal_pipeline.flow",
     "FeatureExtractor": "tal_pipeline.features",
     "Features": "tal_pipeline.features",

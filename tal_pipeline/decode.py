@@ -1,0 +1,585 @@
+"""Decode stage: a video file in, chunks of 10 fps RGB frames sized for the backbone out.
+
+Sampling rule (exact, in integer arithmetic on the stream's time base):
+
+    t0      = pts of the first decoded frame (the stream's first presentation time)
+    frame k = the last decoded source frame whose pts <= t0 + k / fps      (k = 0, 1, ...)
+    time k  = k / fps seconds (float64, exactly ``k / fps``), measured from t0
+    D       = (pts of the last frame + that frame's duration) - t0, seconds
+    N       = ceil(D * fps)   output frames: every k with k / fps < D, i.e. every instant at
+              which the video shows a picture (a video of D = 3.0 s gives 30 frames at
+              10 fps, t = 0.0 .. 2.9; D = 3.05 s gives 31)
+
+So a source slower than ``fps`` repeats frames, a faster one skips frames, and a variable
+frame rate source is sampled by its real timestamps. "The last frame's duration" is its packet
+duration; when the container gives none, the gap between the last two frames; for a
+single-frame stream, 1 / average rate, else 1 / fps. Frames without a timestamp (raw
+elementary streams) are placed one frame duration (else 1 / average rate) after the previous. (MP4 stores decode-order intervals: with
+reordered (B-) frames and a variable frame rate, the last frame's own display time is not in
+the file, so the end may differ from the encoder's intent by a fraction of a frame. Every
+output up to the last frame's timestamp is exact regardless.)
+
+Geometry: the picture is turned as a player would (display matrix side data, rotations by
+quarter turns and mirrors; or the older ``rotate`` stream tag), stretched to
+``spec.resize_for(size)`` (128 x 171 for size 112, the r3d_18 Kinetics preset; the aspect
+ratio is not kept, as in that preset), then centre-cropped to ``size`` x ``size`` with
+torchvision's rounding (rows 8..119, columns 30..141 for 112). The resize is ffmpeg's scaler,
+bilinear, on sampled frames only: frames that are skipped are never converted. It writes
+planar RGB (``gbrp``: twice as fast as ``reformat(..., format="rgb24")``, the same bytes on
+the real clips tried, never more than 1 / 255 apart on noise),
+and ffmpeg's bilinear filter widens when it shrinks, so it matches torchvision's
+``resize(antialias=True)`` to about 1.2 / 255 mean absolute difference; the Kinetics preset
+itself resizes with ``antialias=False``, which aliases on large reductions (about 6 / 255 from
+720p). The colour matrix and range (limited / full) come from the stream.
+
+Speed: the decoder runs its own threads (``thread_type = "AUTO"``); conversion runs on one
+extra thread so that the thread feeding the decoder never waits for it (see BENCHMARKS.md).
+
+Errors: a missing file, a file that is not a video, a file without a video stream, a stream
+whose header claims more than ``MAX_PIXELS`` / ``MAX_SIDE`` pixels or ``MAX_DURATION_S``
+seconds, and a stream with no decodable frame raise ``VideoDecodeError(path, cause)``.
+
+A file corrupt part-way is decoded as far as possible: packets the decoder rejects are skipped,
+a demuxer error ends the stream there, and decoding stops at a timestamp more than
+``MAX_DURATION_S`` after t0; each case is reported with ``logging.warning`` (logger
+``tal_pipeline.decode``), as is a stream that ends well before its header's duration
+(truncated file). The frames decoded up to that point are returned normally; only "no frame at
+all" is an error.
+
+Memory: one chunk of ``chunk_size`` output frames (``chunk_size * size * size * 3`` bytes),
+at most ``_Converter.MAX_PENDING`` (4) decoded pictures waiting for conversion and the
+decoder's own buffers, whatever the video's length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from tal_pipeline.errors import VideoDecodeError
+from tal_pipeline.transforms import FPS, KINETICS_R3D, VideoTransformSpec
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "MAX_DURATION_S",
+    "MAX_PIXELS",
+    "MAX_SIDE",
+    "FrameChunk",
+    "VideoInfo",
+    "decode_video",
+    "num_output_frames",
+    "probe_video",
+    "rgb_to_gray",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_SIDE = 16384  # pixels: a stream whose header claims a wider or taller picture is refused
+MAX_PIXELS = 8192 * 8192  # pixels per picture (width * height): larger is refused
+MAX_DURATION_S = 72 * 3600.0  # seconds: longer header durations are refused; decoding stops there
+MAX_BAD_PACKETS = 1000  # consecutive packets the decoder rejects before we give up on the file
+TRUNCATION_WARN_S = 1.0  # seconds: warn when the stream ends this much before its header says
+DEFAULT_CHUNK = 64  # output frames per chunk
+
+# ITU-R BT.601 luma weights for R, G, B
+BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    """Consecutive output frames of one video.
+
+    frames: ``uint8 (N, size, size, 3)`` RGB. times: ``float64 (N,)`` seconds from the stream's
+    first presentation time, ``times[i] == (start + i) / fps``. start: index k of ``frames[0]``
+    in the whole video's output.
+    """
+
+    frames: np.ndarray  # uint8 (N, S, S, 3), RGB
+    times: np.ndarray  # float64 (N,), seconds
+    start: int = 0  # output index of frames[0]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ``probe_video`` learns from the headers and the first decoded frame."""
+
+    path: str  # the file, as given
+    duration: float | None  # seconds, from the stream's or the container's header (best effort)
+    width: int  # pixels, as displayed (after rotation)
+    height: int  # pixels, as displayed (after rotation)
+    source_fps: float | None  # the stream's average frame rate, frames per second, if known
+    rotation: int  # degrees a player turns the stored picture clockwise: 0, 90, 180 or 270
+    codec: str  # decoder name, e.g. "h264"
+    num_frames: int | None  # output frames ``decode_video`` gives at 10 fps, from ``duration``
+
+
+def num_output_frames(duration: float, fps: float = FPS) -> int:
+    """Output frames of a video lasting ``duration`` seconds: ``ceil(duration * fps)``.
+
+    (With a 1e-6 tolerance, so that 0.30000000000000004 s gives 3 frames at 10 fps.)
+    """
+    return max(0, math.ceil(duration * fps - 1e-6))
+
+
+def rgb_to_gray(frames: np.ndarray, dtype: type = np.uint8) -> np.ndarray:
+    """ITU-R BT.601 luma of RGB frames: ``uint8 (..., H, W, 3) -> (..., H, W)``.
+
+    ``Y = 0.299 R + 0.587 G + 0.114 B``, on the 0..255 scale of the input. ``dtype=np.uint8``
+    rounds to the nearest integer; ``dtype=np.float32`` keeps the fraction (still 0..255).
+    """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim < 3 or frames.shape[-1] != 3:
+        raise ValueError(
+            f"expected uint8 (..., H, W, 3) RGB frames, got {frames.dtype} {frames.shape}"
+        )
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.float32):
+        raise ValueError(f"dtype must be uint8 or float32, not {dtype}")
+    luma = frames @ BT601_LUMA  # (..., H, W, 3) -> (..., H, W), float32
+    if dtype == np.float32:
+        return luma
+    return np.rint(luma, out=luma).astype(np.uint8)  # max is 255.0 exactly: no overflow
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.video.VideoStream]:
+    """Open ``path`` and return its first video stream, or raise VideoDecodeError."""
+    p = Path(path)
+    if not p.exists():
+        raise VideoDecodeError(path, "file not found")
+    if not p.is_file():
+        raise VideoDecodeError(path, "not a regular file")
+    if p.stat().st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    try:
+        container = av.open(str(p), "r")
+    except av.FFmpegError as err:
+        raise VideoDecodeError(path, f"not a readable video file ({_why(err)})") from err
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise VideoDecodeError(path, f"cannot open ({err})") from err
+    try:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            raise VideoDecodeError(path, f"no video stream (has: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        _check_header(path, container, stream)
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def _why(err: BaseException) -> str:
+    """A short cause from a PyAV exception (its message without the repeated file name)."""
+    msg = getattr(err, "strerror", None) or str(err)
+    return str(msg).strip() or type(err).__name__
+
+
+def _header_duration(container, stream) -> float | None:
+    """Seconds, from the stream's header, else the container's; None when neither says."""
+    if stream.duration is not None and stream.duration > 0 and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _check_header(path, container, stream) -> None:
+    """Refuse absurd resolutions and durations before the decoder allocates anything."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise VideoDecodeError(
+            path,
+            f"picture size {width}x{height} exceeds the limit "
+            f"({MAX_SIDE} px a side, {MAX_PIXELS} px in all)",
+        )
+    duration = _header_duration(container, stream)
+    if duration is not None and duration > MAX_DURATION_S:
+        raise VideoDecodeError(
+            path, f"duration {duration:.0f} s exceeds the limit of {MAX_DURATION_S:.0f} s"
+        )
+
+
+# ----------------------------------------------------------------------------- orientation
+
+
+@dataclass(frozen=True)
+class _Orientation:
+    """How to turn a stored (H, W) picture into the displayed one: transpose, then flips."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, ...) -> displayed (H', W', ...); a view, no copy."""
+        if self.transpose:
+            image = image.swapaxes(0, 1)
+        if self.flip_rows:
+            image = image[::-1]
+        if self.flip_cols:
+            image = image[:, ::-1]
+        return image
+
+    @property
+    def clockwise_degrees(self) -> int:
+        """The rotation part, as degrees a player turns the picture clockwise (mirrors ignored)."""
+        if not self.transpose:
+            return 180 if (self.flip_rows and self.flip_cols) else 0
+        # transpose then flip cols = clockwise 90; transpose then flip rows = clockwise 270;
+        # a bare transpose (or anti-transpose) is a mirrored quarter turn: report 90 (270)
+        return 270 if self.flip_rows and not self.flip_cols else 90
+
+
+_IDENTITY = _Orientation()
+
+
+def _orientation_from_matrix(values: tuple[int, ...]) -> _Orientation | None:
+    """Orientation from a 3x3 display matrix (16.16 fixed point, row-major, ffmpeg/ISO-BMFF).
+
+    The matrix maps a stored pixel (x, y) to (a x + c y, b x + d y) on screen, y pointing down.
+    Only multiples of 90 degrees (with mirrors) are honoured; None for any other angle.
+    """
+    a, b, _, c, d = values[0], values[1], values[2], values[3], values[4]
+    scale = max(abs(a), abs(b), abs(c), abs(d))
+    if scale == 0:
+        return None
+    a, b, c, d = (round(v / scale) for v in (a, b, c, d))
+    if b == 0 and c == 0 and a and d:  # x' = a x, y' = d y
+        return _Orientation(False, d < 0, a < 0)
+    if a == 0 and d == 0 and b and c:  # x' = c y, y' = b x: rows of the result run along x
+        return _Orientation(True, b < 0, c < 0)
+    return None
+
+
+def _orientation_from_degrees(clockwise: int) -> _Orientation:
+    clockwise %= 360
+    if clockwise == 90:
+        return _Orientation(True, False, True)
+    if clockwise == 180:
+        return _Orientation(False, True, True)
+    if clockwise == 270:
+        return _Orientation(True, True, False)
+    return _IDENTITY
+
+
+def _orientation(frame: av.VideoFrame, stream) -> _Orientation:
+    """The display transform: the frame's display-matrix side data, else the ``rotate`` tag."""
+    for side in frame.side_data:
+        if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            raw = bytes(side)
+            if len(raw) >= 36:
+                values = tuple(np.frombuffer(raw[:36], dtype="<i4").tolist())
+                found = _orientation_from_matrix(values)
+                if found is not None:
+                    return found
+            # an odd angle or matrix: round the rotation to the nearest quarter turn
+            ccw = frame.rotation
+            log.warning("display rotation %s degrees rounded to a quarter turn", ccw)
+            return _orientation_from_degrees(-90 * round(ccw / 90))
+    tag = next((v for k, v in stream.metadata.items() if k.lower() == "rotate"), None)
+    if tag:
+        try:
+            return _orientation_from_degrees(90 * round(float(tag) / 90))
+        except ValueError:
+            log.warning("ignoring unreadable rotate tag %r", tag)
+    return _IDENTITY
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _frames(path, container, stream, on_error: list) -> Iterator[av.VideoFrame]:
+    """Every decodable frame of ``stream`` in presentation order, skipping rejected packets."""
+    bad_in_a_row = 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError as err:
+            on_error.append(f"demuxer error ({_why(err)}); the rest of the file is unreadable")
+            return
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as err:
+            bad_in_a_row += 1
+            on_error.append(f"packet rejected by the decoder ({_why(err)})")
+            if bad_in_a_row >= MAX_BAD_PACKETS:
+                on_error.append(f"{MAX_BAD_PACKETS} bad packets in a row; giving up")
+                return
+            if packet.size == 0:  # the flush packet failed: nothing more will come
+                return
+            continue
+        bad_in_a_row = 0
+        yield from frames
+
+
+def decode_video(
+    path: str | os.PathLike,
+    fps: float = FPS,
+    size: int = KINETICS_R3D.crop,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    spec: VideoTransformSpec = KINETICS_R3D,
+) -> Iterator[FrameChunk]:
+    """Stream a video as chunks of ``fps`` frames per second, resized and cropped for ``spec``.
+
+    Yields ``FrameChunk``s of at most ``chunk_size`` frames: ``frames uint8 (N, size, size, 3)``
+    RGB and ``times float64 (N,)`` seconds, ``times == k / fps`` for output frames
+    k = 0 .. ceil(D * fps) - 1 (see the module docstring for the sampling rule).
+
+    The file is opened and its header checked at call time, so a missing file, a non-video, a
+    video without video stream or with an absurd header raises ``VideoDecodeError`` here;
+    "no decodable frame" raises it from the first ``next()``.
+    """
+    if not (isinstance(fps, (int, float, Fraction)) and 0 < fps < math.inf):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if int(size) != size or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    container, stream = _open(path)
+    return _decode(path, container, stream, fps, int(size), int(chunk_size), spec)
+
+
+def _decode(path, container, stream, fps, size, chunk_size, spec) -> Iterator[FrameChunk]:
+    converter = _Converter(path, spec.resize_for(size), size)
+    try:
+        yield from _sample(path, container, stream, fps, chunk_size, converter)
+    finally:
+        converter.close()
+        container.close()
+
+
+class _Converter:
+    """Turns sampled decoded frames into cropped RGB, on one worker thread.
+
+    ffmpeg's decoder threads are fed by the thread that calls ``decode``; converting on that
+    thread would leave them idle meanwhile. The scaler releases the GIL, so a second thread
+    converts while the first keeps decoding. At most ``MAX_PENDING`` conversions wait, which
+    bounds the decoded frames held alive.
+    """
+
+    MAX_PENDING = 4  # queued conversions (each holds one decoded source picture)
+
+    def __init__(self, path, resize_hw: tuple[int, int], size: int):
+        self.path = path
+        self.out_h, self.out_w = resize_hw
+        if self.out_h < size or self.out_w < size:
+            raise ValueError(f"resize {self.out_h}x{self.out_w} is smaller than the crop {size}")
+        self.size = size
+        # torchvision's center_crop rounding
+        self.top = round((self.out_h - size) / 2.0)
+        self.left = round((self.out_w - size) / 2.0)
+        self.orient = _IDENTITY
+        self.reformatter = av.video.reformatter.VideoReformatter()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tal-decode")
+        self.pending: deque[Future] = deque()
+        self.last: tuple[av.VideoFrame, tuple] | None = None  # worker-side cache
+
+    def convert(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decoded picture -> R, G, B ``uint8 (S, S)`` views: turn, resize, centre crop.
+
+        The scaler writes planar RGB (``gbrp``): ``rgb24``'s bytes (within 1), in half the time.
+        """
+        if self.last is not None and self.last[0] is frame:
+            return self.last[1]
+        fw, fh = frame.width, frame.height
+        if fw > MAX_SIDE or fh > MAX_SIDE or fw * fh > MAX_PIXELS:
+            raise VideoDecodeError(self.path, f"picture size {fw}x{fh} exceeds the limit")
+        w, h = (self.out_h, self.out_w) if self.orient.transpose else (self.out_w, self.out_h)
+        rgb = self.reformatter.reformat(frame, width=w, height=h, format="gbrp", threads=1)
+        rows = slice(self.top, self.top + self.size)
+        cols = slice(self.left, self.left + self.size)
+        g, b, r = (
+            # (h, line_size) -> (h, w) -> displayed (out_h, out_w) -> crop (S, S), all views
+            self.orient.apply(np.frombuffer(p, np.uint8).reshape(h, p.line_size)[:, :w])[rows, cols]
+            for p in rgb.planes
+        )
+        self.last = (frame, (r, g, b))
+        return r, g, b
+
+    def _fill(self, frame: av.VideoFrame, out: np.ndarray) -> None:
+        for c, plane in enumerate(self.convert(frame)):
+            out[..., c] = plane  # (S, S) broadcast to (m, S, S)
+
+    def fill(self, frame: av.VideoFrame, out: np.ndarray) -> None:
+        """Write ``frame`` into every slot of ``out`` ``(m, S, S, 3)``, in the background."""
+        self.pending.append(self.pool.submit(self._fill, frame, out))
+        while len(self.pending) > self.MAX_PENDING:
+            self.pending.popleft().result()
+
+    def wait(self) -> None:
+        """Block until every queued conversion is written; re-raise their errors."""
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
+        self.last = None
+
+
+def _sample(
+    path, container, stream, fps, chunk_size, converter: _Converter
+) -> Iterator[FrameChunk]:
+    """The sampling loop (module docstring): decoded frames in, chunks of output frames out."""
+    stream.thread_type = "AUTO"
+    try:
+        # the decoder itself refuses pictures above the limit, before allocating them
+        stream.codec_context.options = {"max_pixels": str(MAX_PIXELS)}
+    except (AttributeError, TypeError, ValueError):  # pragma: no cover - older PyAV
+        pass
+    fps_f = float(fps)
+    fps_q = Fraction(fps).limit_denominator(10**6)
+    tb = stream.time_base or Fraction(1, 90000)
+    # pts_rel ticks < k / fps seconds  <=>  pts_rel * tick_a > k * tick_b   (exact integers)
+    tick_a = tb.numerator * fps_q.numerator
+    tick_b = tb.denominator * fps_q.denominator
+    max_ticks = int(MAX_DURATION_S / tb)
+    # one frame period, ticks: from the average rate (demuxers guess one), else 1 / fps
+    rate = stream.average_rate or fps_q
+    nominal = max(1, round(1 / (rate * tb)))
+    errors: list[str] = []
+
+    size = converter.size
+    buf = np.empty((chunk_size, size, size, 3), np.uint8)  # (chunk, S, S, 3)
+    n = 0  # frames in buf
+    k = 0  # next output index
+    t0 = None  # pts of the first frame, ticks
+    prev = None  # last decoded frame: on screen until the next one
+    prev_rel = 0  # its pts - t0, ticks
+    prev_gap = 0  # ticks between the last two frames
+    dropped_backwards = 0
+
+    def emit(until_rel: int) -> Iterator[FrameChunk]:
+        """Output prev for every k with k / fps < until_rel ticks after t0."""
+        nonlocal buf, n, k
+        m = max(0, -(-until_rel * tick_a // tick_b) - k)  # ceil(until * fps) - k
+        while m:
+            take = min(m, chunk_size - n)
+            converter.fill(prev, buf[n : n + take])
+            n, k, m = n + take, k + take, m - take
+            if n == chunk_size:
+                converter.wait()
+                times = np.arange(k - n, k, dtype=np.float64) / fps_f  # exactly k / fps
+                yield FrameChunk(buf, times, k - n)
+                buf = np.empty_like(buf)
+                n = 0
+
+    for frame in _frames(path, container, stream, errors):
+        pts = frame.pts
+        if pts is None:  # no timestamp (raw streams): one frame period after the previous
+            step = (prev.duration or prev_gap or nominal) if prev is not None else 0
+            pts = 0 if t0 is None else t0 + prev_rel + step
+        if t0 is None:
+            t0 = pts
+            converter.orient = _orientation(frame, stream)
+            prev, prev_rel = frame, 0
+            continue
+        rel = pts - t0
+        if rel < prev_rel:  # out of order (broken file): the picture's time has passed
+            dropped_backwards += 1
+            continue
+        if rel > max_ticks:
+            errors.append(f"timestamp {float(rel * tb):.0f} s past the start; stopping there")
+            break
+        if rel * tick_a > k * tick_b:  # some output times fall before this frame
+            yield from emit(rel)
+        if rel > prev_rel:
+            prev_gap = rel - prev_rel
+        prev, prev_rel = frame, rel
+
+    if prev is None:
+        cause = "no decodable video frames"
+        if errors:
+            cause += f" ({errors[0]})"
+        raise VideoDecodeError(path, cause)
+
+    # the last frame stays on screen for its duration
+    last = prev.duration or 0
+    if last <= 0:
+        last = prev_gap if prev_gap > 0 else nominal
+    end = prev_rel + last  # ticks after t0
+    yield from emit(end)
+    prev = None
+    converter.wait()
+    if n:
+        yield FrameChunk(buf[:n], np.arange(k - n, k, dtype=np.float64) / fps_f, k - n)
+
+    _report(path, container, stream, errors, dropped_backwards, float(end * tb))
+
+
+def _report(path, container, stream, errors: list[str], dropped: int, decoded_s: float) -> None:
+    """Log what went wrong in a stream that still gave frames."""
+    if errors:
+        log.warning(
+            "%s: %d decoding problem(s), first: %s; kept what decoded", path, len(errors), errors[0]
+        )
+    if dropped:
+        log.warning("%s: dropped %d frame(s) with out-of-order timestamps", path, dropped)
+    header = _header_duration(container, stream)
+    if header is not None and decoded_s < header - max(TRUNCATION_WARN_S, 0.05 * header):
+        log.warning(
+            "%s: stream ends at %.2f s but its header says %.2f s (truncated file?)",
+            path,
+            decoded_s,
+            header,
+        )
+
+
+# ----------------------------------------------------------------------------- probing
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Read the headers and decode the first frame; raise ``VideoDecodeError`` as decode_video.
+
+    ``num_frames`` is ``num_output_frames(duration, 10.0)`` when the header gives a duration.
+    """
+    container, stream = _open(path)
+    try:
+        stream.thread_type = "AUTO"
+        errors: list[str] = []
+        first = next(_frames(path, container, stream, errors), None)
+        if first is None:
+            cause = "no decodable video frames"
+            if errors:
+                cause += f" ({errors[0]})"
+            raise VideoDecodeError(path, cause)
+        orient = _orientation(first, stream)
+        width, height = first.width, first.height
+        if orient.transpose:
+            width, height = height, width
+        duration = _header_duration(container, stream)
+        rate = stream.average_rate
+        return VideoInfo(
+            path=str(path),
+            duration=duration,
+            width=width,
+            height=height,
+            source_fps=float(rate) if rate else None,
+            rotation=orient.clockwise_degrees,
+            codec=stream.codec_context.name,
+            num_frames=num_output_frames(duration, FPS) if duration is not None else None,
+        )
+    finally:
+        container.close()
