@@ -48,6 +48,7 @@ class HeadConfig:
     tpp_strides: tuple[int, ...] = (2, 4)  # strided pyramid levels (eq. 7), pooling factors
     reg_init: float = 4.0  # initial scale of predicted distances, feature steps
     prior_prob: float = 0.01  # initial class probability (focal-loss bias init)
+    dropout: float = 0.3  # dropout on the embedded features during training (regularises small datasets)
     window: int = 256  # inference window, feature steps (training windows default to the same)
     overlap: int = 64  # overlap of consecutive inference windows, feature steps
 
@@ -123,6 +124,7 @@ class HeadModel(nn.Module):
         h = config.hidden_dim
         self.embed = nn.Conv1d(config.input_dim, h, 1)
         self.embed_norm = ChannelNorm(h)
+        self.dropout = nn.Dropout(config.dropout)
         self.stem = nn.ModuleList(ConvNormReLU(h, h) for _ in range(config.stem_layers))
         self.stage1 = PredictionHeads(h, config.num_classes, config.head_layers, config.reg_init, config.prior_prob)
         self.tsa = TemporalSelfAttention(h, config.tsa)
@@ -141,14 +143,16 @@ class HeadModel(nn.Module):
         b, t, _ = features.shape
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=features.device)
-        pad = -t % self.length_multiple()
-        if pad:  # the pooling grid must not depend on how much padding the caller added
+        m = self.length_multiple()
+        pad = -t % m + (m if m > 1 else 0)
+        if pad:  # the pooling grid, and the masked level beyond the end that linear upsampling
+            # reads, must not depend on how much padding the caller added (windows == whole video)
             features = F.pad(features, (0, 0, 0, pad))
             mask = F.pad(mask, (0, pad), value=False)
         fmask = mask[:, None, :].to(features.dtype)  # (B, 1, T')
 
         x = self.embed(features.transpose(1, 2) * fmask)  # (B, D, T') -> (B, H, T')
-        x = torch.relu(self.embed_norm(x)) * fmask
+        x = self.dropout(torch.relu(self.embed_norm(x))) * fmask
         for layer in self.stem:
             x = layer(x, mask)  # (B, H, T')
         cls1, reg1, act1 = self.stage1(x, mask)  # (B, T', C), (B, T', 2), (B, T')

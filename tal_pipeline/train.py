@@ -1,0 +1,408 @@
+"""Training the head on feature files and ActivityNet-format annotations.
+
+Recipe (defaults in :class:`TrainConfig`):
+
+1. Data: one ``(T, D)`` array per annotated video of the training subset; instance times in
+   seconds become feature steps with the video's ``t0``/``step``
+   (:mod:`tal_pipeline.head.assign`).
+2. Each epoch visits every video ``max(1, ceil(T / window))`` times (a random window of
+   ``window`` steps each; short videos whole, padded), and at least ``min_samples_per_epoch``
+   windows in all (small datasets cycle through their videos again), in a seeded random order.
+   A random window keeps at least one instance with >= 75 % of its extent inside (the paper's
+   tIoU >= 0.75 rule; 10 tries, then any window).
+3. AdamW (weight decay on conv weights only), linear warmup for ``warmup_epochs`` then cosine
+   decay to 0, per iteration; gradient norm clipped at ``grad_clip``.
+4. Loss: :func:`tal_pipeline.head.losses.head_loss` (both stages).
+5. Validation mAP (THUMOS tIoU 0.3..0.7) every ``val_every`` epochs and after the last one,
+   when validation videos are given; recorded in the checkpoint, never used to pick a model
+   (the last epoch's weights are saved).
+
+Reproducibility: everything random comes from ``seed`` (torch for the initial weights, a numpy
+PCG64 generator for windows and order); on CPU the same seed gives a bit-identical checkpoint
+(the checkpoint holds no times or dates).
+
+Resume: after every epoch the full training state goes to the sidecar ``<out>.ckpt``
+(the model checkpoint dict, optimizer state, epochs done, iteration, the numpy generator's
+state, torch's RNG state, the training options). ``resume=True`` continues from it; the result
+equals an uninterrupted run. The sidecar is deleted once ``<out>`` is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tal_pipeline.errors import InputError
+from tal_pipeline.head.assign import AssignConfig, assign_window, collate_targets
+from tal_pipeline.head.losses import LossWeights, head_loss
+from tal_pipeline.head.model import HeadConfig, HeadModel
+from tal_pipeline.inference import (
+    UNKNOWN,
+    make_checkpoint,
+    predict_segments,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "tal-pipeline/head-train-state"
+THUMOS_TIOU = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training options. Defaults train a good model on a few dozen short videos in minutes on CPU."""
+
+    epochs: int = 30
+    batch_size: int = 4  # windows per iteration
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.05  # on conv weights only
+    warmup_epochs: float = 2.0  # linear warmup, epochs
+    grad_clip: float = 1.0  # max gradient L2 norm
+    window: int = 256  # training window, feature steps
+    min_samples_per_epoch: int = 128  # windows per epoch at least (small datasets cycle)
+    crop_coverage: float = 0.75  # a random window keeps one instance with this fraction inside
+    val_every: int = 5  # epochs between validation mAP runs (0: only after the last epoch)
+    seed: int = 0
+    device: str = "cpu"
+    loss: LossWeights = field(default_factory=LossWeights)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainVideo:
+    """One annotated video's features, ready for training."""
+
+    video_id: str
+    features: np.ndarray  # (T, D) float32
+    t0: float  # centre time of position 0, s
+    step: float  # s per position
+    duration: float  # s
+    instances: np.ndarray  # (N, 3): class index, start, end in feature steps
+
+    @property
+    def times(self) -> np.ndarray:
+        return self.t0 + self.step * np.arange(self.features.shape[0])
+
+
+@dataclass
+class FeatureSet:
+    """Videos loaded from a features folder, and what the checkpoint records about them."""
+
+    videos: list[TrainVideo]
+    class_names: list[str]
+    info: dict[str, Any]  # step, fps, feature_stride, window_frames, backbone, weights
+
+
+def load_feature_set(
+    features_dir: str | os.PathLike,
+    annotations,
+    class_names: list[str] | None = None,
+    fps: float | None = None,
+    feature_stride: int | None = None,
+    window_frames: int = 16,
+) -> FeatureSet:
+    """Load the features of every video in ``annotations`` (a :class:`~tal_pipeline.results.Annotations`).
+
+    Meta-less ``.npy`` files take ``fps`` from the annotation's per-video ``fps`` when present,
+    else from ``fps``; ``feature_stride`` from the argument. Videos without a features file are
+    skipped with a warning; none at all, mixed D or mixed backbones are an InputError.
+    """
+    from tal_pipeline.featio import load_features
+
+    folder = Path(features_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder of features")
+    names = list(class_names) if class_names is not None else annotations.class_names
+    index = {n: k for k, n in enumerate(names)}
+    videos, metas, missing = [], [], []
+    for vid, ann in annotations.videos.items():
+        npy = folder / f"{vid}.npy"
+        if not npy.is_file():
+            missing.append(vid)
+            continue
+        arr, meta = load_features(npy, fps=ann.fps or fps, feature_stride=feature_stride, window_frames=window_frames)
+        duration = ann.duration if ann.duration > 0 else meta.duration
+        inst = [
+            (index[label], (t_start - meta.t0) / meta.step, (t_end - meta.t0) / meta.step)
+            for label, t_start, t_end in ann.segments
+            if label in index
+        ]
+        videos.append(TrainVideo(vid, arr, meta.t0, meta.step, duration, np.asarray(inst, np.float64).reshape(-1, 3)))
+        metas.append(meta)
+    if missing:
+        log.warning("%d annotated videos have no features in %s (skipped), e.g. %s", len(missing), folder, missing[:3])
+    if not videos:
+        raise InputError(f"{folder}: no features for any of the {len(annotations.videos)} annotated videos")
+    dims = {v.features.shape[1] for v in videos}
+    if len(dims) > 1:
+        raise InputError(f"{folder}: features have different dimensions {sorted(dims)}")
+    backbones = {(m.backbone, m.weights) for m in metas}
+    if len(backbones) > 1:
+        raise InputError(f"{folder}: features come from different backbones/weights: {sorted(backbones)[:3]}")
+    backbone, weights = backbones.pop()
+
+    def common(values):
+        return Counter(values).most_common(1)[0][0]
+
+    steps = [m.step for m in metas]
+    info = {
+        "step": float(common(steps)),
+        "steps_vary": bool(max(steps) - min(steps) > 1e-6 * max(steps)),
+        "fps": float(common([m.fps for m in metas])),
+        "feature_stride": int(common([m.feature_stride for m in metas])),
+        "t0": float(common([m.t0 for m in metas])),
+        "window_frames": int(window_frames),
+        "backbone": backbone or UNKNOWN,
+        "weights": weights or UNKNOWN,
+        "dim": dims.pop(),
+    }
+    return FeatureSet(videos, names, info)
+
+
+def _pick_window(video: TrainVideo, window: int, coverage: float, rng: np.random.Generator) -> int:
+    """Start of a random training window (0 when the video fits)."""
+    t = video.features.shape[0]
+    if t <= window:
+        return 0
+    inst = video.instances
+    start = 0
+    for _ in range(10):
+        start = int(rng.integers(0, t - window + 1))
+        if len(inst) == 0:
+            return start
+        length = np.maximum(inst[:, 2] - inst[:, 1], 1e-6)
+        inside = np.clip(np.minimum(inst[:, 2], start + window - 1) - np.maximum(inst[:, 1], start), 0, None)
+        if np.any(inside / length >= coverage):
+            return start
+    return start
+
+
+def _epoch_plan(videos: list[TrainVideo], config: TrainConfig, rng: np.random.Generator) -> list[int]:
+    """Video indices for one epoch (each visited ceil(T / window) times, at least the minimum)."""
+    base = [k for k, v in enumerate(videos) for _ in range(max(1, math.ceil(v.features.shape[0] / config.window)))]
+    plan = []
+    while len(plan) < max(len(base), config.min_samples_per_epoch):
+        plan.extend(base[i] for i in rng.permutation(len(base)))
+    return plan[: max(len(base), config.min_samples_per_epoch)]
+
+
+def _make_batch(videos: list[TrainVideo], idx: list[int], config: TrainConfig, num_classes: int, rng):
+    """Features ``(B, W, D)``, mask and targets of one batch."""
+    chunks, targets, lengths = [], [], []
+    for k in idx:
+        v = videos[k]
+        s = _pick_window(v, config.window, config.crop_coverage, rng)
+        x = v.features[s : s + config.window]
+        inst = v.instances.copy()
+        inst[:, 1:] -= s
+        keep = (inst[:, 2] > 0) & (inst[:, 1] < len(x) - 1)
+        targets.append(assign_window(inst[keep], len(x), num_classes, config.assign))
+        chunks.append(x)
+        lengths.append(len(x))
+    total = max(lengths)
+    feats = np.zeros((len(idx), total, chunks[0].shape[1]), np.float32)
+    for k, x in enumerate(chunks):
+        feats[k, : len(x)] = x
+    return torch.from_numpy(feats), collate_targets(targets, lengths, total)
+
+
+def _lr_at(it: int, total: int, warmup: int, peak: float) -> float:
+    if it < warmup:
+        return peak * (it + 1) / warmup
+    progress = (it - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(model: HeadModel, config: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+
+
+def validate(model: HeadModel, data: FeatureSet, annotations, device="cpu") -> dict[str, Any]:
+    """mAP of ``model`` on ``data`` against ``annotations`` (THUMOS thresholds)."""
+    from tal_pipeline.evaluate import evaluate
+
+    model.eval()
+    preds = {
+        v.video_id: predict_segments(model, v.features, v.times, v.step, v.duration, data.class_names, device=device)
+        for v in data.videos
+    }
+    gt = type(annotations)({k: annotations.videos[k] for k in preds}, annotations.source)
+    res = evaluate(gt, preds, THUMOS_TIOU)
+    return {"tiou": list(res.tiou), "mAP": [float(m) for m in res.mAP], "average_mAP": float(res.average_mAP)}
+
+
+def _state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".ckpt")
+
+
+def _check_resume(state: dict, config: TrainConfig, source: str) -> None:
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise InputError(f"{source}: not a tal-pipeline training state")
+    saved = state.get("train_config", {})
+    ignore = {"epochs", "device", "val_every"}
+    for f in fields(TrainConfig):
+        if f.name in ignore:
+            continue
+        if f.name in saved and saved[f.name] != asdict(config)[f.name]:
+            raise InputError(
+                f"{source}: cannot resume with {f.name}={asdict(config)[f.name]!r}; "
+                f"the run was started with {saved[f.name]!r}"
+            )
+
+
+def train(
+    train_data: FeatureSet,
+    out: str | os.PathLike,
+    config: TrainConfig = TrainConfig(),
+    head: dict[str, Any] | None = None,
+    val_data: FeatureSet | None = None,
+    val_annotations=None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    extra_info: dict[str, Any] | None = None,
+) -> dict:
+    """Train a head and write its checkpoint to ``out``; returns the checkpoint dict.
+
+    Args:
+        train_data: from :func:`load_feature_set`.
+        out: checkpoint path (the resume state goes beside it, ``<out>.ckpt``).
+        config: training options.
+        head: :class:`HeadConfig` overrides (``input_dim``/``num_classes`` come from the data).
+        val_data, val_annotations: validation videos and their ground truth (optional).
+        resume: continue from ``<out>.ckpt`` if it exists.
+        progress: tqdm bar on stderr with the running loss.
+        stop_after: stop after this many epochs in all, leaving the resume state (tests and
+            time-boxed runs); ``<out>`` is not written then, and the return value is ``{}``.
+        extra_info: added to the checkpoint's ``training`` dict (e.g. data paths).
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from tal_pipeline.errors import NotAvailableError
+
+        raise NotAvailableError(f"device {config.device!r} requested but CUDA is not available")
+    head_config = HeadConfig(
+        **{**(head or {}), "input_dim": train_data.info["dim"], "num_classes": len(train_data.class_names)}
+    )
+    torch.manual_seed(config.seed)
+    model = HeadModel(head_config).to(device)
+    optimizer = _optimizer(model, config)
+    rng = np.random.Generator(np.random.PCG64(config.seed))
+    iters_per_epoch = math.ceil(max(config.min_samples_per_epoch, sum(
+        max(1, math.ceil(v.features.shape[0] / config.window)) for v in train_data.videos)) / config.batch_size)
+    total_iters = iters_per_epoch * config.epochs
+    warmup = max(1, round(config.warmup_epochs * iters_per_epoch))
+    start_epoch, it, history, last_loss = 0, 0, [], float("nan")
+
+    state_path = _state_path(out)
+    if resume and state_path.is_file():
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            raise InputError(f"{state_path}: unreadable training state ({str(err)[:200]})") from None
+        _check_resume(state, config, str(state_path))
+        model.load_state_dict(state["checkpoint"]["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, it, history = state["epoch"], state["iteration"], list(state["history"])
+        last_loss = state.get("last_loss", last_loss)
+        rng.bit_generator.state = state["rng_numpy"]
+        torch.set_rng_state(state["rng_torch"])
+        log.info("resuming from %s after epoch %d", state_path, start_epoch)
+    elif resume:
+        log.info("no training state at %s: starting from scratch", state_path)
+
+    def checkpoint() -> dict:
+        training = {
+            "config": config.to_dict(),
+            "epochs_done": len_epochs_done,
+            "iterations": it,
+            "num_videos": len(train_data.videos),
+            "num_instances": int(sum(len(v.instances) for v in train_data.videos)),
+            "final_loss": float(last_loss),
+            "validation": history,
+            **(extra_info or {}),
+        }
+        return make_checkpoint(model, train_data.class_names, train_data.info, training)
+
+    len_epochs_done = start_epoch
+    end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    bar = tqdm(total=(end_epoch - start_epoch) * iters_per_epoch, disable=not progress, desc="train", unit="it",
+               dynamic_ncols=True)
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            model.train()
+            plan = _epoch_plan(train_data.videos, config, rng)
+            running = []
+            for b in range(0, len(plan), config.batch_size):
+                feats, targets = _make_batch(train_data.videos, plan[b : b + config.batch_size], config,
+                                             len(train_data.class_names), rng)
+                feats, targets = feats.to(device), targets.to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = _lr_at(it, total_iters, warmup, config.lr)
+                losses = head_loss(model(feats, targets.mask), targets, config.loss)
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                it += 1
+                running.append(float(losses["loss"].detach()))
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(running[-20:]):.3f}")
+            last_loss = float(np.mean(running))
+            len_epochs_done = epoch + 1
+            if val_data is not None and (
+                (config.val_every and len_epochs_done % config.val_every == 0) or len_epochs_done == config.epochs
+            ):
+                metrics = validate(model, val_data, val_annotations, device)
+                history.append({"epoch": len_epochs_done, **metrics})
+                log.info("epoch %d: loss %.4f, validation mAP@0.5 %.2f %%, average mAP %.2f %%",
+                         len_epochs_done, last_loss, 100 * metrics["mAP"][2], 100 * metrics["average_mAP"])
+            else:
+                log.debug("epoch %d: loss %.4f", len_epochs_done, last_loss)
+            state = {
+                "format": STATE_FORMAT,
+                "checkpoint": checkpoint(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": len_epochs_done,
+                "iteration": it,
+                "history": history,
+                "last_loss": last_loss,
+                "rng_numpy": rng.bit_generator.state,
+                "rng_torch": torch.get_rng_state(),
+                "train_config": config.to_dict(),
+            }
+            save_checkpoint(state_path, state)
+    finally:
+        bar.close()
+    if len_epochs_done < config.epochs:
+        return {}
+    ckpt = checkpoint()
+    save_checkpoint(out, ckpt)
+    state_path.unlink(missing_ok=True)
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A validated checkpoint dict (``weights_only``); see :mod:`tal_pipeline.inference`."""
+    return read_checkpoint(path)

@@ -1,0 +1,113 @@
+"""The head: TSA matrices on hand-made cases, masks, any D, windowed inference."""
+
+import pytest
+import torch
+
+from tal_pipeline.head import HeadConfig, HeadModel
+from tal_pipeline.head.tsa import TemporalSelfAttention, class_relation_matrix, interval_tiou_matrix
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """2 shared cores: intra-op threads fight each other; one thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_class_relation_matrix_eq1():
+    classes = torch.tensor([[0, 0, 1, 2, 0]])
+    is_action = torch.tensor([[True, True, True, False, False]])
+    a = class_relation_matrix(classes, is_action)[0]
+    assert a[0, 1] == 0.5 and a[1, 0] == 0.5 and a[0, 0] == 0.5  # same action class
+    assert a[0, 2] == pytest.approx(0.4) and a[2, 1] == pytest.approx(0.4)  # different actions
+    assert a[0, 3] == pytest.approx(0.1) and a[3, 2] == pytest.approx(0.1)  # one background
+    assert a[0, 4] == pytest.approx(0.1)  # background predicted class 0 is still background
+    assert a[3, 4] == 0 and a[4, 4] == 0  # both background
+
+
+def test_interval_tiou_matrix_eq2():
+    # intervals [t - l, t + r]: [0, 2], [0, 2], [2, 3], [2, 4]
+    d = torch.tensor([[[0.0, 2.0], [1.0, 1.0], [0.0, 1.0], [1.0, 1.0]]])
+    b = interval_tiou_matrix(d)[0]
+    assert b[0, 1] == pytest.approx(1.0)
+    assert b[0, 2] == 0 and b[1, 3] == 0  # touching intervals
+    assert b[2, 3] == pytest.approx(0.5)
+    assert torch.allclose(b, b.T)
+
+
+def test_tsa_fusion_ignores_own_instance_and_background():
+    torch.manual_seed(0)
+    tsa = TemporalSelfAttention(8, "full")
+    y = torch.randn(1, 8, 4)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    cls = torch.tensor([[[5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 0.0]]])
+    act = torch.tensor([[5.0, 5.0, 5.0, -5.0]])  # position 3 is background
+    dist = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.5, 0.5]]])  # 0 and 1: same instance
+    g, _ = tsa.fusion(y, mask, cls, dist, act)
+    g = g[0]
+    assert g[0, 1] == 0 and g[0, 0] == 0  # own instance (tIoU 1) is redundant
+    assert torch.allclose(g.sum(-1), torch.ones(4))
+    # position 3 (background) attends to the actions with weight 0.1 each, not to itself
+    assert g[3, 3] == 0 and (g[3, :3] > 0).all()
+
+
+@pytest.mark.parametrize("tsa", ["full", "plain", "none"])
+@pytest.mark.parametrize("tpp", [True, False])
+def test_padding_does_not_change_valid_outputs(tsa, tpp):
+    torch.manual_seed(0)
+    model = HeadModel(HeadConfig(input_dim=12, num_classes=3, hidden_dim=16, tsa=tsa, tpp=tpp)).eval()
+    x = torch.randn(1, 37, 12)
+    with torch.no_grad():
+        alone = model(x)
+        padded_x = torch.cat([x, torch.randn(1, 20, 12) * 10], dim=1)
+        mask = torch.zeros(1, 57, dtype=torch.bool)
+        mask[:, :37] = True
+        padded = model(padded_x, mask)
+    for name in ("cls1", "reg1", "act1", "cls", "reg", "act"):
+        assert torch.allclose(getattr(padded, name)[:, :37], getattr(alone, name), atol=1e-4), name
+
+
+@pytest.mark.parametrize("dim", [1, 7, 2048])
+def test_any_input_dim_and_output_shapes(dim):
+    model = HeadModel(HeadConfig(input_dim=dim, num_classes=4, hidden_dim=16)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 30, dim))
+    assert out.cls.shape == (2, 30, 4) and out.reg.shape == (2, 30, 2) and out.act.shape == (2, 30)
+    assert out.cls1.shape == (2, 30, 4) and (out.reg >= 0).all() and (out.reg1 >= 0).all()
+
+
+def test_windowed_inference_equals_full_where_windows_cover():
+    torch.manual_seed(0)
+    cfg = HeadConfig(input_dim=8, num_classes=2, hidden_dim=16, window=64, overlap=32)
+    model = HeadModel(cfg).eval()
+    x = torch.randn(60, 8)
+    with torch.no_grad():  # T <= window: one pass, identical
+        probs, dist, act = model.infer(x)
+        full = model(x[None])
+    assert torch.allclose(probs, torch.sigmoid(full.cls[0]), atol=1e-6)
+    # without TSA the receptive field (~20 steps) is inside the half-overlap: windows == full
+    model = HeadModel(HeadConfig(input_dim=8, num_classes=2, hidden_dim=16, tsa="none", window=64, overlap=48)).eval()
+    x = torch.randn(300, 8)
+    with torch.no_grad():
+        probs, dist, act = model.infer(x)
+        full = model(x[None])
+    assert torch.allclose(probs, torch.sigmoid(full.cls[0]), atol=1e-4)
+    assert torch.allclose(dist, full.reg[0], atol=1e-3)
+    # with TSA, attention is window-local: outputs stay close, not equal
+    model = HeadModel(HeadConfig(input_dim=8, num_classes=2, hidden_dim=16, window=64, overlap=32)).eval()
+    with torch.no_grad():
+        probs, dist, act = model.infer(x)
+        full = model(x[None])
+    assert probs.shape == (300, 2) and dist.shape == (300, 2) and act.shape == (300,)
+    assert (probs - torch.sigmoid(full.cls[0])).abs().max() < 0.2
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        HeadConfig(input_dim=4, num_classes=2, tsa="bogus")
+    with pytest.raises(ValueError):
+        HeadConfig(input_dim=4, num_classes=2, window=64, overlap=30)  # hop 34 not a multiple of 4
+    cfg = HeadConfig(input_dim=4, num_classes=2)
+    assert HeadConfig.from_dict(cfg.to_dict()) == cfg

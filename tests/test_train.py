@@ -1,0 +1,178 @@
+"""Training, checkpoints and the train -> detect -> eval path through the CLI."""
+
+import io
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tal_pipeline.cli import main
+from tal_pipeline.errors import InputError
+from tal_pipeline.evaluate import evaluate
+from tal_pipeline.inference import HeadPredictor, checkpoint_bytes
+from tal_pipeline.postprocess import PostprocessConfig
+from tal_pipeline.results import load_annotations
+from tal_pipeline.synthetic import SyntheticConfig, make_benchmark, write_benchmark
+from tal_pipeline.train import TrainConfig, load_feature_set, train
+
+TINY = SyntheticConfig(num_classes=2, dim=16, num_train=6, num_test=0, min_steps=60, max_steps=100,
+                       max_instances=2, min_len=8, max_len=24, distractors=1, signal=0.8, seed=7)
+TINY_HEAD = {"hidden_dim": 32, "window": 128, "overlap": 32}
+QUICK = TrainConfig(epochs=3, batch_size=4, min_samples_per_epoch=8, window=128, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """2 shared cores: intra-op threads fight each other; one thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("syn")
+    feats, ann = write_benchmark(make_benchmark(TINY), d)
+    return feats, ann
+
+
+@pytest.fixture(scope="module")
+def data(bench_dir):
+    feats, ann = bench_dir
+    gt = load_annotations(ann, subset="training")
+    return load_feature_set(feats, gt), gt
+
+
+def test_overfits_tiny_set(data, tmp_path):
+    fs, gt = data
+    cfg = TrainConfig(epochs=60, batch_size=6, min_samples_per_epoch=6, window=128, lr=1e-2, warmup_epochs=3, seed=0)
+    ckpt = train(fs, tmp_path / "m.pt", cfg, head={**TINY_HEAD, "dropout": 0.0}, progress=False)
+    pred = HeadPredictor.load(tmp_path / "m.pt")
+    assert pred.class_names == fs.class_names and ckpt["features"]["backbone"] == "synthetic"
+    dets = {v.video_id: pred.predict(v.features, v.times, v.step, v.duration, PostprocessConfig()) for v in fs.videos}
+    res = evaluate(gt, dets, (0.5,))
+    assert res.mAP[0] >= 0.95, res.table()
+
+
+def test_same_seed_same_bytes_and_resume(data, tmp_path):
+    fs, _ = data
+    a = train(fs, tmp_path / "a.pt", QUICK, head=TINY_HEAD, progress=False)
+    b = train(fs, tmp_path / "b.pt", QUICK, head=TINY_HEAD, progress=False)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert checkpoint_bytes(a) == checkpoint_bytes(b)
+    assert not (tmp_path / "a.pt.ckpt").exists()  # the resume state goes once the model is written
+    # interrupted after epoch 1, then resumed: same result as the uninterrupted run
+    assert train(fs, tmp_path / "c.pt", QUICK, head=TINY_HEAD, progress=False, stop_after=1) == {}
+    assert (tmp_path / "c.pt.ckpt").is_file() and not (tmp_path / "c.pt").exists()
+    train(fs, tmp_path / "c.pt", QUICK, head=TINY_HEAD, progress=False, resume=True)
+    assert (tmp_path / "c.pt").read_bytes() == (tmp_path / "a.pt").read_bytes()
+    other = train(fs, tmp_path / "d.pt", TrainConfig(**{**QUICK.__dict__, "seed": 2}), head=TINY_HEAD,
+                  progress=False)
+    assert not torch.equal(other["state_dict"]["embed.weight"], a["state_dict"]["embed.weight"])
+
+
+def test_checkpoint_is_plain_data_and_tampering_is_refused(data, tmp_path):
+    fs, _ = data
+    path = tmp_path / "m.pt"
+    ckpt = train(fs, path, QUICK, head=TINY_HEAD, progress=False)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["class_names"] == fs.class_names and loaded["input_dim"] == 16
+    assert loaded["features"]["step"] == pytest.approx(0.4) and loaded["features"]["weights"] == "synthetic:seed=7"
+    assert path.stat().st_size < 5e6
+    pred = HeadPredictor.load(path)
+    assert pred.meta["training"]["epochs_done"] == 3 and pred.input_dim == 16
+
+    def refused(blob: bytes, match: str):
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(blob)
+        with pytest.raises(InputError, match=match):
+            HeadPredictor.load(bad)
+
+    refused(b"not a checkpoint", "not a tal-pipeline model checkpoint")
+    refused(path.read_bytes()[:-100], "not a tal-pipeline model checkpoint")  # truncated
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    buf = io.BytesIO()
+    torch.save({"format": "tal-pipeline/head", "x": Evil()}, buf)
+    refused(buf.getvalue(), "cannot load it safely")  # code in the pickle never runs
+    refused(pickle.dumps({"a": 1}), "not a tal-pipeline model checkpoint")
+    refused(checkpoint_bytes({**ckpt, "class_names": "x"}), "class_names")
+    refused(checkpoint_bytes({k: v for k, v in ckpt.items() if k != "state_dict"}), "state_dict")
+    wrong = dict(ckpt["state_dict"])
+    wrong["embed.weight"] = torch.zeros(3, 3, 1)
+    refused(checkpoint_bytes({**ckpt, "state_dict": wrong}), "shape")
+    refused(checkpoint_bytes({**ckpt, "format_version": 99}), "version")
+    assert zipfile.is_zipfile(path)
+    with pytest.raises(InputError, match="channels"):
+        pred.check_features(15)
+    with pytest.raises(InputError, match="backbone"):
+        pred.check_features(16, backbone="r3d_18", weights="x")
+
+
+def test_cli_train_detect_eval(bench_dir, tmp_path):
+    feats, ann = bench_dir
+    runner = CliRunner()
+    model = tmp_path / "model.pt"
+    r = runner.invoke(main, ["train", str(feats), "--annotations", str(ann), "-o", str(model), "--epochs", "2",
+                             "--hidden-dim", "16", "--window", "128", "--batch-size", "32", "-q"])
+    assert r.exit_code == 0, r.output
+    pred_json = tmp_path / "pred.json"
+    r = runner.invoke(main, ["detect", str(feats), "--features", "--model", str(model), "-o", str(pred_json), "-q"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(pred_json.read_text())
+    assert set(out) >= {"version", "results", "external_data", "videos"}
+    assert set(out["results"]) == set(make_benchmark(TINY).features)
+    seg = out["results"]["syn_train_0000"][0]
+    assert set(seg) == {"label", "score", "segment"} and 0 <= seg["segment"][0] <= seg["segment"][1]
+    assert out["external_data"]["backbone"] == "synthetic"
+    r = runner.invoke(main, ["eval", str(pred_json), "--annotations", str(ann), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)  # (accuracy is test_overfits_tiny_set's business)
+    assert res["tiou"] == pytest.approx([0.3, 0.4, 0.5, 0.6, 0.7]) and all(0 <= m <= 1 for m in res["mAP"])
+    # -o DIR/: one file per video
+    r = runner.invoke(main, ["detect", str(feats), "--features", "--model", str(model), "-o", str(tmp_path / "d") + "/",
+                             "-q", "--top-k", "5"])
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "d").glob("*.json"))
+    assert len(files) == 6 and all(len(json.loads(f.read_text())["results"][f.stem]) <= 5 for f in files)
+
+
+def test_cli_meta_less_features_and_errors(bench_dir, tmp_path):
+    feats, ann = bench_dir
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for npy in sorted(feats.glob("*.npy")):  # bare .npy, as ActionFormer distributes them
+        np.save(foreign / npy.name, np.load(npy))
+    runner = CliRunner()
+    model = tmp_path / "m.pt"
+    r = runner.invoke(main, ["train", str(foreign), "--annotations", str(ann), "-o", str(model), "--epochs", "1",
+                             "--hidden-dim", "16", "--window", "128", "--batch-size", "32", "-q"])
+    assert r.exit_code != 0 and "--feature-stride" in r.output
+    r = runner.invoke(main, ["train", str(foreign), "--annotations", str(ann), "-o", str(model), "--epochs", "1",
+                             "--hidden-dim", "16", "--window", "128", "--batch-size", "32", "-q", "--feature-stride", "4"])
+    assert r.exit_code == 0, r.output  # fps from the annotation file's per-video "fps"
+    ck = torch.load(model, weights_only=True)
+    assert ck["features"]["backbone"] == "unknown" and ck["features"]["step"] == pytest.approx(0.4)
+    r = runner.invoke(main, ["detect", str(foreign), "--features", "--model", str(model), "-o", str(tmp_path / "p.json"),
+                             "--fps", "10", "--feature-stride", "4", "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["detect", str(foreign), "--features", "--model", str(model), "-o", str(tmp_path / "q.json"),
+                             "--annotations", str(ann), "--feature-stride", "4", "-q"])  # per-video fps
+    assert r.exit_code == 0, r.output
+    q, p = (json.loads((tmp_path / f).read_text())["results"] for f in ("q.json", "p.json"))
+    for vid in p:  # same predictions (durations differ by the annotation file's rounding)
+        assert [d["score"] for d in q[vid]] == pytest.approx([d["score"] for d in p[vid]])
+    r = runner.invoke(main, ["detect", str(foreign), "--model", str(model), "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and "not available yet" in r.output
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    r = runner.invoke(main, ["detect", str(feats), "--features", "--model", str(tmp_path / "bad.pt"), "-o",
+                             str(tmp_path / "p.json")])
+    assert r.exit_code == 1 and "not a tal-pipeline model checkpoint" in r.output
