@@ -158,8 +158,9 @@ class Detector:
     def external_data(self) -> dict[str, Any]:
         feats = self.predictor.meta["features"]
         return {
-            "backbone": f"{feats.get('backbone', 'unknown')} {feats.get('weights', 'unknown')}",
-            "model": self.predictor.meta.get("path", "?"),
+            "backbone": feats.get("backbone", "unknown"),
+            "weights": feats.get("weights", "unknown"),
+            "model": str(self.predictor.meta.get("path", "?")),
             "classes": self.class_names,
         }
 

@@ -170,8 +170,10 @@ def test_cli_meta_less_features_and_errors(bench_dir, tmp_path):
     q, p = (json.loads((tmp_path / f).read_text())["results"] for f in ("q.json", "p.json"))
     for vid in p:  # same predictions (durations differ by the annotation file's rounding)
         assert [d["score"] for d in q[vid]] == pytest.approx([d["score"] for d in p[vid]])
-    r = runner.invoke(main, ["detect", str(foreign), "--model", str(model), "-o", str(tmp_path / "p.json")])
-    assert r.exit_code == 2 and "not available yet" in r.output
+    (tmp_path / "v.mp4").write_bytes(b"not decoded: the model is refused first")
+    r = runner.invoke(main, ["detect", str(tmp_path / "v.mp4"), "--model", str(model), "-o", str(tmp_path / "p.json")])
+    # raw video needs the backbone the model was trained on: unknown here, so a clear refusal
+    assert r.exit_code == 1 and "unknown backbone" in r.output and "--features" in r.output
     (tmp_path / "bad.pt").write_bytes(b"junk")
     r = runner.invoke(main, ["detect", str(feats), "--features", "--model", str(tmp_path / "bad.pt"), "-o",
                              str(tmp_path / "p.json")])

@@ -1,128 +1,94 @@
 """``tal detect INPUT... -o OUT``: temporal action detections as ActivityNet results JSON.
 
-Today only ``--features`` (INPUTs are feature files from ``tal extract`` or foreign ``.npy``);
-the raw-video path plugs in at :func:`_detect_videos`.
+INPUTs are videos (files, folders searched recursively, ``.txt`` lists), or with ``--features``
+feature files from ``tal extract`` (or foreign meta-less ``.npy`` with ``--fps`` and
+``--feature-stride``).
+
+Outputs (DESIGN.md "Files"):
+
+- ``-o DIR/`` (trailing slash, or an existing folder): ``DIR/<video_id>.json`` per video.
+  Resume: a video whose file exists is skipped (``--overwrite`` redoes it).
+- ``-o x.json``: one merged file. Each finished video is first kept in ``x.json.parts/`` so an
+  interrupted run resumes there; the merged file is written atomically at the end (videos
+  already in an existing ``x.json`` are kept and skipped), and the parts folder is removed
+  once every video succeeded.
+
+A failing video is one line ``tal: <file>: <cause>``; the others go on; the failures are
+listed at the end and in ``failures.txt`` beside the output; exit status 1 if any failed.
+A single video also gets a short summary of its segments on stdout.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+import shutil
+import sys
 from pathlib import Path
 
 import click
 
-from tal_pipeline.errors import InputError, NotAvailableError, TalError
+from tal_pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-def _expand_inputs(inputs: Iterable[str], suffixes: tuple[str, ...]) -> list[Path]:
-    """Files named, the matching files of folders (sorted) and of list files (one path a line)."""
-    from tal_pipeline.featio import list_feature_files
+class _Output:
+    """Where per-video results go and what is already done (resume)."""
 
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths.extend(list_feature_files(p) if suffixes == (".npy",) else sorted(
-                q for q in p.rglob("*") if q.suffix.lower() in suffixes))
-        elif p.suffix.lower() in (".txt", ".lst", ".list") and p.is_file():
-            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-            paths.extend((p.parent / ln) for ln in lines if ln and not ln.startswith("#"))
-        else:
-            paths.append(p)
-    if not paths:
-        raise InputError("no input files found")
-    return paths
+    def __init__(self, output_arg: str, overwrite: bool):
+        self.path = Path(output_arg)
+        self.split = output_arg.endswith(("/", os.sep)) or self.path.is_dir()
+        self.parts = self.path if self.split else self.path.with_name(self.path.name + ".parts")
+        self.overwrite = overwrite
+        self.previous: dict = {}  # merged mode: results already in an existing output file
+        if not self.split and self.path.is_file() and not overwrite:
+            from tal_pipeline.results import load_results
 
+            self.previous = load_results(self.path)
+        self.parts.mkdir(parents=True, exist_ok=True)
 
-def _video_ids(paths: list[Path]) -> dict[str, Path]:
-    """Video id (file name without extension) -> path; collisions are an error before any work."""
-    ids: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in ids and ids[p.stem] != p:
-            raise InputError(f"two inputs share the video id {p.stem!r}: {ids[p.stem]} and {p}")
-        ids[p.stem] = p
-    return ids
+    def part(self, vid: str) -> Path:
+        return self.parts / f"{vid}.json"
 
+    def is_done(self, vid: str) -> bool:
+        if self.overwrite:
+            return False
+        if self.previous and vid in self.previous.detections:
+            return True
+        return self.part(vid).is_file()
 
-def resolve_model(model: str) -> Path:
-    """A checkpoint path; ``demo`` is the shipped demo detector (``weights/``)."""
-    p = Path(model)
-    if p.is_file():
-        return p
-    if model == "demo":
-        try:
-            from importlib.resources import files
+    def failures_path(self) -> Path:
+        return self.path / "failures.txt" if self.split else self.path.with_name(
+            self.path.name + ".failures.txt"
+        )
 
-            for entry in files("tal_pipeline.weights").iterdir():
-                if entry.name.endswith(".pt") and entry.name.startswith("demo"):
-                    return Path(str(entry))
-        except (ModuleNotFoundError, FileNotFoundError):
-            pass
-        raise NotAvailableError("the demo detector is not shipped in this install; pass --model PATH")
-    raise InputError(f"{model}: no such model checkpoint")
+    def merge(self, vids: list[str]) -> dict:
+        """Merged mode: every finished video (parts + previous output) -> the output file."""
+        from tal_pipeline.results import load_results, make_results, write_results
 
-
-def _write_outputs(output: Path, per_video: dict, videos_meta: dict, external: dict, split: bool) -> None:
-    from tal_pipeline.results import make_results, split_results, write_results
-
-    results = make_results(per_video, videos_meta, external)
-    if split:
-        for vid, obj in split_results(results).items():
-            write_results(output / f"{vid}.json", obj)
-    else:
-        write_results(output, results)
-
-
-def _run_batch(ids: dict[str, Path], work: Callable[[str, Path], tuple[list, dict]], progress: bool,
-               skip: Callable[[str], bool]) -> tuple[dict, dict, list[tuple[str, str]]]:
-    """Run ``work`` on every input; one failure never stops the others."""
-    from tqdm import tqdm
-
-    per_video, meta, failures = {}, {}, []
-    for vid, path in tqdm(ids.items(), disable=not progress, desc="detect", unit="video"):
-        if skip(vid):
-            log.info("%s: already done, skipped", vid)
-            continue
-        try:
-            per_video[vid], meta[vid] = work(vid, path)
-        except TalError as err:
-            failures.append((str(path), str(err)))
-            log.error("%s: %s", path, err)
-    return per_video, meta, failures
-
-
-def _detect_features(ids, predictor, post, fps, feature_stride, window_frames, annotations=None):
-    """Per-video work for feature files. Meta-less ``.npy``: frame rate from the annotation
-    file's per-video ``fps`` when given (THUMOS14 mixes rates), else ``fps``; duration from the
-    annotation file when it has the video, else from the features."""
-    from tal_pipeline.featio import load_features
-
-    def work(vid: str, path: Path):
-        ann = annotations.videos.get(vid) if annotations is not None else None
-        arr, meta = load_features(path, fps=(ann.fps if ann and ann.fps else fps), feature_stride=feature_stride,
-                                  window_frames=window_frames)
-        predictor.check_features(arr.shape[1], meta.backbone, meta.weights, str(path))
-        duration = ann.duration if ann and ann.duration > 0 else meta.duration
-        segs = predictor.predict(arr, meta.times(), meta.step, duration, post)
-        return segs, {"path": str(path), "duration": duration, "fps": meta.fps}
-
-    return work
-
-
-def _detect_videos(inputs, output, model, device, min_score, top_k, overwrite, quiet):
-    """The raw-video path (decode -> flow -> backbone -> head); the lead plugs it in here."""
-    raise NotAvailableError("tal detect on raw video is not available yet; pass --features")
+        per_video, meta, external = {}, {}, {}
+        if self.previous:
+            per_video.update(self.previous.detections)
+            meta.update(self.previous.videos)
+            external.update(self.previous.external_data)
+        for vid in vids:
+            if self.part(vid).is_file():
+                res = load_results(self.part(vid))
+                per_video.update(res.detections)
+                meta.update(res.videos)
+                external.update(res.external_data)
+        results = make_results(per_video, meta, external)
+        write_results(self.path, results)
+        return results
 
 
 @click.command("detect")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", "output_arg", required=True, type=click.Path(),
               help="x.json: one file for all inputs; DIR/ (or an existing folder): DIR/<video_id>.json each.")
-@click.option("--model", default="demo", show_default=True, help="Checkpoint from 'tal train', or 'demo'.")
+@click.option("--model", default="demo", show_default=True,
+              help="Checkpoint from 'tal train', or 'demo' (the shipped camera-motion detector).")
 @click.option("--features", "use_features", is_flag=True, help="INPUTs are feature files (.npy [+ .json]).")
 @click.option("--fps", type=float, default=None, help="Meta-less .npy: the video's frame rate.")
 @click.option("--feature-stride", type=int, default=None, help="Meta-less .npy: frames per feature step.")
@@ -130,45 +96,110 @@ def _detect_videos(inputs, output, model, device, min_score, top_k, overwrite, q
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Meta-less .npy: take each video's fps and duration from this ActivityNet JSON.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--flow", "flow_backend", type=click.Choice(["opencv", "torch"]), default="torch",
+              show_default=True, help="TV-L1 implementation for raw video.")
+@click.option("--weights", default=None,
+              help="Backbone weights file for raw video (e.g. a local Kinetics .pth); must match the model's checksum.")
 @click.option("--min-score", type=float, default=0.001, show_default=True, help="Drop detections scoring below this.")
 @click.option("--top-k", type=int, default=200, show_default=True, help="At most this many detections per video.")
-@click.option("--overwrite", is_flag=True, help="With -o DIR/: redo videos whose output exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def command(inputs, output_arg, model, use_features, fps, feature_stride, window_frames, annotations, device,
-            min_score, top_k, overwrite, quiet):
-    """Detect actions in INPUT (files, folders or list files) and write ActivityNet results JSON."""
-    from tal_pipeline.inference import HeadPredictor
+@click.option("--overwrite", is_flag=True, help="Redo videos whose output exists.")
+@click.option("--shard", default=None, metavar="I/N", help="Process only shard I of N (0-based).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a self-contained HTML report of the detections.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
+def command(inputs, output_arg, model, use_features, fps, feature_stride, window_frames, annotations,
+            device, flow_backend, weights, min_score, top_k, overwrite, shard, report_path, progress,
+            quiet):
+    """Detect actions in INPUT (videos, folders or list files) and write ActivityNet results JSON."""
+    from tal_pipeline.batch import (
+        check_unique_ids,
+        collect_inputs,
+        parse_shard,
+        run_batch,
+        select_shard,
+        write_failures,
+    )
+    from tal_pipeline.pipeline import Detector
     from tal_pipeline.postprocess import PostprocessConfig
+    from tal_pipeline.results import make_results, write_results
 
+    if quiet:
+        progress = False
     if top_k < 1:
         raise InputError("--top-k must be >= 1")
-    if not use_features:
-        return _detect_videos(inputs, output_arg, model, device, min_score, top_k, overwrite, quiet)
-    output = Path(output_arg)  # (Path drops a trailing slash: look at the raw string)
-    split = output_arg.endswith(("/", os.sep)) or output.is_dir()
-    ids = _video_ids(_expand_inputs(inputs, (".npy",)))
-    predictor = HeadPredictor.load(resolve_model(model), device=device)
+    if not 0 <= min_score <= 1:
+        raise InputError("--min-score must be within [0, 1]")
+    if shard is not None:
+        parse_shard(shard)
+    extensions = frozenset([".npy"]) if use_features else None
+    paths = collect_inputs(inputs, extensions) if extensions else collect_inputs(inputs)
+    items = select_shard(check_unique_ids(paths), shard)
+    if not items:
+        raise InputError("no inputs found" + (" (.npy feature files)" if use_features else " (videos)"))
+
     post = PostprocessConfig(min_score=min_score, max_segments=top_k)
+    det = Detector.load(model, device=device, flow_backend=flow_backend, weights=weights,
+                        postprocess=post, build_extractor=not use_features)
     ann = None
     if annotations is not None:
         from tal_pipeline.results import load_annotations
 
         ann = load_annotations(annotations)
-    work = _detect_features(ids, predictor, post, fps, feature_stride, window_frames, ann)
+    out = _Output(output_arg, overwrite)
+    external = det.external_data()
+    found: dict[str, list] = {}
 
-    def done(vid: str) -> bool:
-        return split and not overwrite and (output / f"{vid}.json").is_file()
+    def process(vid: str, path: Path) -> None:
+        if use_features:
+            detection = _detect_features(det, path, vid, ann, fps, feature_stride, window_frames)
+        else:
+            detection = det.detect_video(path)
+        results = make_results({vid: detection.segments}, {vid: detection.video_meta()}, external)
+        write_results(out.part(vid), results)
+        found[vid] = detection.segments
 
-    per_video, meta, failures = _run_batch(ids, work, not quiet, done)
-    feats = predictor.meta["features"]
-    external = {"backbone": feats.get("backbone", "unknown"), "weights": feats.get("weights", "unknown"),
-                "model": str(predictor.meta["path"])}
-    if per_video or not split:
-        _write_outputs(output, per_video, meta, external, split)
-    n = sum(len(s) for s in per_video.values())
-    click.echo(f"{len(per_video)} videos, {n} detections -> {output}", err=True)
-    if failures:
-        click.echo(f"{len(failures)} failed:", err=True)
-        for path, why in failures:
-            click.echo(f"  {path}: {why}", err=True)
-        raise TalError(f"{len(failures)} of {len(ids)} inputs failed")
+    report = run_batch(items, process, lambda vid, _: out.is_done(vid), desc="tal detect",
+                       progress=progress)
+    failures = write_failures(out.failures_path().parent, report, out.failures_path().name)
+    if not out.split:
+        out.merge(list(items))
+        if report.ok:
+            shutil.rmtree(out.parts, ignore_errors=True)
+    click.echo(f"tal detect: {report.summary()} -> {out.path}", err=True)
+    if len(items) == 1 and found:
+        (seg_list,) = found.values()
+        from tal_pipeline.pipeline import summary_lines
+
+        click.echo(f"{next(iter(items.values()))}: {len(seg_list)} segments")
+        for line in summary_lines(seg_list, limit=10):
+            click.echo("  " + line)
+    if report_path is not None:
+        from tal_pipeline.report import write_report
+
+        videos = None if use_features else dict(items)
+        write_report(out.path if not out.split else out.parts, videos, Path(report_path),
+                     annotations=ann)
+        click.echo(f"tal detect: report -> {report_path}", err=True)
+    if failures is not None:
+        click.echo(f"tal detect: {len(report.failed)} failed, listed in {failures}:", err=True)
+        for path, cause in report.failed:
+            click.echo(f"  {path}: {cause}", err=True)
+        sys.exit(1)
+
+
+def _detect_features(det, path: Path, vid: str, ann, fps, feature_stride, window_frames):
+    """Pre-extracted features. Meta-less ``.npy``: frame rate from the annotation file's per-video
+    ``fps`` when given (THUMOS14 mixes rates), else ``--fps``; duration from the annotation file
+    when it has the video, else from the features."""
+    from dataclasses import replace
+
+    from tal_pipeline.featio import load_features
+
+    a = ann.videos.get(vid) if ann is not None else None
+    arr, meta = load_features(path, fps=(a.fps if a and a.fps else fps),
+                              feature_stride=feature_stride, window_frames=window_frames)
+    if a is not None and a.duration > 0:
+        meta = replace(meta, duration=float(a.duration))
+    detection = det.detect_features(arr, meta, video=str(path))
+    return detection
