@@ -30,12 +30,12 @@ from tal_pipeline.postprocess import PostprocessConfig, Segment
 log = logging.getLogger(__name__)
 
 DEMO_MODEL = "demo"  # name of the shipped demo detector
-DEMO_FILE = "demo.pt"  # in the `weights/` folder, installed as package data tal_pipeline.weights
+DEMO_FILE = "demo.pt"  # in the top-level `weights/` folder, installed as tal_pipeline.checkpoints
 
 
 def demo_checkpoint_path() -> Path:
     """The shipped demo checkpoint, from a checkout (editable install) or an installed wheel."""
-    path = Path(str(resources.files("tal_pipeline.weights").joinpath(DEMO_FILE)))
+    path = Path(str(resources.files("tal_pipeline.checkpoints").joinpath(DEMO_FILE)))
     if not path.is_file():
         raise InputError(
             f"the demo model is missing ({path}); reinstall tal-pipeline or pass --model PATH"
@@ -85,13 +85,15 @@ class Detector:
         model: str | os.PathLike = DEMO_MODEL,
         *,
         device: str = "cpu",
-        flow_backend: str = "opencv",
+        flow_backend: str | None = None,
         weights: str | os.PathLike | None = None,
         postprocess: PostprocessConfig | None = None,
         build_extractor: bool = True,
     ) -> Detector:
         """Load ``model`` ("demo" or a checkpoint path) and build its extractor.
 
+        ``flow_backend``: TV-L1 implementation; default: the one the training features used
+        (recorded in the checkpoint), else ``"torch"``.
         ``weights`` overrides where the backbone weights come from (e.g. a local ``.pth`` of the
         Kinetics weights); their checksum must still match the checkpoint's.
         """
@@ -104,6 +106,7 @@ class Detector:
         backbone = feats.get("backbone", "unknown")
         label = feats.get("weights", "unknown")
         streams = tuple(feats.get("streams") or ("rgb", "flow"))
+        flow_backend = flow_backend or feats.get("flow_backend") or "torch"
         det._extract_kwargs = {
             "backbone": backbone,
             "weights": str(weights) if weights is not None else _weights_id(label),

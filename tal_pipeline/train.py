@@ -168,6 +168,9 @@ def load_feature_set(
         "backbone": backbone or UNKNOWN,
         "weights": weights or UNKNOWN,
         "dim": dims.pop(),
+        "streams": list(common([tuple(m.streams) for m in metas])),
+        # the TV-L1 implementation of the flow stream: the detector builds the same one
+        "flow_backend": common([m.extra.get("flow_backend") for m in metas]),
     }
     return FeatureSet(videos, names, info)
 

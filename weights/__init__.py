@@ -1,1 +1,1 @@
-"""Shipped model checkpoints (the demo detector). Installed as ``tal_pipeline.weights``."""
+"""Shipped model checkpoints (the demo detector), installed as ``tal_pipeline.checkpoints``."""

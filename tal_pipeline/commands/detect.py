@@ -96,8 +96,8 @@ class _Output:
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Meta-less .npy: take each video's fps and duration from this ActivityNet JSON.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--flow", "flow_backend", type=click.Choice(["opencv", "torch"]), default="torch",
-              show_default=True, help="TV-L1 implementation for raw video.")
+@click.option("--flow", "flow_backend", type=click.Choice(["opencv", "torch"]), default=None,
+              help="TV-L1 implementation for raw video (default: the one the model was trained with).")
 @click.option("--weights", default=None,
               help="Backbone weights file for raw video (e.g. a local Kinetics .pth); must match the model's checksum.")
 @click.option("--min-score", type=float, default=0.001, show_default=True, help="Drop detections scoring below this.")

@@ -1,0 +1,334 @@
+"""Per-stream 3D ResNet trunks, run fully convolutionally in time and streamed with halos.
+
+The r3d_18 trunk (torchvision ``r3d_18`` without ``avgpool``/``fc``):
+
+    stem     conv 3x7x7, temporal stride 1          (B, C, N, 112, 112) -> (B, 64, N, 56, 56)
+    layer1   4 convs 3x3x3                           -> (B, 64, N, 56, 56)
+    layer2   first conv stride 2                     -> (B, 128, N/2, 28, 28)
+    layer3   first conv stride 2                     -> (B, 256, N/4, 14, 14)
+    layer4   *temporal stride 1, dilation 2*         -> (B, 512, N/4, 7, 7)
+    mean over H, W                                   -> (B, 512, N/4)
+
+Output step: **4 frames** (0.4 s at 10 fps). torchvision's layer4 halves time again (step 8);
+we give its first conv and its shortcut temporal stride 1 and its three later convs temporal
+dilation 2 ("a trous"), so every even output position equals torchvision's layer4 output exactly
+(zero padding included) and the odd ones interleave. The receptive field stays the pretrained
+one: **109 frames** (10.9 s), centred on frame ``4 j`` for feature ``j``; feature ``j`` is
+therefore timed at ``4 j / fps`` seconds. ``layer4_dilation=1`` gives the plain stride-1
+variant (receptive field 85 frames) for ablation.
+
+Streaming: each stage (stem+layer1, layer2, layer3, layer4+pool) is temporally local (radius
+5, 7, 7, 7 of its input steps) and zero-pads at the sequence ends. :class:`HaloRunner` applies a
+stage to a stream of chunks: each core chunk is computed with ``halo >= radius`` neighbours on
+each side (fewer at the true ends, where the zero padding then matches the whole-sequence run),
+and only the core's outputs are kept. Chaining one runner per stage gives the whole-sequence
+output (within float rounding) while each frame is computed about once and memory depends on
+the chunk, not on the video's length. The extractor's default (64 steps for the stages
+fed at the full frame rate, stem+layer1 and layer2, whose activations are the largest; 128
+steps for layer3 and layer4) recomputes ~17% of the FLOPs in halos; 128 everywhere would be
+~10%, at ~190 MB more peak memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+BACKBONES = ("r3d_18", "i3d_r50")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    stride: int  # input steps per output step (temporal)
+    radius: int  # input steps each side that one output depends on (temporal)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    id: str  # "r3d_18" or "i3d_r50"
+    dim: int  # features per stream (channels after spatial pooling)
+    feature_stride: int  # frames per feature step
+    receptive_field: int  # frames one feature sees (temporal)
+    centre_offset: float  # frame index of feature 0's receptive-field centre (feature j: + j*stride)
+    stem_key: str  # state-dict key of the first conv (its input channels differ per stream)
+
+
+R3D_18 = BackboneSpec("r3d_18", 512, 4, 109, 0.0, "stem.0.weight")
+I3D_R50 = BackboneSpec("i3d_r50", 2048, 2, 36, 0.5, "blocks.0.conv.weight")
+SPECS = {s.id: s for s in (R3D_18, I3D_R50)}
+
+
+class SpatialMean(nn.Module):
+    """(B, C, T, H, W) -> (B, C, T): global average over space."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(3, 4))
+
+
+class StreamNet(nn.Module):
+    """One stream's trunk: ``(B, C_in, N, H, W)`` float -> ``(B, dim, ceil(N / stride))``.
+
+    ``body`` holds the original model's modules under their original names, so its state dict
+    has the original keys (torchvision's or pytorchvideo's). ``stages`` are (module, StageSpec)
+    in order; they share ``body``'s parameters and are not registered a second time.
+    """
+
+    def __init__(self, spec: BackboneSpec, body: nn.Module, stages: Sequence[tuple[nn.Module, StageSpec]]):
+        super().__init__()
+        self.spec = spec
+        self.body = body
+        self._stages = list(stages)  # plain list: not registered, no duplicate state-dict keys
+
+    @property
+    def stages(self) -> list[tuple[nn.Module, StageSpec]]:
+        return self._stages
+
+    @property
+    def stride(self) -> int:
+        return math.prod(s.stride for _, s in self._stages)
+
+    @property
+    def radius(self) -> int:
+        """Receptive-field radius in input frames (temporal)."""
+        r, jump = 0, 1
+        for _, s in self._stages:
+            r += s.radius * jump
+            jump *= s.stride
+        return r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module, _ in self._stages:
+            x = module(x)
+        return x
+
+
+def r3d_18(in_channels: int = 3, *, layer4_dilation: int = 2, device: str = "cpu") -> StreamNet:
+    """torchvision r3d_18 as a stream trunk (torchvision's random init; load weights after).
+
+    ``in_channels``: 3 for RGB, 2 for flow (a 2-channel stem). ``layer4_dilation``: 2 keeps the
+    pretrained receptive field (see the module docstring), 1 is plain stride 1. ``device="meta"``
+    builds shapes only (instant): ``to_empty`` then ``load_state_dict`` before use.
+    """
+    from torchvision.models.video import r3d_18 as tv_r3d_18
+
+    if layer4_dilation not in (1, 2):
+        raise ValueError(f"layer4_dilation must be 1 or 2, got {layer4_dilation}")
+    with torch.device(device):
+        body = tv_r3d_18(weights=None)
+        if in_channels != 3:
+            body.stem[0] = nn.Conv3d(in_channels, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False)
+    del body.avgpool, body.fc  # the head is ours: spatial pooling only
+    first = body.layer4[0]
+    first.conv1[0].stride = (1, 2, 2)  # temporal stride 2 -> 1
+    first.downsample[0].stride = (1, 2, 2)
+    if layer4_dilation == 2:
+        for conv in (first.conv2[0], body.layer4[1].conv1[0], body.layer4[1].conv2[0]):
+            conv.dilation = (2, 1, 1)
+            conv.padding = (2, 1, 1)
+    radius4 = 1 + 3 * layer4_dilation  # conv1 +-1, then three convs +-dilation
+    stages = [
+        (nn.Sequential(body.stem, body.layer1), StageSpec(1, 1 + 4)),  # stem + 4 convs, +-1 each
+        (body.layer2, StageSpec(2, 1 + 3 * 2)),  # strided conv +-1, 3 convs at output jump 2
+        (body.layer3, StageSpec(2, 1 + 3 * 2)),
+        (nn.Sequential(body.layer4, SpatialMean()), StageSpec(1, radius4)),
+    ]
+    spec = R3D_18 if layer4_dilation == 2 else BackboneSpec("r3d_18", 512, 4, 85, 0.0, R3D_18.stem_key)
+    return StreamNet(spec, body, stages)
+
+
+def i3d_r50(in_channels: int = 3, *, device: str = "cpu") -> StreamNet:
+    """pytorchvideo's ``i3d_r50`` (ResNet-50 I3D, 2048-d) as a stream trunk; needs the extra.
+
+    Structure (pytorchvideo 0.1.5 ``create_resnet``, 5x7x7 stem): blocks[0] stem (temporal
+    +-2), blocks[1] res2 (3 bottlenecks with 3x1x1 ``conv_a``: +-3), blocks[2] temporal max-pool
+    2 / stride 2 (``ceil_mode`` set, so an odd last frame is kept), blocks[3] res4... res5
+    (3x1x1 in every other block: +-2, +-3, +-1 pooled steps), blocks[6] the head (dropped).
+    Step 2 frames; feature j's receptive field is frames 2j-17 .. 2j+18 (36), centre 2j + 0.5.
+    """
+    with torch.device(device):
+        body = _pytorchvideo_i3d(pretrained=False)
+        return _i3d_stream(body, in_channels)
+
+
+def _pytorchvideo_i3d(pretrained: bool) -> nn.Module:
+    from tal_pipeline.errors import NotAvailableError
+
+    try:  # only pytorchvideo.models: 0.1.5's transforms import a module torchvision removed
+        from pytorchvideo.models.hub.resnet import i3d_r50 as pv_i3d_r50
+    except ImportError as err:
+        raise NotAvailableError(
+            f"backbone i3d_r50 needs the optional extra: pip install 'tal-pipeline[pytorchvideo]' ({err})"
+        ) from None
+    return pv_i3d_r50(pretrained=pretrained)
+
+
+def _i3d_stream(body: nn.Module, in_channels: int) -> StreamNet:
+    blocks = body.blocks
+    if in_channels != 3:
+        old = blocks[0].conv
+        blocks[0].conv = nn.Conv3d(
+            in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None
+        )
+    del blocks[6]  # the classification head: spatial pooling only
+    blocks[2].ceil_mode = True  # temporal max-pool (2, 1, 1): keep an odd last frame
+    stages = [
+        (nn.Sequential(blocks[0], blocks[1], blocks[2]), StageSpec(2, 2 + 3 + 1)),  # pool: +1 right
+        (nn.Sequential(blocks[3], blocks[4], blocks[5], SpatialMean()), StageSpec(1, 2 + 3 + 1)),
+    ]
+    return StreamNet(I3D_R50, body, stages)
+
+
+def build_stream(backbone: str, in_channels: int, *, device: str = "cpu") -> StreamNet:
+    """A stream trunk for ``backbone`` ("r3d_18" or "i3d_r50"), randomly initialised on
+    ``device``; ``device="meta"`` for shapes only (fast)."""
+    if backbone == "r3d_18":
+        return r3d_18(in_channels, device=device)
+    if backbone == "i3d_r50":
+        return i3d_r50(in_channels, device=device)
+    raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+class HaloRunner:
+    """Apply a temporally local stage to a stream of chunks, keeping only exact outputs.
+
+    Input pieces are ``(C, t, ...)`` tensors (time on dim 1), any lengths. ``push`` returns the
+    newly final outputs ``(C', t', ...)`` or None; ``finish`` returns the rest. Core chunks of
+    ``chunk`` input steps start at multiples of ``chunk``; each runs with ``halo`` extra steps
+    each side (a multiple of ``stride`` >= the stage's radius, so the output grid stays aligned).
+    Up to ``max_batch`` equally long windows run in one forward.
+    """
+
+    def __init__(self, fn: Forward, stage: StageSpec, chunk: int, max_batch: int = 1):
+        s = stage.stride
+        self.fn = fn
+        self.stride = s
+        self.halo = -(-stage.radius // s) * s
+        self.chunk = max(s, -(-chunk // s) * s)
+        self.max_batch = max(1, max_batch)
+        self.buf: torch.Tensor | None = None  # (C, t, ...) inputs from global step buf_start
+        self.buf_start = 0
+        self.n_in = 0  # input steps received
+        self.next_core = 0  # global input step where the next core chunk starts
+
+    def push(self, x: torch.Tensor) -> torch.Tensor | None:
+        if x.shape[1] == 0:
+            return None
+        self.buf = x if self.buf is None else torch.cat([self.buf, x], dim=1)
+        self.n_in += x.shape[1]
+        windows = []
+        while self.n_in >= self.next_core + self.chunk + self.halo:
+            windows.append(self._window(self.next_core + self.chunk + self.halo, self.next_core + self.chunk))
+            self.next_core += self.chunk
+        out = self._run(windows)
+        self._trim()
+        return out
+
+    def finish(self) -> torch.Tensor | None:
+        """Outputs for the rest of the stream: the last partial chunk is computed, never dropped.
+
+        It is not padded with blank frames (that would change the numbers): the window simply
+        ends at the stream's end, where each layer's own zero padding acts exactly as in a
+        whole-sequence pass, so ``ceil(N / stride)`` outputs come out in total.
+        """
+        if self.buf is None or self.next_core >= self.n_in:
+            return None
+        out = self._run([self._window(self.n_in, self.n_in)])
+        self.next_core = self.n_in
+        self.buf = None
+        return out
+
+    def _window(self, w1: int, core_end: int) -> tuple[int, int, int, int]:
+        w0 = max(0, self.next_core - self.halo)
+        lo = (self.next_core - w0) // self.stride
+        hi = lo + -(-(core_end - self.next_core) // self.stride)
+        return w0, w1, lo, hi
+
+    def _run(self, windows: list[tuple[int, int, int, int]]) -> torch.Tensor | None:
+        outs: list[torch.Tensor] = []
+        i = 0
+        while i < len(windows):
+            group = [windows[i]]
+            while (
+                len(group) < self.max_batch
+                and i + len(group) < len(windows)
+                and windows[i + len(group)][1] - windows[i + len(group)][0] == group[0][1] - group[0][0]
+                and windows[i + len(group)][2:] == group[0][2:]
+            ):
+                group.append(windows[i + len(group)])
+            i += len(group)
+            b0 = self.buf_start
+            x = torch.stack([self.buf[:, w0 - b0 : w1 - b0] for w0, w1, _, _ in group])  # (B, C, t, ...)
+            y = self.fn(x)  # (B, C', t', ...)
+            lo, hi = group[0][2], group[0][3]
+            outs.extend(y[k, :, lo:hi] for k in range(len(group)))
+        if not outs:
+            return None
+        return torch.cat(outs, dim=1)
+
+    def _trim(self) -> None:
+        keep_from = max(0, self.next_core - self.halo)
+        if keep_from > self.buf_start:
+            self.buf = self.buf[:, keep_from - self.buf_start :]
+            self.buf_start = keep_from
+
+
+class StreamPipeline:
+    """A :class:`StreamNet` applied to a stream of ``(C, t, H, W)`` input chunks.
+
+    ``push`` / ``finish`` return feature chunks ``(dim, t')`` (or None); over the whole stream
+    they concatenate to ``net(x)[0]`` for the whole input ``x`` (within float rounding).
+    ``wrap`` turns each stage module into the callable actually run (autocast, memory format).
+    """
+
+    def __init__(
+        self,
+        net: StreamNet,
+        chunk: int | Sequence[int] = 64,
+        max_batch: int = 1,
+        wrap: Callable[[nn.Module], Forward] | None = None,
+    ):
+        wrap = wrap or (lambda m: m)
+        chunks = [chunk] * len(net.stages) if isinstance(chunk, int) else list(chunk)
+        if len(chunks) != len(net.stages):
+            raise ValueError(f"need one chunk per stage ({len(net.stages)}), got {chunks}")
+        self.runners = [
+            HaloRunner(wrap(m), spec, c, max_batch) for (m, spec), c in zip(net.stages, chunks, strict=True)
+        ]
+
+    def push(self, x: torch.Tensor) -> torch.Tensor | None:
+        for r in self.runners:
+            x = r.push(x)
+            if x is None:
+                return None
+        return x
+
+    def finish(self) -> torch.Tensor | None:
+        carry: torch.Tensor | None = None
+        for r in self.runners:
+            pieces = [p for p in (r.push(carry) if carry is not None else None, r.finish()) if p is not None]
+            carry = torch.cat(pieces, dim=1) if pieces else None
+        return carry
+
+
+@torch.inference_mode()
+def forward_chunked(net: StreamNet, x: torch.Tensor, chunk: int, piece: int | None = None) -> torch.Tensor:
+    """``(C, N, H, W) -> (dim, ceil(N / stride))`` through :class:`StreamPipeline`, fed in pieces.
+
+    For tests and one-off use: equals ``net(x[None])[0]`` within float rounding.
+    """
+    pipe = StreamPipeline(net, chunk)
+    piece = piece or chunk
+    outs = [pipe.push(x[:, i : i + piece]) for i in range(0, x.shape[1], piece)]
+    outs.append(pipe.finish())
+    outs = [o for o in outs if o is not None]
+    return torch.cat(outs, dim=1)

@@ -1,0 +1,390 @@
+"""Two-stream features: decode -> TV-L1 flow -> per-stream 3D ResNet, streamed.
+
+``FeatureExtractor(...).extract(path) -> Features``: ``array float32 (T, D)`` (RGB stream's
+``dim`` columns first, then flow's), ``times float64 (T,)`` seconds (the centre of each feature's
+receptive field: ``(centre_offset + j * feature_stride) / fps``; 0.4 j s for r3d_18) and a
+:class:`~tal_pipeline.featio.FeatureMeta`. ``T = ceil(N / feature_stride)`` for ``N`` decoded
+frames: the last partial step is kept.
+
+Streaming: frames arrive in chunks; flow keeps the previous chunk's last frame so fields are
+continuous across chunks (only the video's last frame repeats the previous field); each stream's
+backbone runs through :class:`~tal_pipeline.backbone.StreamPipeline` (halo chunks). Memory is
+bounded by the chunk sizes whatever the video's length (plus the (T, D) output itself).
+Decoding and flow run on a background thread, overlapped with the backbone.
+
+Precision: fp32 on CPU (this project's CPUs have no bf16 units: bf16 autocast is slower there
+and moves features by ~1e-2 relative); fp16 autocast on CUDA, with channels_last_3d and several
+chunks per forward.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from tal_pipeline.backbone import BACKBONES, SPECS, StreamNet, StreamPipeline, build_stream
+from tal_pipeline.errors import InputError
+from tal_pipeline.featio import FeatureMeta
+from tal_pipeline.transforms import FPS
+from tal_pipeline.weights import LoadedWeights, flow_state_dict, load_weights
+
+STREAMS = ("rgb", "flow")  # in output order: RGB columns first
+STREAM_CHANNELS = {"rgb": 3, "flow": 2}  # input channels per stream
+FLOW_BACKENDS = ("opencv", "torch")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    backbone: str = "r3d_18"  # "r3d_18" (512-d per stream) or "i3d_r50" (2048-d, optional extra)
+    weights: str = "kinetics400"  # "kinetics400", "seeded" or a path to a state dict
+    streams: tuple[str, ...] = STREAMS  # subset of ("rgb", "flow"), output in that order
+    flow_backend: str = "torch"  # TV-L1: "torch" (batched, 5x faster on CPU) or "opencv" (reference)
+    device: str = "cpu"  # torch device for the backbone (and the torch flow backend)
+    chunk_frames: int = 64  # core chunk of the first backbone stage, frames (later stages: 2x)
+    batch_chunks: int = 0  # chunks per forward; 0: 1 on CPU, 4 on CUDA
+    precision: str = "auto"  # "auto" (fp32 on CPU, fp16 on CUDA), "fp32", "bf16", "fp16"
+    channels_last: bool = True  # channels_last_3d memory format (faster with oneDNN and cuDNN)
+    decode_chunk: int = 64  # frames per decoded chunk (times batch_chunks on CUDA)
+    size: int = 0  # frame side in pixels; 0: the weights' crop (112 for r3d_18). Tests/ablation
+    check_hash: bool = True  # verify the downloaded/placed Kinetics file's sha256 prefix
+    progress: bool = True  # download progress bar (kinetics400, first use only)
+
+
+@dataclass(frozen=True)
+class Features:
+    array: np.ndarray  # float32 (T, D)
+    times: np.ndarray  # float64 (T,), seconds: centre of each feature
+    meta: FeatureMeta = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+
+class FeatureExtractor:
+    """Builds the stream trunks once; ``extract`` / ``extract_frames`` run them on videos.
+
+    ``backbone_id`` and ``weights_sha256`` identify the features (the detector checks them).
+    """
+
+    def __init__(self, **kwargs):
+        opts = ExtractOptions(**kwargs)
+        streams = tuple(s for s in STREAMS if s in set(opts.streams))
+        if not streams or len(streams) != len(set(opts.streams)):
+            raise InputError(f"streams must be a non-empty subset of rgb, flow, got {opts.streams!r}")
+        if opts.backbone not in BACKBONES:
+            raise InputError(f"unknown backbone {opts.backbone!r}; choose from {', '.join(BACKBONES)}")
+        if opts.flow_backend not in FLOW_BACKENDS:
+            raise InputError(f"unknown flow backend {opts.flow_backend!r}; choose opencv or torch")
+        if opts.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if opts.chunk_frames < 1 or opts.decode_chunk < 1 or opts.batch_chunks < 0 or opts.size < 0:
+            raise InputError("chunk_frames and decode_chunk must be >= 1, batch_chunks >= 0")
+        device = torch.device(opts.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {opts.device!r}: CUDA is not available here")
+        cuda = device.type == "cuda"
+        precision = opts.precision if opts.precision != "auto" else ("fp16" if cuda else "fp32")
+        batch = opts.batch_chunks or (4 if cuda else 1)
+        self.options = replace(opts, streams=streams, precision=precision, batch_chunks=batch)
+        self.device = device
+        self.spec = SPECS[opts.backbone]
+        loaded = load_weights(opts.backbone, opts.weights, check_hash=opts.check_hash, progress=opts.progress)
+        self.transform = loaded.spec.transform
+        shared = {k: self._prepare(v) for k, v in loaded.state_dict.items()}
+        self.nets = {s: self._build(s, shared) for s in streams}
+        # keep the identity, not a second copy of the tensors (the nets hold them)
+        self.loaded: LoadedWeights = replace(loaded, state_dict={})
+
+    # ---------------------------------------------------------------- identity
+
+    @property
+    def backbone_id(self) -> str:
+        return self.spec.id
+
+    @property
+    def weights_sha256(self) -> str:
+        """Checksum of the trunk tensors (``weights.state_checksum``), RGB stem."""
+        return self.loaded.sha256
+
+    @property
+    def dim(self) -> int:
+        """D = per-stream dim x number of streams."""
+        return self.spec.dim * len(self.options.streams)
+
+    @property
+    def feature_stride(self) -> int:
+        """Frames per feature step."""
+        return self.spec.feature_stride
+
+    # ---------------------------------------------------------------- building
+
+    def _prepare(self, t: torch.Tensor) -> torch.Tensor:
+        """A weight on the device, in the memory format the forward uses (no copy if already)."""
+        t = t.to(self.device)
+        if t.ndim == 5:
+            fmt = torch.channels_last_3d if self.options.channels_last else torch.contiguous_format
+            t = t.contiguous(memory_format=fmt)
+        return t
+
+    def _build(self, stream: str, shared: dict[str, torch.Tensor]) -> StreamNet:
+        """The stream's trunk, its tensors *shared* with the other stream's (frozen weights:
+        the flow stream differs only by its stem), so the weights sit in memory once."""
+        channels = STREAM_CHANNELS[stream]
+        net = build_stream(self.spec.id, channels, device="meta")
+        sd = shared if channels == 3 else flow_state_dict(shared, self.spec.stem_key, channels)
+        if channels != 3:
+            sd[self.spec.stem_key] = self._prepare(sd[self.spec.stem_key])
+        net.body.load_state_dict(sd, strict=True, assign=True)
+        return net.eval().requires_grad_(False)
+
+    def _wrap(self, module: torch.nn.Module):
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.options.precision]
+        device_type = self.device.type
+        channels_last = self.options.channels_last
+
+        def run(x: torch.Tensor) -> torch.Tensor:  # (B, C, t, ...) -> (B, C', t', ...)
+            if channels_last and x.ndim == 5:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            if dtype is None:
+                return module(x)
+            with torch.autocast(device_type, dtype=dtype):
+                return module(x)
+
+        return run
+
+    # ---------------------------------------------------------------- public entries
+
+    def extract(self, path: str | os.PathLike) -> Features:
+        """Features of the video file at ``path`` (raises VideoDecodeError for bad files)."""
+        from tal_pipeline.decode import decode_video, probe_video
+
+        info = probe_video(path)
+        chunk = self.options.decode_chunk * (self.options.batch_chunks if self.device.type == "cuda" else 1)
+        size = self.options.size or self.transform.crop
+        chunks = decode_video(path, FPS, size, chunk_size=chunk, spec=self.transform)
+        return self._extract(((c.frames, None) for c in chunks), str(path), info.duration)
+
+    def extract_frames(
+        self,
+        frames: np.ndarray | Iterable[np.ndarray],
+        flow: np.ndarray | None = None,
+        *,
+        video: str = "<frames>",
+        duration: float | None = None,
+    ) -> Features:
+        """Features of decoded frames: ``uint8 (N, S, S, 3)`` RGB at 10 fps (or an iterable of
+        such chunks). ``flow``: optional precomputed ``float32 (N, 2, S, S)`` pixels (field k from
+        frame k to k+1, the last repeated), which skips TV-L1 (tests)."""
+        if isinstance(frames, np.ndarray):
+            step = self.options.decode_chunk
+            pieces: Iterable[np.ndarray] = (frames[i : i + step] for i in range(0, len(frames), step))
+        else:
+            pieces = frames
+        if flow is None:
+            items = ((f, None) for f in pieces)
+        else:
+            items = _with_flow(pieces, np.asarray(flow, dtype=np.float32))
+        return self._extract(items, video, duration)
+
+    # ---------------------------------------------------------------- the loop
+
+    def _extract(
+        self, items: Iterable[tuple[np.ndarray, np.ndarray | None]], video: str, duration: float | None
+    ) -> Features:
+        streams = self.options.streams
+        chunks = self._stage_chunks()
+        pipes = {s: StreamPipeline(self.nets[s], chunks, self.options.batch_chunks, self._wrap) for s in streams}
+        outs: dict[str, list[torch.Tensor]] = {s: [] for s in streams}
+        n_frames = 0
+        with torch.inference_mode():
+            for rgb, flow in _prefetch(self._inputs(items)):
+                n_frames += 0 if rgb is None else len(rgb)
+                if "rgb" in pipes and rgb is not None and len(rgb):
+                    _keep(outs["rgb"], pipes["rgb"].push(self._rgb_tensor(rgb)))
+                if "flow" in pipes and flow is not None and len(flow):
+                    _keep(outs["flow"], pipes["flow"].push(self._flow_tensor(flow)))
+            for s in streams:
+                _keep(outs[s], pipes[s].finish())
+        if n_frames == 0:
+            raise InputError(f"{video}: no frames")
+        per_stream = []
+        for s in streams:
+            y = torch.cat(outs[s], dim=1) if outs[s] else torch.zeros(self.spec.dim, 0)
+            per_stream.append(y.float().cpu().numpy().T)  # (dim, T) -> (T, dim)
+        lengths = {len(a) for a in per_stream}
+        expected = -(-n_frames // self.spec.feature_stride)
+        if lengths != {expected}:
+            raise RuntimeError(f"stream lengths {lengths} != ceil({n_frames} / stride) = {expected}")
+        array = np.ascontiguousarray(np.concatenate(per_stream, axis=1), dtype=np.float32)
+        step = self.spec.feature_stride / FPS
+        t0 = self.spec.centre_offset / FPS
+        meta = FeatureMeta(
+            video=video,
+            duration=float(duration) if duration is not None else n_frames / FPS,
+            fps=FPS,
+            feature_stride=self.spec.feature_stride,
+            t0=t0,
+            step=step,
+            backbone=self.spec.id,
+            weights=self.loaded.label,
+            streams=streams,
+            dim=array.shape[1],
+            num_features=array.shape[0],
+            extra={
+                "num_frames": n_frames,
+                "receptive_field_frames": self.spec.receptive_field,
+                "flow_backend": self.options.flow_backend if "flow" in streams else None,
+                "precision": self.options.precision,
+                "size": int(self.options.size or self.transform.crop),
+            },
+        )
+        return Features(array, meta.times(), meta)
+
+    def _stage_chunks(self) -> list[int]:
+        """Per backbone stage: ``chunk_frames`` while the stage's input is at the full frame
+        rate (the largest activations), twice that after (smaller halo share, little memory)."""
+        c, jump, out = self.options.chunk_frames, 1, []
+        for _, spec in self.nets[self.options.streams[0]].stages:
+            out.append(c if jump == 1 else 2 * c)
+            jump *= spec.stride
+        return out
+
+    def _inputs(
+        self, items: Iterable[tuple[np.ndarray, np.ndarray | None]]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(RGB chunk, flow fields for the frames whose successor is known); runs on the
+        prefetch thread. Flow is continuous across chunks; the last frame repeats the last field."""
+        need_flow = "flow" in self.options.streams
+        flows = _FlowStream(self.options.flow_backend, self.options.device) if need_flow else None
+        for rgb, given in items:
+            rgb = np.asarray(rgb)
+            if rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[-1] != 3:
+                raise InputError(f"frames must be uint8 (N, H, W, 3), got {rgb.dtype} {rgb.shape}")
+            if not need_flow:
+                yield rgb, None
+            elif given is not None:
+                yield rgb, given
+            else:
+                yield rgb, flows.push(rgb)
+        if flows is not None:
+            yield np.zeros((0, 1, 1, 3), np.uint8), flows.finish()
+
+    def _rgb_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """uint8 (n, H, W, 3) -> float32 (3, n, H, W), normalised with the weights' mean/std."""
+        x = torch.from_numpy(rgb).to(self.device, non_blocking=True)
+        x = x.permute(3, 0, 1, 2).float().div_(255.0)  # (3, n, H, W), [0, 1]
+        mean = torch.tensor(self.transform.mean, device=self.device).view(3, 1, 1, 1)
+        std = torch.tensor(self.transform.std, device=self.device).view(3, 1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def _flow_tensor(self, flow: np.ndarray) -> torch.Tensor:
+        """float32 (n, 2, H, W) pixels -> (2, n, H, W), clipped to +-20 px and divided by 20."""
+        from tal_pipeline.flow import encode_flow
+
+        x = torch.from_numpy(np.ascontiguousarray(encode_flow(flow), dtype=np.float32))
+        return x.to(self.device, non_blocking=True).permute(1, 0, 2, 3)
+
+
+def _keep(out: list[torch.Tensor], y: torch.Tensor | None) -> None:
+    if y is not None and y.shape[1]:
+        out.append(y)
+
+
+def _with_flow(pieces: Iterable[np.ndarray], flow: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    i = 0
+    for rgb in pieces:
+        n = len(rgb)
+        if flow.shape[0] < i + n or flow.ndim != 4 or flow.shape[1] != 2:
+            raise InputError(f"flow must be float32 (N, 2, H, W) matching the frames, got {flow.shape}")
+        yield rgb, flow[i : i + n]
+        i += n
+    if flow.shape[0] != i:
+        raise InputError(f"flow has {flow.shape[0]} fields for {i} frames")
+
+
+class _FlowStream:
+    """TV-L1 over a stream of RGB chunks: ``push`` returns the fields whose next frame is known
+    (field k: frame k -> k+1), ``finish`` the last frame's field (a repeat; zeros for 1 frame)."""
+
+    def __init__(self, backend: str, device: str):
+        self.backend = backend
+        self.device = device
+        self.prev: np.ndarray | None = None  # grey (H, W) of the last frame seen
+        self.last: np.ndarray | None = None  # float32 (2, H, W), the last field computed
+
+    def push(self, rgb: np.ndarray) -> np.ndarray:
+        from tal_pipeline.decode import rgb_to_gray
+        from tal_pipeline.flow import compute_flow
+
+        h, w = rgb.shape[1:3]
+        if len(rgb) == 0:
+            return np.zeros((0, 2, h, w), np.float32)
+        gray = rgb_to_gray(rgb)  # (n, H, W) uint8
+        seq = gray if self.prev is None else np.concatenate([self.prev[None], gray])
+        self.prev = gray[-1]
+        if len(seq) < 2:
+            return np.zeros((0, 2, h, w), np.float32)
+        fields = np.asarray(compute_flow(seq, backend=self.backend, device=self.device), np.float32)
+        self.last = fields[-1]
+        return fields  # (len(seq) - 1, 2, H, W)
+
+    def finish(self) -> np.ndarray:
+        if self.prev is None:
+            return np.zeros((0, 2, 1, 1), np.float32)
+        if self.last is None:
+            return np.zeros((1, 2, *self.prev.shape), np.float32)
+        return self.last[None].copy()
+
+
+_DONE = object()
+
+
+def _prefetch(gen: Iterator, depth: int = 2) -> Iterator:
+    """Run ``gen`` on a background thread, ``depth`` items ahead; errors re-raise here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in gen:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as err:  # noqa: BLE001 -- handed to the consumer
+            put((_DONE, err))
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="tal-extract-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is _DONE:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
+
+

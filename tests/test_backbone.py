@@ -1,0 +1,123 @@
+"""Backbone trunks: chunked == whole, receptive field, weights land where torchvision's do."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tal_pipeline.backbone import R3D_18, forward_chunked, r3d_18
+from tal_pipeline.weights import flow_state_dict, load_weights, state_checksum
+
+
+def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics, so misplaced tensors cannot cancel out."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    n = r3d_18(3).eval()
+    _randomise_bn(n)
+    return n
+
+
+def test_spec_step_and_receptive_field(net):
+    assert net.stride == R3D_18.feature_stride == 4
+    assert 2 * net.radius + 1 == R3D_18.receptive_field == 109
+    assert r3d_18(3, layer4_dilation=1, device="meta").radius == 42
+
+
+@pytest.mark.parametrize("n_frames", [1, 6, 29])
+def test_chunked_equals_whole_sequence(net, n_frames):
+    torch.manual_seed(n_frames)
+    x = torch.randn(3, n_frames, 16, 16)
+    with torch.inference_mode():
+        whole = net(x[None])[0]  # (512, ceil(N / 4))
+    assert whole.shape == (512, -(-n_frames // 4))
+    for chunk, piece in [(8, 3), (16, 64)]:
+        got = forward_chunked(net, x, chunk, piece)
+        assert got.shape == whole.shape
+        assert torch.allclose(got, whole, atol=1e-4, rtol=0), (chunk, piece)
+
+
+def test_receptive_field_is_exact(net):
+    """Changing frame f changes exactly the features j with |4 j - f| <= 54."""
+    torch.manual_seed(1)
+    n, f = 160, 80
+    x = torch.randn(3, n, 16, 16)
+    y = x.clone()
+    y[:, f] += 3.0
+    with torch.inference_mode():
+        a, b = net(x[None])[0], net(y[None])[0]
+    changed = {j for j in range(a.shape[1]) if not torch.equal(a[:, j], b[:, j])}
+    expected = {j for j in range(a.shape[1]) if abs(4 * j - f) <= net.radius}
+    assert changed == expected
+
+
+def test_weights_load_into_torchvision_places(tmp_path, net):
+    """A state dict saved from torchvision's r3d_18 loads; our even positions equal torchvision's
+    layer4 output and their mean equals torchvision's pooled forward (fc = Identity)."""
+    from torchvision.models.video import r3d_18 as tv_r3d_18
+
+    torch.manual_seed(3)
+    tv = tv_r3d_18(weights=None).eval()
+    _randomise_bn(tv, seed=3)
+    path = tmp_path / "random_r3d18.pth"
+    torch.save(tv.state_dict(), path)
+
+    loaded = load_weights("r3d_18", path)
+    ours = r3d_18(3, device="meta")
+    ours.to_empty(device="cpu")
+    ours.body.load_state_dict(loaded.state_dict, strict=True)
+    ours.eval()
+
+    pooled = {}
+
+    def hook(module, inputs, output) -> None:
+        pooled["l4"] = output.mean(dim=(3, 4))  # (1, 512, 2): torchvision's temporal step 8
+
+    tv.layer4.register_forward_hook(hook)
+    tv.fc = torch.nn.Identity()
+    x = torch.randn(1, 3, 16, 48, 48)
+    with torch.inference_mode():
+        ref = tv(x)[0]  # (512,): mean over time and space
+        feats = ours(x)[0]  # (512, 4): step 4 frames
+    assert feats.shape == (512, 4)
+    assert torch.allclose(feats[:, ::2], pooled["l4"][0], atol=1e-5)
+    assert torch.allclose(feats[:, ::2].mean(dim=1), ref, atol=1e-5)
+    sd = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    assert loaded.sha256 == state_checksum(sd)
+
+
+def test_flow_stem_is_rgb_stem_averaged():
+    sd = load_weights("r3d_18", "seeded").state_dict
+    flow = flow_state_dict(sd, R3D_18.stem_key)
+    w, wf = sd[R3D_18.stem_key], flow[R3D_18.stem_key]
+    assert wf.shape == (64, 2, 3, 7, 7)
+    for c in range(2):
+        assert torch.allclose(wf[:, c], w.mean(dim=1))
+    assert all(torch.equal(sd[k], flow[k]) for k in sd if k != R3D_18.stem_key)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pytorchvideo") is None, reason="pytorchvideo extra not installed")
+def test_i3d_r50_random_weights_chunked_equals_whole():
+    from tal_pipeline.backbone import I3D_R50, i3d_r50
+
+    torch.manual_seed(0)
+    net = i3d_r50(2).eval()  # the flow stream: a 2-channel stem
+    assert net.stride == I3D_R50.feature_stride
+    x = torch.randn(2, 21, 32, 32)
+    with torch.inference_mode():
+        whole = net(x[None])[0]
+    assert whole.shape == (I3D_R50.dim, 11)  # ceil(21 / 2): the odd last frame is kept
+    got = forward_chunked(net, x, chunk=8, piece=5)
+    assert torch.allclose(got, whole, atol=1e-4, rtol=0)

@@ -1,0 +1,129 @@
+"""End to end: raw video -> demo detector -> JSON segments, and the checks around it."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tal_pipeline import Detector, camera, footage
+from tal_pipeline.cli import main
+from tal_pipeline.errors import InputError
+from tal_pipeline.inference import read_checkpoint, save_checkpoint
+from tal_pipeline.pipeline import demo_checkpoint_path
+
+HELDOUT = footage.find_sources("heldout")
+OPTS = camera.CameraOptions(width=192, height=144)
+
+
+def _tiou(a, b):
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.fixture(scope="module")
+def pan_clip(tmp_path_factory):
+    """A held-out-footage clip: 2 s static, a 5 s pan_left, 2 s static (known ground truth)."""
+    out = tmp_path_factory.mktemp("clip")
+    plan = camera.plan_video("pan_clip", (99, 1), HELDOUT, OPTS, subset="testing",
+                             script=[("static", 2.5), ("pan_left", 5.0), ("static", 2.5)], fps=25)
+    path = camera.write_video(plan, out / "pan_clip.mp4", HELDOUT)
+    (gt,) = plan.annotations()
+    return path, gt
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return Detector.load("demo")
+
+
+def test_demo_finds_a_known_pan(pan_clip, detector):
+    path, gt = pan_clip
+    segments = detector.detect(path)
+    assert segments, "no detection at all"
+    top = segments[0]
+    assert top.label == gt["label"] == "pan_left"
+    assert _tiou((top.start, top.end), gt["segment"]) >= 0.5, (top, gt)
+    assert all(0 <= s.start < s.end <= 10.0 + 1e-6 and 0 <= s.score <= 1 for s in segments)
+    assert [s.score for s in segments] == sorted((s.score for s in segments), reverse=True)
+
+
+def test_cli_video_and_features_paths_agree(pan_clip, tmp_path):
+    path, gt = pan_clip
+    runner = CliRunner()
+    out = tmp_path / "out.json"
+    r = runner.invoke(main, ["detect", str(path), "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "pan_left" in r.stdout  # the single-video summary
+    res = json.loads(out.read_text())
+    assert set(res) >= {"version", "results", "external_data", "videos"}
+    assert res["videos"]["pan_clip"]["duration"] == pytest.approx(10.0, abs=0.05)
+    assert res["external_data"]["backbone"] == "r3d_18"
+    assert not (tmp_path / "out.json.parts").exists()
+    # the same features through `tal extract` + `tal detect --features`
+    feats = tmp_path / "feats"
+    ckpt = read_checkpoint(demo_checkpoint_path())
+    r = runner.invoke(main, ["extract", str(path), "-o", str(feats), "--weights", "seeded",
+                             "--flow", ckpt["features"].get("flow_backend", "torch"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out2 = tmp_path / "out2.json"
+    r = runner.invoke(main, ["detect", str(feats), "--features", "-o", str(out2), "-q"])
+    assert r.exit_code == 0, r.output
+    a = res["results"]["pan_clip"]
+    b = json.loads(out2.read_text())["results"]["pan_clip"]
+    assert [d["label"] for d in a] == [d["label"] for d in b]
+    np.testing.assert_allclose([d["score"] for d in a], [d["score"] for d in b], atol=1e-4)
+    np.testing.assert_allclose([d["segment"] for d in a], [d["segment"] for d in b], atol=1e-3)
+    # and `tal eval` reads the output against the clip's ground truth
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps({"database": {"pan_clip": {
+        "subset": "testing", "duration": 10.0, "annotations": [gt]}}}))
+    r = runner.invoke(main, ["eval", str(out), "--annotations", str(ann), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["mAP"][2] == pytest.approx(1.0)  # tIoU 0.5
+
+
+def test_batch_with_a_corrupt_file_goes_on(pan_clip, tmp_path):
+    path, _ = pan_clip
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(path, videos / "good.mp4")
+    (videos / "bad.mp4").write_bytes(b"\x00not a video" * 100)
+    out = tmp_path / "res"
+    r = CliRunner().invoke(main, ["detect", str(videos), "-o", str(out) + "/", "-q"])
+    assert r.exit_code == 1
+    assert "bad.mp4" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["failures.txt", "good.json"]
+    assert "bad.mp4" in (out / "failures.txt").read_text()
+    # resume: the good video is not redone, the bad one fails again
+    r = CliRunner().invoke(main, ["detect", str(videos), "-o", str(out) + "/", "-q"])
+    assert r.exit_code == 1 and "1 skipped" in r.output
+
+
+def test_checkpoint_for_another_backbone_is_refused(tmp_path):
+    ckpt = read_checkpoint(demo_checkpoint_path())
+    ckpt["features"] = dict(ckpt["features"], weights="seeded:sha256:" + "0" * 64)
+    bad = save_checkpoint(tmp_path / "other.pt", ckpt)
+    with pytest.raises(InputError, match="backbone mismatch"):
+        Detector.load(bad)
+    ckpt["features"] = dict(ckpt["features"], backbone="i3d_r50")
+    ckpt["input_dim"] = ckpt["input_dim"]
+    bad = save_checkpoint(tmp_path / "other2.pt", ckpt)
+    with pytest.raises(Exception, match="i3d_r50|pytorchvideo|mismatch"):
+        Detector.load(bad)
+
+
+def test_demo_checkpoint_is_small_and_plain():
+    path = demo_checkpoint_path()
+    assert path.stat().st_size < 8 * 2**20
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["class_names"] == list(camera.CLASSES) or set(ckpt["class_names"]) == set(camera.CLASSES)
+    assert ckpt["features"]["backbone"] == "r3d_18"
+    assert ckpt["features"]["weights"].startswith("seeded:sha256:")
+    assert math.isclose(ckpt["features"]["step"], 0.4)
