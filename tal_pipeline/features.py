@@ -98,6 +98,7 @@ class FeatureExtractor:
         loaded = load_weights(opts.backbone, opts.weights, check_hash=opts.check_hash, progress=opts.progress)
         self.transform = loaded.spec.transform
         shared = {k: self._prepare(v) for k, v in loaded.state_dict.items()}
+        self._seeded = loaded.spec.id == "seeded"  # flow stem: own seeded filters (weights.py)
         self.nets = {s: self._build(s, shared) for s in streams}
         # keep the identity, not a second copy of the tensors (the nets hold them)
         self.loaded: LoadedWeights = replace(loaded, state_dict={})
@@ -138,7 +139,9 @@ class FeatureExtractor:
         the flow stream differs only by its stem), so the weights sit in memory once."""
         channels = STREAM_CHANNELS[stream]
         net = build_stream(self.spec.id, channels, device="meta")
-        sd = shared if channels == 3 else flow_state_dict(shared, self.spec.stem_key, channels)
+        sd = shared if channels == 3 else flow_state_dict(
+            shared, self.spec.stem_key, channels, independent=self._seeded
+        )
         if channels != 3:
             sd[self.spec.stem_key] = self._prepare(sd[self.spec.stem_key])
         net.body.load_state_dict(sd, strict=True, assign=True)

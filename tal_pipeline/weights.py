@@ -315,13 +315,33 @@ def seeded_state_dict(backbone: str = "r3d_18") -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in _seeded_cached(backbone)}
 
 
-def flow_state_dict(sd: Mapping[str, torch.Tensor], stem_key: str, channels: int = 2) -> dict[str, torch.Tensor]:
-    """Cross-modality initialisation: the RGB stem averaged over its input channels, repeated.
+def flow_state_dict(
+    sd: Mapping[str, torch.Tensor], stem_key: str, channels: int = 2, *, independent: bool = False
+) -> dict[str, torch.Tensor]:
+    """The flow stream's trunk: the RGB trunk with a ``channels``-input stem.
+
+    Pretrained weights (``independent=False``): cross-modality initialisation, the RGB stem
+    averaged over its 3 input channels and repeated for each flow channel. Note what that means
+    for a frozen backbone: every flow channel gets the same filters, so the stem sees only
+    ``dx + dy`` (a pan right and a tilt down give the same features). Fine-tuning breaks the
+    symmetry; frozen extraction keeps it.
+
+    Seeded weights (``independent=True``): averaging random filters has no transfer to keep,
+    and would make the flow stream blind to the motion's axis, so each flow channel takes its
+    own seeded filters: the RGB stem's first ``channels`` input channels (independent draws of
+    the seeded generator), scaled by sqrt(3 / channels) to keep the Kaiming variance of a
+    ``channels``-input stem.
 
     ``stem_key``'s weight ``(O, 3, kt, kh, kw) -> (O, channels, kt, kh, kw)``; other tensors
     shared unchanged.
     """
     out = dict(sd)
     w = sd[stem_key]
-    out[stem_key] = w.mean(dim=1, keepdim=True).repeat(1, channels, 1, 1, 1).contiguous()
+    if independent:
+        if channels > w.shape[1]:
+            raise ValueError(f"{channels} flow channels from a {w.shape[1]}-channel stem")
+        scale = float(np.sqrt(w.shape[1] / channels))
+        out[stem_key] = (w[:, :channels] * scale).contiguous()
+    else:
+        out[stem_key] = w.mean(dim=1, keepdim=True).repeat(1, channels, 1, 1, 1).contiguous()
     return out

@@ -108,6 +108,23 @@ def test_flow_stem_is_rgb_stem_averaged():
     assert all(torch.equal(sd[k], flow[k]) for k in sd if k != R3D_18.stem_key)
 
 
+def test_seeded_flow_stem_sees_the_motion_axis():
+    """Seeded weights: each flow channel has its own filters, so a pan (dx) and a tilt (dy) of
+    the same size give different features; with averaged filters they would be identical."""
+    sd = load_weights("r3d_18", "seeded").state_dict
+    own = flow_state_dict(sd, R3D_18.stem_key, independent=True)[R3D_18.stem_key]
+    avg = flow_state_dict(sd, R3D_18.stem_key)[R3D_18.stem_key]
+    assert torch.allclose(own, sd[R3D_18.stem_key][:, :2] * (1.5**0.5))
+    assert own.var().item() == pytest.approx(sd[R3D_18.stem_key].var().item() * 1.5, rel=0.05)
+    g = torch.Generator().manual_seed(0)
+    field = torch.rand(1, 1, 4, 16, 16, generator=g)
+    pan = torch.cat([field, torch.zeros_like(field)], dim=1)  # (1, 2, t, h, w): dx only
+    tilt = torch.cat([torch.zeros_like(field), field], dim=1)  # dy only
+    conv = torch.nn.functional.conv3d
+    assert torch.allclose(conv(pan, avg), conv(tilt, avg), atol=1e-6)  # blind to the axis
+    assert not torch.allclose(conv(pan, own), conv(tilt, own), atol=1e-3)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pytorchvideo") is None, reason="pytorchvideo extra not installed")
 def test_i3d_r50_random_weights_chunked_equals_whole():
     from tal_pipeline.backbone import I3D_R50, i3d_r50
