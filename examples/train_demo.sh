@@ -13,7 +13,7 @@ DATA=${DATA:-data/demo}
 N_TRAIN=${N_TRAIN:-26}       # training videos used (of the 48 generated)
 N_HELDOUT=${N_HELDOUT:-13}   # held-out videos used (of the 16 generated)
 OUT=${OUT:-weights/demo.pt}
-EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:---hidden-dim 64}
+EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}
 
 python -m tal_pipeline.camera --out "$DATA/train" --split train --videos 48 --seed 0 \
     --min-duration 30 --max-duration 60 --jobs 2
@@ -36,7 +36,7 @@ ann["database"] = {k: v for k, v in ann["database"].items() if k in used}
 PY
 
 # shellcheck disable=SC2086
-tal train "$DATA/feat_train" --annotations "$DATA/train/annotations.json" -o "$OUT" --seed 0 $EXTRA_TRAIN_ARGS
+tal train "$DATA/feat_train" --annotations "$DATA/train/annotations.json" -o "$OUT" --seed 0 --val-subset none $EXTRA_TRAIN_ARGS
 tal detect "$DATA/feat_heldout" --features --model "$OUT" -o "$DATA/heldout_pred.json"
 tal eval "$DATA/heldout_pred.json" --annotations "$DATA/heldout_used.json"
 sha256sum "$OUT"

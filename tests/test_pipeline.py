@@ -69,8 +69,10 @@ def test_cli_video_and_features_paths_agree(pan_clip, tmp_path):
     # the same features through `tal extract` + `tal detect --features`
     feats = tmp_path / "feats"
     ckpt = read_checkpoint(demo_checkpoint_path())
+    streams = ",".join(ckpt["features"].get("streams") or ["rgb", "flow"])
     r = runner.invoke(main, ["extract", str(path), "-o", str(feats), "--weights", "seeded",
-                             "--flow", ckpt["features"].get("flow_backend", "torch"), "--no-progress"])
+                             "--streams", streams, "--flow", ckpt["features"].get("flow_backend", "torch"),
+                             "--no-progress"])
     assert r.exit_code == 0, r.output
     out2 = tmp_path / "out2.json"
     r = runner.invoke(main, ["detect", str(feats), "--features", "-o", str(out2), "-q"])
