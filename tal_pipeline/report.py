@@ -74,17 +74,15 @@ class ReportOptions:
 
 
 def _as_results(results):
-    from tal_pipeline.results import Results, load_results
+    from tal_pipeline.results import as_results
 
-    return results if isinstance(results, Results) else load_results(results)
+    return as_results(results)
 
 
 def _as_annotations(annotations):
-    if annotations is None:
-        return None
-    from tal_pipeline.results import Annotations, load_annotations
+    from tal_pipeline.results import as_annotations
 
-    return annotations if isinstance(annotations, Annotations) else load_annotations(annotations)
+    return as_annotations(annotations)
 
 
 def find_videos(

@@ -359,3 +359,15 @@ def load_results(path) -> Results:
     if not parsed_files:
         raise InputError(f"{path}: no results files (*.json with a 'results' key) in the folder")
     return Results(detections, videos, external, version, str(path) + os.sep)
+
+
+def as_results(results) -> Results:
+    """A :class:`Results` as it is, or loaded from a path or a results dict."""
+    return results if isinstance(results, Results) else load_results(results)
+
+
+def as_annotations(annotations) -> Annotations | None:
+    """``None``, an :class:`Annotations` as it is, or loaded from a path or a dict."""
+    if annotations is None:
+        return None
+    return annotations if isinstance(annotations, Annotations) else load_annotations(annotations)
