@@ -24,7 +24,7 @@ _LAZY = {
     "Segment": "tal_pipeline.postprocess",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *sorted(_LAZY)]  # noqa: PLE0604 (names, listed from the table)
 
 
 def __getattr__(name: str):
