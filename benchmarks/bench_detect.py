@@ -24,19 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decode import bare_decode
 from bench_extract import CPU_S, line, make_clip, timed
-
-
-def bare_decode(clip: Path) -> int:
-    import av
-
-    n = 0
-    with av.open(str(clip)) as c:
-        s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        for _ in c.decode(s):
-            n += 1
-    return n
 
 
 def stages(clip: Path, seconds: float, model: str, device: str) -> dict:

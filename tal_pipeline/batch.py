@@ -134,6 +134,22 @@ def select_shard(items: Mapping[str, Path], spec: str | None) -> dict[str, Path]
     return {k: items[k] for k in keys}
 
 
+def select_inputs(
+    inputs: Iterable[str | os.PathLike],
+    shard: str | None = None,
+    extensions=VIDEO_EXTENSIONS,
+    what: str = "videos",
+) -> dict[str, Path]:
+    """Steps 1-3 for a verb: ``{video_id: path}`` of this shard, or InputError (bad ``--shard``,
+    a missing input, duplicate ids, or nothing to do: ``no inputs found (<what>)``)."""
+    if shard is not None:
+        parse_shard(shard)
+    items = select_shard(check_unique_ids(collect_inputs(inputs, extensions)), shard)
+    if not items:
+        raise InputError(f"no inputs found ({what})")
+    return items
+
+
 @dataclass
 class BatchReport:
     done: list[str] = field(default_factory=list)  # ids processed now

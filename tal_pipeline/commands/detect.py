@@ -112,14 +112,7 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
             device, flow_backend, weights, min_score, top_k, overwrite, shard, report_path, progress,
             quiet):
     """Detect actions in INPUT (videos, folders or list files) and write ActivityNet results JSON."""
-    from tal_pipeline.batch import (
-        check_unique_ids,
-        collect_inputs,
-        parse_shard,
-        run_batch,
-        select_shard,
-        write_failures,
-    )
+    from tal_pipeline.batch import VIDEO_EXTENSIONS, run_batch, select_inputs, write_failures
     from tal_pipeline.pipeline import Detector
     from tal_pipeline.postprocess import PostprocessConfig
     from tal_pipeline.results import make_results, write_results
@@ -130,13 +123,10 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
         raise InputError("--top-k must be >= 1")
     if not 0 <= min_score <= 1:
         raise InputError("--min-score must be within [0, 1]")
-    if shard is not None:
-        parse_shard(shard)
-    extensions = frozenset([".npy"]) if use_features else None
-    paths = collect_inputs(inputs, extensions) if extensions else collect_inputs(inputs)
-    items = select_shard(check_unique_ids(paths), shard)
-    if not items:
-        raise InputError("no inputs found" + (" (.npy feature files)" if use_features else " (videos)"))
+    if use_features:
+        items = select_inputs(inputs, shard, frozenset([".npy"]), ".npy feature files")
+    else:
+        items = select_inputs(inputs, shard, VIDEO_EXTENSIONS)
 
     post = PostprocessConfig(min_score=min_score, max_segments=top_k)
     det = Detector.load(model, device=device, flow_backend=flow_backend, weights=weights,

@@ -39,24 +39,12 @@ from tal_pipeline.errors import InputError
 def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, overwrite, shard,
             chunk_frames, progress, size):
     """Extract RGB + TV-L1 flow 3D-ResNet features from videos, files or folders or .txt lists."""
-    from tal_pipeline.batch import (
-        check_unique_ids,
-        collect_inputs,
-        parse_shard,
-        run_batch,
-        select_shard,
-        write_failures,
-    )
+    from tal_pipeline.batch import parse_shard, run_batch, select_inputs, write_failures
 
     names = tuple(s.strip() for s in streams.split(",") if s.strip())
     if not names or any(s not in ("rgb", "flow") for s in names):
         raise InputError(f"--streams must be rgb, flow or rgb,flow, got {streams!r}")
-    if shard is not None:
-        parse_shard(shard)
-    items = check_unique_ids(collect_inputs(inputs))
-    items = select_shard(items, shard)
-    if not items:
-        raise InputError("no videos found in the inputs")
+    items = select_inputs(inputs, shard)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     from tal_pipeline.featio import save_features
