@@ -2,7 +2,7 @@
 # Regenerates the camera-motion data set and retrains the demo detector (weights/demo.pt).
 #
 #   bash examples/train_demo.sh              # needs: pip install -e '.[camera]'
-#   DATA=/tmp/demo N_TRAIN=48 N_HELDOUT=16 bash examples/train_demo.sh
+#   DATA=/tmp/demo N_TRAIN=32 bash examples/train_demo.sh   # fewer training videos
 #
 # 1. generate videos from real footage through a virtual camera (train sources / held-out sources)
 # 2. extract flow-stream features with the seeded r3d_18 (no download; see weights/README.md for
@@ -10,10 +10,11 @@
 # 3. train the TSA/TPP head, 4. detect on the held-out split, 5. evaluate.
 set -euo pipefail
 DATA=${DATA:-data/demo}
-N_TRAIN=${N_TRAIN:-26}       # training videos used (of the 48 generated)
-N_HELDOUT=${N_HELDOUT:-13}   # held-out videos used (of the 16 generated)
+N_TRAIN=${N_TRAIN:-48}       # training videos used (of the 48 generated)
+N_HELDOUT=${N_HELDOUT:-16}   # held-out videos used (of the 16 generated)
 OUT=${OUT:-weights/demo.pt}
-EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}
+EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:---epochs 60}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the shipped model was trained with one thread
 
 python -m tal_pipeline.camera --out "$DATA/train" --split train --videos 48 --seed 0 \
     --min-duration 30 --max-duration 60 --jobs 2

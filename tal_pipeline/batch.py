@@ -1,27 +1,44 @@
 """Batch runs over many videos, shared by ``tal extract`` and ``tal detect``.
 
-1. ``collect_inputs``: files, folders (their videos, recursively, sorted) and ``.txt`` list
-   files (one path per line) -> an ordered list of video paths. Missing inputs are an error
-   before any work starts.
+1. ``collect_inputs``: files, folders (their videos, recursively, sorted, links followed) and
+   ``.txt`` list files (one path per line) -> an ordered list of video paths. Missing inputs
+   are an error before any work starts. In a folder, a broken link, a link loop or a FIFO with
+   a video suffix is taken, to fail by name; folder link loops and folders that cannot be
+   listed are reported as problems (``problems=``).
 2. ``check_unique_ids``: ``video_id`` is the file stem, sanitised so it can never leave the
    output folder; two inputs with the same id are refused, all collisions listed.
 3. ``select_shard``: ``--shard i/n`` keeps every n-th id (sorted), starting at the i-th.
 4. ``run_batch``: a progress bar; skip what ``is_done`` says is complete (resume); one failure is
    one line ``tal: <file>: <cause>`` and the batch goes on; Ctrl-C stops at once.
 5. ``write_failures``: the failure list, beside the outputs.
+
+Interruption and concurrency: outputs are written atomically (``fsutil``) and the last one is
+the completion marker, so a run killed at any point (even by SIGKILL) leaves only complete
+outputs, and the rerun skips them. With ``run_batch(lock_dir=...)`` each video is worked on
+under an exclusive ``flock`` on ``LOCKDIR/.<video_id>.lock``: several processes may run on the
+same output folder; a video another process holds is reported *busy* (neither done nor failed)
+and is not touched, a video that became complete meanwhile is skipped. The kernel drops a dead
+process's lock, so no lock is ever stale; the file is removed on release. A video's leftover
+``.part`` temps are removed only under its lock, never another live process's.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tal_pipeline.errors import InputError, TalError, VideoDecodeError
+
+if TYPE_CHECKING:
+    from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -32,44 +49,131 @@ LIST_EXTENSION = ".txt"  # an input with this suffix is a list of paths, one per
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=@,-]")  # characters replaced by "_" in video ids
 
 
-def collect_inputs(inputs: Iterable[str | os.PathLike], extensions=VIDEO_EXTENSIONS) -> list[Path]:
+def collect_inputs(
+    inputs: Iterable[str | os.PathLike],
+    extensions=VIDEO_EXTENSIONS,
+    problems: list[tuple[Path, str]] | None = None,
+) -> list[Path]:
     """Expand ``inputs`` into video paths, in the order given (folders sorted, recursive).
 
-    A file is taken as is (whatever its extension); a folder contributes its files whose
+    A file is taken as is (whatever its extension); a folder contributes its entries whose
     suffix is in ``extensions`` (case-insensitive); a ``.txt`` file lists paths (files or
     folders), one per line, relative to the list's folder; blank lines and ``#`` comments are
-    skipped. The same file named twice is kept once. Raises InputError for a missing input.
+    skipped. The same file named twice is kept once.
+
+    Folders are walked following symbolic links. Every entry with a video suffix that is not a
+    folder is taken, even a broken link, a link loop, a FIFO or an unreadable file: it then
+    fails by name with its cause (``decode`` refuses it before opening it). A link to a folder
+    already being walked (a loop) is not entered; a folder reached twice through links is
+    walked once. A subfolder that cannot be listed, and a folder link loop, is a *problem*:
+    appended to ``problems`` as ``(path, cause)`` when a list is given, else logged as a warning.
+
+    Raises InputError for a missing input (a broken link or a link loop named as an input
+    included), an input folder that cannot be listed, or an unreadable list file.
     """
     out: list[Path] = []
     seen: set[Path] = set()
 
     def add(p: Path) -> None:
-        key = p.resolve()
+        key = _identity(p)
         if key not in seen:
             seen.add(key)
             out.append(p)
 
+    def problem(p: Path, cause: str) -> None:
+        if problems is None:
+            log.warning("%s: %s", p, cause)
+        else:
+            problems.append((p, cause))
+
     def expand(p: Path, listed_in: Path | None) -> None:
         where = f" (listed in {listed_in})" if listed_in else ""
-        if p.is_dir():
-            found = sorted(
-                (q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in extensions),
-                key=lambda q: q.relative_to(p).parts,
-            )
-            for q in found:
-                add(q)
-        elif p.is_file():
-            if p.suffix.lower() == LIST_EXTENSION and listed_in is None:
-                for q in _read_list(p):
-                    expand(q, p)
-            else:
-                add(p)
+        try:
+            st = p.stat()
+        except OSError as err:
+            raise InputError(f"{p}: {_access_problem(p, err)}{where}") from None
+        if stat.S_ISDIR(st.st_mode):
+            _walk_folder(p, (st.st_dev, st.st_ino), extensions, add, problem, where)
+        elif stat.S_ISREG(st.st_mode) and p.suffix.lower() == LIST_EXTENSION and listed_in is None:
+            for q in _read_list(p):
+                expand(q, p)
         else:
-            raise InputError(f"{p}: no such file or folder{where}")
+            add(p)  # a file; or a FIFO, a device: refused by name when processed, never opened
 
     for item in inputs:
         expand(Path(item), None)
     return out
+
+
+def _identity(p: Path) -> Path:
+    """What makes two inputs the same file: the resolved path; a path that does not resolve
+    (a broken link, a link loop) is its own identity."""
+    try:
+        return p.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, Python < 3.13
+        return Path(os.path.abspath(p))
+
+
+def _access_problem(p: Path, err: OSError) -> str:
+    """Why ``p`` cannot be used, from the error its ``stat`` raised."""
+    if err.errno == errno.ELOOP:
+        return "symbolic link loop (the links never reach a file or folder)"
+    if p.is_symlink() and err.errno == errno.ENOENT:
+        return f"broken symbolic link (target {os.path.realpath(p)} does not exist)"
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "no such file or folder"
+    if err.errno == errno.EACCES:
+        return "permission denied (a folder on the path cannot be searched)"
+    return f"cannot access ({err.strerror or err})"
+
+
+def _walk_folder(
+    root: Path,
+    root_key: tuple[int, int],
+    extensions,
+    add: Callable[[Path], None],
+    problem: Callable[[Path, str], None],
+    where: str,
+) -> None:
+    """Depth first, entries sorted by name (so the order is that of the relative paths'
+    parts); folder links followed, loops detected by the folders' real (st_dev, st_ino)."""
+    visited = {root_key}
+
+    def walk(folder: Path, chain: dict[tuple[int, int], Path]) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            cause = "cannot list the folder: " + (
+                "permission denied" if err.errno == errno.EACCES else str(err.strerror or err)
+            )
+            if folder == root:
+                raise InputError(f"{folder}: {cause}{where}") from None
+            problem(folder, cause)
+            return
+        for entry in entries:
+            path = folder / entry.name
+            try:
+                is_dir = entry.is_dir()  # follows links; False for a broken one
+            except OSError:  # a link loop, an unsearchable folder on the way: not a folder
+                is_dir = False
+            if not is_dir:
+                if os.path.splitext(entry.name)[1].lower() in extensions:
+                    add(path)
+                continue
+            try:
+                st = entry.stat()
+            except OSError as err:
+                problem(path, _access_problem(path, err))
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in chain:
+                problem(path, f"symbolic link loop (leads back to the folder {chain[key]}); not entered")
+            elif key not in visited:  # else: the same folder through another link, walked once
+                visited.add(key)
+                walk(path, {**chain, key: path})
+
+    walk(root, {root_key: root})
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -139,14 +243,25 @@ def select_inputs(
     shard: str | None = None,
     extensions=VIDEO_EXTENSIONS,
     what: str = "videos",
+    problems: list[tuple[Path, str]] | None = None,
 ) -> dict[str, Path]:
     """Steps 1-3 for a verb: ``{video_id: path}`` of this shard, or InputError (bad ``--shard``,
-    a missing input, duplicate ids, or nothing to do: ``no inputs found (<what>)``)."""
+    a missing input, duplicate ids, or nothing to do: ``no inputs found (<what>)``).
+
+    ``problems``: filled with the folders ``collect_inputs`` could not walk (``(path, cause)``;
+    logged as warnings when None); when nothing was found they are named in the error."""
     if shard is not None:
         parse_shard(shard)
-    items = select_shard(check_unique_ids(collect_inputs(inputs, extensions)), shard)
+    found: list[tuple[Path, str]] = [] if problems is None else problems
+    start = len(found)
+    items = select_shard(check_unique_ids(collect_inputs(inputs, extensions, found)), shard)
+    if problems is None:
+        for path, cause in found:
+            log.warning("%s: %s", path, cause)
     if not items:
-        raise InputError(f"no inputs found ({what})")
+        new = found[start:]
+        detail = "".join(f"; {p}: {c}" for p, c in new[:3]) + ("; ..." if len(new) > 3 else "")
+        raise InputError(f"no inputs found ({what}){detail}")
     return items
 
 
@@ -155,13 +270,18 @@ class BatchReport:
     done: list[str] = field(default_factory=list)  # ids processed now
     skipped: list[str] = field(default_factory=list)  # ids already complete (resume)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, cause)
+    busy: list[str] = field(default_factory=list)  # ids another process was working on (locked)
+    paths: dict[str, str] = field(default_factory=dict, repr=False)  # id -> input path, all seen
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
     def summary(self) -> str:
-        return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
+        text = f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
+        if self.busy:
+            text += f", {len(self.busy)} busy (another process is on them)"
+        return text
 
 
 def failure_cause(err: BaseException) -> str:
@@ -181,26 +301,38 @@ def run_batch(
     is_done_fn: Callable[[str, Path], bool] | None = None,
     desc: str = "videos",
     progress: bool | None = None,
+    lock_dir: str | os.PathLike | None = None,
+    outputs_fn: Callable[[str], Iterable[Path]] | None = None,
+    problems: Iterable[tuple[Path, str]] = (),
 ) -> BatchReport:
     """Run ``process_fn(id, path)`` for each item not ``is_done_fn(id, path)``.
+
+    ``problems``: what :func:`select_inputs` could not walk (a folder link loop, an unreadable
+    folder): each is one ``tal: <path>: <cause>`` line first and a failure of this batch.
 
     Exceptions (TalError or other) fail that item only: one line ``tal: <path>: <cause>`` on
     stderr (the traceback at DEBUG level, i.e. with ``tal -v``). KeyboardInterrupt propagates at
     once. ``progress``: tqdm bar on stderr (None: only on a terminal).
+
+    ``lock_dir``: work on each item under its lock ``lock_dir/.<id>.lock`` (module docstring):
+    an item locked elsewhere is reported busy; ``is_done_fn`` is asked again once locked.
+    ``outputs_fn(id)``: the files ``process_fn`` writes; their stale ``.part`` temps are removed
+    (under the lock) before it runs.
     """
     from tqdm import tqdm
 
     report = BatchReport()
+    for where, cause in problems:
+        print(f"tal: {where}: {cause}", file=sys.stderr)
+        report.failed.append((str(where), cause))
     disable = (not sys.stderr.isatty()) if progress is None else not progress
     with tqdm(total=len(items), desc=desc, unit="video", file=sys.stderr, disable=disable) as bar:
         for vid, path in items.items():
             bar.set_postfix_str(vid, refresh=False)
+            report.paths[vid] = str(path)
             try:
-                if is_done_fn is not None and is_done_fn(vid, path):
-                    report.skipped.append(vid)
-                else:
-                    process_fn(vid, path)
-                    report.done.append(vid)
+                outcome = _run_item(vid, path, process_fn, is_done_fn, lock_dir, outputs_fn)
+                getattr(report, outcome).append(vid)
             except Exception as err:  # one bad video never stops the batch
                 cause = failure_cause(err)
                 log.debug("%s failed", path, exc_info=True)
@@ -212,13 +344,204 @@ def run_batch(
 
 def write_failures(out_dir: str | os.PathLike, report: BatchReport, name: str = "failures.txt") -> Path | None:
     """Write ``OUT/<name>`` (``path<TAB>cause`` lines) if anything failed, else remove a stale
-    one; returns the path written, or None."""
-    from tal_pipeline.fsutil import atomic_write_text
+    one; returns the path written, or None.
+
+    Under a lock, so concurrent runs do not lose each other's lines: the lines already there for
+    videos this run found busy are kept (the process on them may have written them).
+    """
+    from tal_pipeline.fsutil import atomic_write_text, remove_stale_temps
 
     path = Path(out_dir) / name
-    if report.failed:
-        text = "".join(f"{p}\t{c}\n" for p, c in report.failed)
-        return atomic_write_text(path, text)
-    if path.exists():
-        path.unlink()
+    if not report.failed and not path.exists():
+        return None  # nothing to write or remove (and no lock file in a read-only folder)
+    with hold_lock(path.with_name(f".{name}.lock")):
+        remove_stale_temps(path.parent, [name])
+        lines = list(report.failed)
+        busy = {report.paths[v] for v in report.busy if v in report.paths}
+        if busy and path.is_file():
+            ours = {p for p, _ in lines}
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                p, _, cause = line.partition("\t")
+                if p in busy and p not in ours:
+                    lines.append((p, cause))
+        if lines:
+            return atomic_write_text(path, "".join(f"{p}\t{c}\n" for p, c in lines))
+        path.unlink(missing_ok=True)
     return None
+
+
+def _run_item(
+    vid: str,
+    path: Path,
+    process_fn: Callable[[str, Path], object],
+    is_done_fn: Callable[[str, Path], bool] | None,
+    lock_dir: str | os.PathLike | None,
+    outputs_fn: Callable[[str], Iterable[Path]] | None,
+) -> str:
+    """One item of ``run_batch``: ``"done"``, ``"skipped"`` or ``"busy"``; errors propagate."""
+
+    def complete() -> bool:
+        return is_done_fn is not None and bool(is_done_fn(vid, path))
+
+    if complete():  # the cheap path for finished videos: no lock taken
+        if lock_dir is not None:
+            _remove_left_lock(lock_path(lock_dir, vid))
+        return "skipped"
+    lock = FileLock(Path(), None) if lock_dir is None else try_lock(lock_path(lock_dir, vid))
+    if lock is None:
+        log.debug("%s: busy (locked by another process)", path)
+        return "busy"
+    with lock:
+        if lock_dir is not None and complete():  # finished by another process meanwhile
+            return "skipped"
+        if outputs_fn is not None:
+            _remove_temps_of(outputs_fn(vid))
+        process_fn(vid, path)
+    return "done"
+
+
+def _remove_temps_of(outputs: Iterable[Path]) -> None:
+    """Remove the stale ``.part`` temps of these output files (whose lock the caller holds)."""
+    from tal_pipeline.fsutil import remove_stale_temps
+
+    by_folder: dict[Path, list[str]] = {}
+    for out in outputs:
+        by_folder.setdefault(Path(out).parent, []).append(Path(out).name)
+    for folder, names in by_folder.items():
+        n = remove_stale_temps(folder, names)
+        if n:
+            log.debug("removed %d stale temp file(s) of %s", n, ", ".join(names))
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks: ``fcntl.flock`` belongs to an open file description and the kernel drops it when the
+# process dies (even by SIGKILL), so a killed run never leaves a stale lock.
+
+_LOCKING_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+_warned_no_locking = False
+
+
+def lock_path(lock_dir: str | os.PathLike, vid: str) -> Path:
+    """``LOCKDIR/.<video_id>.lock``: held by the process working on that video."""
+    return Path(lock_dir) / f".{vid}.lock"
+
+
+class FileLock:
+    """A held ``flock`` on ``path``; ``release()`` (or the end of a ``with``) lets it go.
+
+    ``release`` removes the file first, still holding the lock: a process that opened the file
+    meanwhile finds, once it has the lock, that the path no longer names what it locked, and
+    retries on a new file (:func:`try_lock`). ``fd`` None: no locking here (a no-op lock).
+    """
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path = path
+        self.fd = fd
+
+    def try_exclusive(self) -> bool:
+        """A shared lock -> exclusive, without waiting: True if no other process holds it.
+
+        On False the lock may be gone (flock converts by unlocking first): only release it.
+        """
+        if self.fd is None:
+            return True
+        fcntl = _fcntl()
+        try:
+            _flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self, unlink: bool = True) -> None:
+        """Unlock; ``unlink``: remove the file first (only while holding it exclusively)."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            if unlink:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def try_lock(path: str | os.PathLike, shared: bool = False) -> FileLock | None:
+    """Lock ``path`` (created, with its folder, if missing) without waiting; None if another
+    process holds a conflicting lock. Exclusive, or ``shared``."""
+    return _lock(Path(path), blocking=False, shared=shared)
+
+
+def hold_lock(path: str | os.PathLike, shared: bool = False) -> FileLock:
+    """Lock ``path`` like :func:`try_lock`, waiting for other processes' locks."""
+    lock = _lock(Path(path), blocking=True, shared=shared)
+    assert lock is not None
+    return lock
+
+
+def _lock(path: Path, blocking: bool, shared: bool) -> FileLock | None:
+    fcntl = _fcntl()
+    if fcntl is None:
+        return FileLock(path, None)
+    op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            _flock(fd, op)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in _LOCKING_UNSUPPORTED:
+                raise
+            _warn_no_locking(path, err)
+            path.unlink(missing_ok=True)
+            return FileLock(path, None)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        mine = os.fstat(fd)
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            return FileLock(path, fd)
+        os.close(fd)  # its holder removed it as we opened it: lock the path's new file
+
+
+def _remove_left_lock(path: Path) -> None:
+    """Remove a lock file a killed process left (no one holds it: take it, then release)."""
+    if path.exists():
+        lock = try_lock(path)
+        if lock is not None:
+            lock.release()
+
+
+def _flock(fd: int, op: int) -> None:
+    _fcntl().flock(fd, op)
+
+
+def _fcntl():
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no locking
+        return None
+    return fcntl
+
+
+def _warn_no_locking(path: Path, err: OSError) -> None:
+    global _warned_no_locking
+    if not _warned_no_locking:
+        _warned_no_locking = True
+        log.warning("%s: file locks unsupported here (%s); do not run two processes on the "
+                    "same output", path.parent, err.strerror or err)

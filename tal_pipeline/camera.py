@@ -560,7 +560,7 @@ def generate(out_dir: str | os.PathLike, split: str, n_videos: int, seed: int,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
+    remove_stale_temps(out_dir, min_age_s=600.0)  # not a concurrent run's live temps
     sources = tuple(footage.find_sources(split))
     log.info("%s sources: %s", split, ", ".join(s.id for s in sources))
     plans = plan_dataset(split, n_videos, seed, options, val_fraction, sources)

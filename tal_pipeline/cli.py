@@ -4,13 +4,22 @@ Each verb lives in ``tal_pipeline/commands/<verb>.py`` and is registered here. H
 (torch, av, cv2) happen inside the verbs, so ``tal --help`` stays fast. Errors a user can act on
 (:class:`~tal_pipeline.errors.TalError`) print as one line on stderr; ``--verbose`` adds the
 traceback and debug logs.
+
+Ctrl-C (SIGINT) and SIGTERM stop a verb at once: ``tal: interrupted`` (exit status 130) or
+``tal: terminated`` (143), no traceback without ``-v``. Both unwind the stack as a
+KeyboardInterrupt, so temp files and locks are cleaned up on the way out; the ``tal`` process
+then ends without the interpreter's shutdown, which would wait for decode/flow worker threads
+to finish their chunk (seconds; their thread pools run every queued task) or abort in them.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -29,6 +38,17 @@ VERBS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM: unwinds like Ctrl-C (cleanup runs)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+_signal_status: int | None = None  # set when a signal stopped the verb: the exit status
+
+
 class _LazyGroup(click.Group):
     """Loads each verb's module only when that verb (or --help) needs it."""
 
@@ -41,7 +61,27 @@ class _LazyGroup(click.Group):
         module = importlib.import_module(f"tal_pipeline.commands.{VERBS[name]}")
         return module.command
 
+    def __call__(self, *args, **kwargs):
+        """``tal`` as a process (CliRunner calls ``main`` instead): after a signal, the stack is
+        unwound and the message printed; end now, skipping the interpreter's shutdown."""
+        global _signal_status
+        _signal_status = None
+        try:
+            return self.main(*args, **kwargs)
+        finally:
+            if _signal_status is not None:
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (OSError, ValueError):
+                        pass
+                os._exit(_signal_status)
+
     def invoke(self, ctx):
+        global _signal_status
+        installed = threading.current_thread() is threading.main_thread()
+        if installed:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return super().invoke(ctx)
         except TalError as err:
@@ -49,9 +89,16 @@ class _LazyGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"tal: error: {err}", err=True)
             sys.exit(err.exit_code)
-        except KeyboardInterrupt:
-            click.echo("tal: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as err:
+            if ctx.obj and ctx.obj.get("verbose"):
+                traceback.print_exc()
+            terminated = isinstance(err, Terminated)
+            click.echo("tal: terminated" if terminated else "tal: interrupted", err=True)
+            _signal_status = 143 if terminated else 130
+            sys.exit(_signal_status)
+        finally:
+            if installed:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,3 +114,6 @@ def main(ctx: click.Context, verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from tal_pipeline.memory import tune_malloc
+
+    tune_malloc()  # bounded peak memory over long videos (see memory.py)

@@ -35,27 +35,51 @@ itself resizes with ``antialias=False``, which aliases on large reductions (abou
 Speed: the decoder runs its own threads (``thread_type = "AUTO"``); conversion runs on one
 extra thread so that the thread feeding the decoder never waits for it (see BENCHMARKS.md).
 
-Errors: a missing file, a file that is not a video, a file without a video stream, a stream
-whose header claims more than ``MAX_PIXELS`` / ``MAX_SIDE`` pixels or ``MAX_DURATION_S``
-seconds, and a stream with no decodable frame raise ``VideoDecodeError(path, cause)``.
+Errors: every refusal is ``VideoDecodeError(path, cause)``, the cause naming what is wrong:
+a missing file, a broken symbolic link (and its target), a symbolic link loop, a folder, FIFO,
+socket or device ("not a regular file": never handed to ``av.open``, which would block on a
+FIFO), an empty or unreadable file ("permission denied"), a file that is not a video, a file
+without a video stream, a header over the limits below, and a stream with no decodable frame.
 
 A file corrupt part-way is decoded as far as possible: packets the decoder rejects are skipped,
 a demuxer error ends the stream there, and decoding stops at a timestamp more than
 ``MAX_DURATION_S`` after t0; each case is reported with ``logging.warning`` (logger
 ``tal_pipeline.decode``), as is a stream that ends well before its header's duration
 (truncated file). The frames decoded up to that point are returned normally; only "no frame at
-all" is an error.
+all" is an error. (An mp4 cut before the end of its index, the ``moov`` box, which ffmpeg
+writes last by default, cannot be opened at all: "not a readable video file (...); truncated:
+the file ends inside its 'mdat' box", or "no 'moov' box" for one never finished.)
 
-Memory: one chunk of ``chunk_size`` output frames (``chunk_size * size * size * 3`` bytes),
-at most ``_Converter.MAX_PENDING`` (4) decoded pictures waiting for conversion and the
-decoder's own buffers, whatever the video's length.
+Limits, all checked before anything large is allocated:
+
+- The path (``_check_file``, before ``av.open``): after following symbolic links it must be a
+  non-empty regular file this process can open for reading.
+- ``MAX_SIDE`` (16384 px a side) and ``MAX_PIXELS`` (8192 x 8192 px in all): the picture size
+  the stream's header claims, checked right after ``av.open`` has read the headers (no frame
+  decoded yet); the decoder is also given ``max_pixels = MAX_PIXELS``, so a frame whose own
+  header claims more than the stream's (a later SPS, a JPEG SOF) is rejected by ffmpeg before
+  its picture is allocated (a rejected packet, see above), and each decoded picture is checked
+  again before conversion. At the limit one decoded 8-bit 4:2:0 picture is 96 MiB.
+- ``MAX_DURATION_S`` (72 h): a longer duration in the header (stream's, else container's) is
+  refused before decoding; a stream whose timestamps run past it stops there with a warning,
+  so no input gives more than ``MAX_DURATION_S * fps`` output frames (2.6 M at 10 fps).
+- ``MAX_BAD_PACKETS`` (1000) packets in a row rejected by the decoder: the file is given up (a
+  demuxer that accepts garbage does not keep the decoder busy for the whole file).
+
+Memory: one chunk of ``chunk_size`` output frames (``chunk_size * size * size * 3`` bytes;
+64 x 112 x 112 x 3 = 2.4 MB by default), at most ``_Converter.MAX_PENDING`` (4) decoded pictures
+waiting for conversion, and the decoder's own buffers (its reference frames: a few pictures),
+whatever the video's length: nothing grows with the number of frames (``tests/
+test_resource_limits.py`` decodes a 3 h stream, 108,000 output frames, in a bounded peak RSS).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import stat
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -157,19 +181,64 @@ def rgb_to_gray(frames: np.ndarray, dtype: type = np.uint8) -> np.ndarray:
 # ----------------------------------------------------------------------------- opening
 
 
+_NOT_REGULAR = (  # (stat test, what the file is) for paths that must never reach av.open
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_file(path: str | os.PathLike) -> None:
+    """Refuse, with a precise cause, what is not a readable non-empty regular file.
+
+    Follows symbolic links (stat), so a broken link, a link loop, a folder, a FIFO or a device
+    is refused here: ``av.open`` is never called on them (it would block on a FIFO forever).
+    """
+    name = os.fspath(path)
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        if os.path.islink(name):
+            target = os.path.realpath(name)  # as far as the chain of links resolves
+            raise VideoDecodeError(
+                path, f"broken symbolic link (target {target} does not exist)"
+            ) from None
+        raise VideoDecodeError(path, "file not found") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            cause = "symbolic link loop (the links never reach a file)"
+        elif err.errno == errno.EACCES:
+            cause = "permission denied (a folder on the path cannot be searched)"
+        elif err.errno == errno.ENOTDIR:
+            cause = "file not found (a part of the path is not a folder)"
+        else:
+            cause = f"cannot access ({err.strerror or err})"
+        raise VideoDecodeError(path, cause) from None
+    if not stat.S_ISREG(st.st_mode):
+        what = next((w for test, w in _NOT_REGULAR if test(st.st_mode)), "not a file")
+        raise VideoDecodeError(path, f"not a regular file ({what})")
+    if st.st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    try:
+        with open(name, "rb"):
+            pass
+    except PermissionError:
+        raise VideoDecodeError(path, "permission denied (the file cannot be read)") from None
+    except OSError as err:
+        raise VideoDecodeError(path, f"cannot open ({err.strerror or err})") from None
+
+
 def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.video.VideoStream]:
     """Open ``path`` and return its first video stream, or raise VideoDecodeError."""
+    _check_file(path)
     p = Path(path)
-    if not p.exists():
-        raise VideoDecodeError(path, "file not found")
-    if not p.is_file():
-        raise VideoDecodeError(path, "not a regular file")
-    if p.stat().st_size == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
     try:
         container = av.open(str(p), "r")
     except av.FFmpegError as err:
-        raise VideoDecodeError(path, f"not a readable video file ({_why(err)})") from err
+        cause = f"not a readable video file ({_why(err)}){_mp4_hint(p)}"
+        raise VideoDecodeError(path, cause) from err
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise VideoDecodeError(path, f"cannot open ({err})") from err
     try:
@@ -178,10 +247,47 @@ def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.vide
             raise VideoDecodeError(path, f"no video stream (has: {', '.join(kinds)})")
         stream = container.streams.video[0]
         _check_header(path, container, stream)
+        try:
+            # the decoder itself refuses pictures above the limit (a frame whose own header
+            # claims more than the stream's), before allocating them: decode and probe alike
+            stream.codec_context.options = {"max_pixels": str(MAX_PIXELS)}
+        except (AttributeError, TypeError, ValueError):  # pragma: no cover - older PyAV
+            pass
     except BaseException:
         container.close()
         raise
     return container, stream
+
+
+def _mp4_hint(path: Path) -> str:
+    """Why an ISO-BMFF (mp4, mov) file ffmpeg cannot open is broken, from its top-level boxes:
+    it ends inside a box (truncated), or it has no ``moov`` index; else ""."""
+    kinds: list[bytes] = []
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            at = 0
+            while at + 8 <= size and len(kinds) < 256:
+                f.seek(at)
+                head = f.read(16)
+                n, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if n == 1 and len(head) == 16:  # 64-bit size
+                    n = int.from_bytes(head[8:16], "big")
+                elif n == 0:  # to the end of the file
+                    n = size - at
+                if n < 8 or not kind.isascii():
+                    return ""
+                kinds.append(kind)
+                at += n
+    except OSError:
+        return ""
+    if not kinds or kinds[0] != b"ftyp" or at + 8 <= size:  # not an mp4, or too many boxes
+        return ""
+    if at > size:
+        return f"; truncated: the file ends inside its '{kinds[-1].decode()}' box"
+    if b"moov" not in kinds:
+        return "; no 'moov' box (the mp4 index): truncated or never finished"
+    return ""
 
 
 def _why(err: BaseException) -> str:
@@ -211,7 +317,9 @@ def _check_header(path, container, stream) -> None:
     duration = _header_duration(container, stream)
     if duration is not None and duration > MAX_DURATION_S:
         raise VideoDecodeError(
-            path, f"duration {duration:.0f} s exceeds the limit of {MAX_DURATION_S:.0f} s"
+            path,
+            f"duration {duration:.0f} s ({duration / 3600:.0f} h) exceeds the limit of "
+            f"{MAX_DURATION_S:.0f} s ({MAX_DURATION_S / 3600:.0f} h)",
         )
 
 
@@ -338,6 +446,7 @@ def decode_video(
     *,
     chunk_size: int = DEFAULT_CHUNK,
     spec: VideoTransformSpec = KINETICS_R3D,
+    truncated: str = "error",
 ) -> Iterator[FrameChunk]:
     """Stream a video as chunks of ``fps`` frames per second, resized and cropped for ``spec``.
 
@@ -348,7 +457,14 @@ def decode_video(
     The file is opened and its header checked at call time, so a missing file, a non-video, a
     video without video stream or with an absurd header raises ``VideoDecodeError`` here;
     "no decodable frame" raises it from the first ``next()``.
+
+    ``truncated``: a stream that ends well before the duration its header gives (by more than
+    max(``TRUNCATION_WARN_S``, 5 %)) raises ``VideoDecodeError`` ("truncated: ...") after the
+    last chunk (``"error"``, the default: a truncated file is a bad input), or only logs a
+    warning (``"warn"``: keep what is there).
     """
+    if truncated not in ("error", "warn"):
+        raise ValueError(f"truncated must be 'error' or 'warn', got {truncated!r}")
     if not (isinstance(fps, (int, float, Fraction)) and 0 < fps < math.inf):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if int(size) != size or size < 1:
@@ -356,13 +472,13 @@ def decode_video(
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     container, stream = _open(path)
-    return _decode(path, container, stream, fps, int(size), int(chunk_size), spec)
+    return _decode(path, container, stream, fps, int(size), int(chunk_size), spec, truncated)
 
 
-def _decode(path, container, stream, fps, size, chunk_size, spec) -> Iterator[FrameChunk]:
+def _decode(path, container, stream, fps, size, chunk_size, spec, truncated) -> Iterator[FrameChunk]:
     converter = _Converter(path, spec.resize_for(size), size)
     try:
-        yield from _sample(path, container, stream, fps, chunk_size, converter)
+        yield from _sample(path, container, stream, fps, chunk_size, converter, truncated)
     finally:
         converter.close()
         container.close()
@@ -440,15 +556,10 @@ class _Converter:
 
 
 def _sample(
-    path, container, stream, fps, chunk_size, converter: _Converter
+    path, container, stream, fps, chunk_size, converter: _Converter, truncated: str = "error"
 ) -> Iterator[FrameChunk]:
     """The sampling loop (module docstring): decoded frames in, chunks of output frames out."""
     stream.thread_type = "AUTO"
-    try:
-        # the decoder itself refuses pictures above the limit, before allocating them
-        stream.codec_context.options = {"max_pixels": str(MAX_PIXELS)}
-    except (AttributeError, TypeError, ValueError):  # pragma: no cover - older PyAV
-        pass
     fps_f = float(fps)
     fps_q = Fraction(fps).limit_denominator(10**6)
     tb = stream.time_base or Fraction(1, 90000)
@@ -526,11 +637,16 @@ def _sample(
     if n:
         yield FrameChunk(buf[:n], np.arange(k - n, k, dtype=np.float64) / fps_f, k - n)
 
-    _report(path, container, stream, errors, dropped_backwards, float(end * tb))
+    _report(path, container, stream, errors, dropped_backwards, float(end * tb), truncated)
 
 
-def _report(path, container, stream, errors: list[str], dropped: int, decoded_s: float) -> None:
-    """Log what went wrong in a stream that still gave frames."""
+def _report(
+    path, container, stream, errors: list[str], dropped: int, decoded_s: float, truncated: str = "warn"
+) -> None:
+    """Log what went wrong in a stream that still gave frames; a truncated stream raises
+    ``VideoDecodeError`` with ``truncated="error"`` when the video stream's own header (or, for
+    a file with no other stream, the container's) gives the duration: a container duration can
+    include a longer audio track, so it is only a warning then."""
     if errors:
         log.warning(
             "%s: %d decoding problem(s), first: %s; kept what decoded", path, len(errors), errors[0]
@@ -539,6 +655,13 @@ def _report(path, container, stream, errors: list[str], dropped: int, decoded_s:
         log.warning("%s: dropped %d frame(s) with out-of-order timestamps", path, dropped)
     header = _header_duration(container, stream)
     if header is not None and decoded_s < header - max(TRUNCATION_WARN_S, 0.05 * header):
+        own = stream.duration is not None and stream.duration > 0 and stream.time_base
+        if truncated == "error" and (own or len(container.streams) == 1):
+            raise VideoDecodeError(
+                path,
+                f"truncated: the video stream ends at {decoded_s:.2f} s but its header says "
+                f"{header:.2f} s",
+            )
         log.warning(
             "%s: stream ends at %.2f s but its header says %.2f s (truncated file?)",
             path,

@@ -16,6 +16,20 @@ class VideoDecodeError(TalError):
         super().__init__(f"{self.path}: {cause}")
 
 
+class VideoTooShortError(VideoDecodeError):
+    """A video decoded fine but gives fewer frames than one feature step needs."""
+
+    def __init__(self, path, num_frames: int, fps: float, step_frames: int):
+        self.num_frames = num_frames
+        self.step_frames = step_frames
+        cause = (
+            f"too short: {num_frames} frame{'s' if num_frames != 1 else ''} at {fps:g} fps "
+            f"({num_frames / fps:.2f} s); one feature step needs {step_frames} frames "
+            f"({step_frames / fps:.2f} s)"
+        )
+        super().__init__(path, cause)
+
+
 class InputError(TalError):
     """Bad user input: a malformed file, a wrong option, a schema error."""
 

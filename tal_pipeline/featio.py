@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,12 @@ def save_features(
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = None  # np.load says why
+    if mode is not None and not stat.S_ISREG(mode):  # a FIFO would block np.load forever
+        raise InputError(f"{path}: not a regular file")
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:

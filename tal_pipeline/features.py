@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from tal_pipeline.backbone import BACKBONES, SPECS, StreamNet, StreamPipeline, build_stream
-from tal_pipeline.errors import InputError
+from tal_pipeline.errors import InputError, VideoTooShortError
 from tal_pipeline.featio import FeatureMeta
 from tal_pipeline.transforms import FPS
 from tal_pipeline.weights import LoadedWeights, flow_state_dict, load_weights
@@ -145,7 +145,9 @@ class FeatureExtractor:
         if channels != 3:
             sd[self.spec.stem_key] = self._prepare(sd[self.spec.stem_key])
         net.body.load_state_dict(sd, strict=True, assign=True)
-        return net.eval().requires_grad_(False)
+        net = net.eval().requires_grad_(False)
+        _fold_batchnorm(net.body)
+        return net
 
     def _wrap(self, module: torch.nn.Module):
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.options.precision]
@@ -165,14 +167,26 @@ class FeatureExtractor:
     # ---------------------------------------------------------------- public entries
 
     def extract(self, path: str | os.PathLike) -> Features:
-        """Features of the video file at ``path`` (raises VideoDecodeError for bad files)."""
+        """Features of the video file at ``path`` (raises VideoDecodeError for bad files, and
+        its subclass VideoTooShortError for a video of fewer frames than one feature step)."""
         from tal_pipeline.decode import decode_video, probe_video
 
         info = probe_video(path)
         chunk = self.options.decode_chunk * (self.options.batch_chunks if self.device.type == "cuda" else 1)
         size = self.options.size or self.transform.crop
         chunks = decode_video(path, FPS, size, chunk_size=chunk, spec=self.transform)
-        return self._extract(((c.frames, None) for c in chunks), str(path), info.duration)
+        return self._extract(self._long_enough(chunks, path), str(path), info.duration)
+
+    def _long_enough(self, chunks: Iterable, path) -> Iterator[tuple[np.ndarray, None]]:
+        """(frames, None) per decoded chunk; at the end, VideoTooShortError (on the prefetch
+        thread, re-raised by the consumer before the backbone's last step) if the whole video
+        gave fewer than ``feature_stride`` frames: not one full feature step."""
+        n = 0
+        for c in chunks:
+            n += len(c.frames)
+            yield c.frames, None
+        if n < self.feature_stride:
+            raise VideoTooShortError(path, n, FPS, self.feature_stride)
 
     def extract_frames(
         self,
@@ -295,6 +309,55 @@ class FeatureExtractor:
         return x.to(self.device, non_blocking=True).permute(1, 0, 2, 3)
 
 
+class _ConvNorm(torch.nn.Module):
+    """A ``Conv3d`` followed by an eval-mode ``BatchNorm3d``, as one conv with a bias.
+
+    The conv's weight tensor is kept as is (shared with the other stream and with the weights
+    cache: no second copy); the per-channel scale is applied to a transient weight at each call
+    (a few MB), the shift is the conv's bias.
+    """
+
+    def __init__(self, conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d):
+        super().__init__()
+        self.conv = conv
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        self.register_buffer("scale", scale.detach().view(-1, 1, 1, 1, 1).clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        weight = c.weight * self.scale.to(c.weight.dtype)
+        return torch.nn.functional.conv3d(
+            x, weight, self.shift.to(c.weight.dtype), c.stride, c.padding, c.dilation, c.groups
+        )
+
+
+def _fold_batchnorm(module: torch.nn.Module) -> int:
+    """Fold every eval-mode ``BatchNorm3d`` that follows a ``Conv3d`` in an ``nn.Sequential``
+    into it (:class:`_ConvNorm`; the norm becomes ``Identity``); returns how many.
+
+    Frozen inference only: one pass over each activation and one activation-sized tensor less
+    per conv; results equal the unfolded net within float rounding.
+    """
+    n = 0
+    for parent in list(module.modules()):
+        if not isinstance(parent, torch.nn.Sequential):
+            continue
+        for i in range(len(parent) - 1):
+            conv, norm = parent[i], parent[i + 1]
+            if not (isinstance(conv, torch.nn.Conv3d) and isinstance(norm, torch.nn.BatchNorm3d)):
+                continue
+            if norm.training or norm.running_mean is None:
+                continue
+            parent[i] = _ConvNorm(conv, norm)
+            parent[i + 1] = torch.nn.Identity()
+            n += 1
+    return n
+
+
 def _keep(out: list[torch.Tensor], y: torch.Tensor | None) -> None:
     if y is not None and y.shape[1]:
         out.append(y)
@@ -378,16 +441,21 @@ def _prefetch(gen: Iterator, depth: int = 2) -> Iterator:
 
     thread = threading.Thread(target=work, name="tal-extract-prefetch", daemon=True)
     thread.start()
+    interrupted = False
     try:
         while True:
-            item, err = q.get()
+            item, err = q.get()  # a signal (Ctrl-C) interrupts the wait
             if item is _DONE:
                 if err is not None:
                     raise err
                 return
             yield item
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        stop.set()
-        thread.join(timeout=5.0)
+        stop.set()  # the worker stops at its next put
+        if not interrupted:  # Ctrl-C: no wait for the decode/flow step in progress (daemon)
+            thread.join(timeout=5.0)
 
 

@@ -10,6 +10,8 @@ import io
 import json
 import os
 import tempfile
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +63,34 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Delete ``.*.part`` temp files a killed run left in ``folder``; returns how many."""
+def temp_target(name: str) -> str | None:
+    """The file a temp named ``name`` (``.<target>.<random>.part``, as written here) was for;
+    None if ``name`` is not such a temp. The random part never contains a dot."""
+    if not (name.startswith(".") and name.endswith(".part")):
+        return None
+    target, dot, rand = name[1 : -len(".part")].rpartition(".")
+    return target if dot and target and rand else None
+
+
+def remove_stale_temps(
+    folder: str | os.PathLike, names: Iterable[str] | None = None, min_age_s: float = 0.0
+) -> int:
+    """Delete ``.*.part`` temp files a killed run left in ``folder``; returns how many.
+
+    ``names``: only the temps of these target file names (e.g. one video's outputs, whose lock
+    the caller holds: never another live process's temps). ``min_age_s``: only temps not
+    modified for that long (a live writer keeps touching its temp).
+    """
+    wanted = None if names is None else set(names)
+    now = time.time()
     n = 0
     for p in Path(folder).glob(".*.part"):
+        target = temp_target(p.name)
+        if target is None or (wanted is not None and target not in wanted):
+            continue
         try:
+            if min_age_s > 0 and now - p.stat().st_mtime < min_age_s:
+                continue
             p.unlink()
             n += 1
         except OSError:

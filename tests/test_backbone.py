@@ -138,3 +138,34 @@ def test_i3d_r50_random_weights_chunked_equals_whole():
     assert whole.shape == (I3D_R50.dim, 11)  # ceil(21 / 2): the odd last frame is kept
     got = forward_chunked(net, x, chunk=8, piece=5)
     assert torch.allclose(got, whole, atol=1e-4, rtol=0)
+
+
+def test_batchnorm_folding_keeps_the_outputs(tmp_path):
+    """The extractor folds each eval BatchNorm into its conv (20 in r3d_18): with non-trivial
+    norm statistics the folded trunk gives the unfolded one's features, and the shared weight
+    tensors are not copied."""
+    from tal_pipeline.features import FeatureExtractor, _ConvNorm, _fold_batchnorm
+
+    torch.manual_seed(5)
+    net = r3d_18(3).eval()
+    _randomise_bn(net.body, seed=5)
+    x = torch.randn(1, 3, 12, 32, 32)
+    with torch.inference_mode():
+        ref = net(x)
+    weights_before = {id(m.weight) for m in net.modules() if isinstance(m, torch.nn.Conv3d)}
+    assert _fold_batchnorm(net.body) == 20
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
+    folded = [m for m in net.modules() if isinstance(m, _ConvNorm)]
+    assert {id(m.conv.weight) for m in folded} == weights_before  # no copies
+    with torch.inference_mode():
+        got = net(x)
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+    assert _fold_batchnorm(net.body) == 0  # idempotent
+
+    fx = FeatureExtractor(weights="seeded", streams=("rgb", "flow"))
+    rgb, flow = fx.nets["rgb"], fx.nets["flow"]
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in rgb.modules())
+    def storage(net):
+        return {m.conv.weight.data_ptr() for m in net.modules() if isinstance(m, _ConvNorm)}
+
+    assert len(storage(rgb) & storage(flow)) == 19  # every conv but the stem: one copy in memory

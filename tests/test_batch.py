@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from tal_pipeline.batch import (
     collect_inputs,
     parse_shard,
     run_batch,
+    select_inputs,
     select_shard,
     video_id,
     write_failures,
@@ -48,6 +50,69 @@ def test_collect_files_and_list_files(tmp_path):
     bad_list.write_text("missing.mp4\n")
     with pytest.raises(InputError, match="listed in"):
         collect_inputs([bad_list])
+
+
+def test_collect_takes_bad_entries_by_name_and_follows_folder_links(tmp_path):
+    root = tmp_path / "videos"
+    a = touch(root / "a.mp4")
+    touch(tmp_path / "elsewhere" / "e.mkv")
+    broken = root / "broken.mp4"
+    broken.symlink_to(root / "gone.mp4")
+    loop_a, loop_b = root / "loop_a.mp4", root / "loop_b.mp4"
+    loop_a.symlink_to(loop_b.name)
+    loop_b.symlink_to(loop_a.name)
+    fifo = root / "pipe.avi"
+    os.mkfifo(fifo)
+    (root / "link").symlink_to(tmp_path / "elsewhere")  # a folder link: followed
+    (root / "link2").symlink_to(tmp_path / "elsewhere")  # the same folder again: walked once
+    (root / "sub").mkdir()
+    (root / "sub" / "up").symlink_to("..")  # a loop back to root: reported, not entered
+    (root / "loop_dir").symlink_to("loop_dir")  # a link to itself, no video suffix: skipped
+    (root / "empty").mkdir()
+    problems = []
+    got = collect_inputs([root], problems=problems)
+    assert got == [a, broken, root / "link" / "e.mkv", loop_a, loop_b, fifo]  # sorted parts
+    assert problems == [(root / "sub" / "up", f"symbolic link loop (leads back to the folder {root}); not entered")]
+    assert collect_inputs([root], problems=[]) == got  # deterministic
+
+
+def test_collect_reports_unlistable_folders(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "videos"
+    a = touch(root / "a.mp4")
+    touch(root / "locked" / "x.mp4")
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    problems = []
+    assert collect_inputs([root], problems=problems) == [a]
+    assert problems == [(root / "locked", "cannot list the folder: permission denied")]
+    with caplog.at_level("WARNING", logger="tal_pipeline.batch"):  # no list: a warning each
+        assert collect_inputs([root]) == [a]
+    assert [r.getMessage() for r in caplog.records] == [f"{root / 'locked'}: cannot list the folder: permission denied"]
+    with pytest.raises(InputError, match="locked: cannot list the folder: permission denied"):
+        collect_inputs([root / "locked"])  # a named folder: an error before any work
+    a.unlink()  # nothing left but the folder that cannot be listed: the error names it
+    with pytest.raises(InputError, match=r"no inputs found \(videos\); .*locked: cannot list"):
+        select_inputs([root], problems=[])
+
+
+def test_collect_named_inputs_that_do_not_resolve(tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.symlink_to(tmp_path / "gone.mp4")
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to("loop.mp4")
+    with pytest.raises(InputError, match=rf"broken.mp4: broken symbolic link \(target {tmp_path}/gone.mp4"):
+        collect_inputs([broken])
+    with pytest.raises(InputError, match="loop.mp4: symbolic link loop"):
+        collect_inputs([loop])
+    fifo = tmp_path / "pipe.bin"  # named explicitly: taken, so that it fails by name
+    os.mkfifo(fifo)
+    assert collect_inputs([fifo]) == [fifo]
 
 
 @pytest.mark.parametrize(

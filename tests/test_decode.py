@@ -10,6 +10,8 @@ import importlib.util
 import itertools
 import logging
 import math
+import subprocess
+import sys
 import threading
 import tracemalloc
 from fractions import Fraction
@@ -18,12 +20,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from badfiles import DECODE_KINDS, PARTIAL_KINDS, make_bad, unprivileged_prefix
 from videogen import (
     bright_quadrant,
     code_frame,
     quadrant_frame,
     read_code,
-    write_audio,
     write_vfr_video,
     write_video,
 )
@@ -402,73 +404,69 @@ def clip(tmp_path_factory) -> Path:
     )
 
 
-def _bad_file(kind: str, folder: Path, clip: Path) -> tuple[Path, str]:
-    """A broken input and a word its error message must contain."""
-    path = folder / f"{kind}.mp4"
-    if kind == "missing":
-        return path, "not found"
-    if kind == "text":
-        path.write_text("this is not a video\n" * 20)
-        return path, "not a readable video"
-    if kind == "random":
-        path.write_bytes(
-            np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
-        )
-        return path, ""
-    if kind == "empty":
-        path.write_bytes(b"")
-        return path, "empty"
-    if kind == "audio":
-        return write_audio(folder / "audio.m4a"), "no video stream"
-    if kind == "truncated":
-        data = clip.read_bytes()
-        path.write_bytes(data[: len(data) // 2])  # the index (moov) is lost
-        return path, ""
-    if kind == "folder":
-        path.mkdir()
-        return path, "not a regular file"
-    if kind == "no_frames":  # a valid index, but every sample zeroed: nothing decodes
-        data = bytearray(clip.read_bytes())
-        at = data.index(b"mdat")
-        size = int.from_bytes(data[at - 4 : at], "big")
-        data[at + 4 : at - 4 + size] = bytes(size - 8)
-        path.write_bytes(bytes(data))
-        return path, "no decodable video frames"
-    if kind == "huge_side":
-        path = folder / "huge_side.y4m"
-        path.write_bytes(b"YUV4MPEG2 W16400 H16 F30:1 C420jpeg\nFRAME\n" + bytes(1000))
-        return path, "exceeds the limit"
-    if kind == "huge_area":
-        path = folder / "huge_area.y4m"
-        path.write_bytes(b"YUV4MPEG2 W9000 H8000 F30:1 C420jpeg\nFRAME\n" + bytes(1000))
-        return path, "exceeds the limit"
-    raise AssertionError(kind)
-
-
-BAD = [
-    "missing",
-    "text",
-    "random",
-    "empty",
-    "audio",
-    "truncated",
-    "folder",
-    "no_frames",
-    "huge_side",
-    "huge_area",
-]
-
-
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("kind", BAD)
+@pytest.mark.parametrize("kind", sorted(DECODE_KINDS))
 def test_bad_inputs_raise_video_decode_error(tmp_path, clip, kind):
-    path, word = _bad_file(kind, tmp_path, clip)
+    path, word = make_bad(kind, tmp_path, clip)
     for call in (lambda: list(decode_video(path)), lambda: probe_video(path)):
         with pytest.raises(VideoDecodeError) as err:
             call()
         assert err.value.path == str(path)
         assert word in err.value.cause
-        assert str(path) in str(err.value)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_broken_link_names_its_target(tmp_path, clip):
+    path, _ = make_bad("broken_link", tmp_path, clip)
+    with pytest.raises(VideoDecodeError, match="does-not-exist.mp4 does not exist"):
+        probe_video(path)
+    chain = tmp_path / "chain.mp4"  # chain.mp4 -> broken_link.mp4 -> does-not-exist.mp4
+    chain.symlink_to(path.name)
+    with pytest.raises(VideoDecodeError, match="broken symbolic link .*does-not-exist.mp4"):
+        decode_video(chain)
+
+
+@pytest.mark.timeout(60)
+def test_unreadable_file_is_refused(tmp_path, clip):
+    path, word = make_bad("unreadable", tmp_path, clip)  # a good video, mode 000
+    prefix = unprivileged_prefix()
+    if prefix is None:
+        pytest.skip("root, and no way to drop CAP_DAC_OVERRIDE here")
+    code = (
+        "import sys\n"
+        "from tal_pipeline.decode import probe_video\n"
+        "from tal_pipeline.errors import VideoDecodeError\n"
+        "try:\n"
+        "    probe_video(sys.argv[1])\n"
+        "except VideoDecodeError as err:\n"
+        "    print(err.cause)\n"
+    )
+    r = subprocess.run([*prefix, sys.executable, "-c", code, str(path)], capture_output=True,
+                       text=True, timeout=50, check=False)
+    assert r.returncode == 0, r.stderr
+    assert word in r.stdout and "the file cannot be read" in r.stdout
+    path.chmod(0o644)  # the same file, readable: a good video
+    assert probe_video(path).num_frames == 30
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", PARTIAL_KINDS)
+def test_truncated_after_an_intact_index_keeps_what_decodes(tmp_path, clip, kind):
+    path, _ = make_bad(kind, tmp_path, clip)
+    frames, times, _ = decode_all(path)
+    assert 0 < len(frames) < 30
+    np.testing.assert_array_equal(read_code(frames), 3 * np.arange(len(frames)))
+    assert_times(times)
+
+
+def test_the_decoder_refuses_frames_over_max_pixels(clip, monkeypatch):
+    # a frame bigger than the stream header said: ffmpeg's own max_pixels check, before the
+    # picture is allocated (here the header check is bypassed and the limit lowered)
+    monkeypatch.setattr(decode, "_check_header", lambda *args: None)
+    monkeypatch.setattr(decode, "MAX_PIXELS", W * H - 1)
+    for call in (lambda: list(decode_video(clip)), lambda: probe_video(clip)):
+        with pytest.raises(VideoDecodeError, match="no decodable video frames .*rejected"):
+            call()
 
 
 def test_errors_before_iteration_for_unopenable_files(tmp_path):
@@ -477,21 +475,29 @@ def test_errors_before_iteration_for_unopenable_files(tmp_path):
 
 
 def test_absurd_duration_is_refused(clip, monkeypatch):
+    # the limit itself (real files claiming a million hours: huge_duration_* above)
     monkeypatch.setattr(decode, "MAX_DURATION_S", 2.0)
-    with pytest.raises(VideoDecodeError, match="duration"):
+    with pytest.raises(VideoDecodeError, match="duration 3 s .*exceeds the limit of 2 s"):
         decode_video(clip)
     with pytest.raises(VideoDecodeError, match="duration"):
         probe_video(clip)
 
 
 @pytest.mark.timeout(20)
-def test_truncated_stream_keeps_what_decodes_and_warns(tmp_path, caplog):
+def test_truncated_stream_is_an_error_or_with_warn_keeps_what_decodes(tmp_path, caplog):
     mkv = write_video(tmp_path / "v.mkv", lambda i: code_frame(i, W, H), 30, num_frames=90)
     data = mkv.read_bytes()
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[: len(data) // 2])
+    got = []
+    with pytest.raises(VideoDecodeError, match=r"truncated: the video stream ends at 0\.\d+ s but its header says 3\.00 s"):
+        for chunk in decode_video(cut):  # the default: a bad input, after the frames it has
+            got.append(chunk)
+    assert got  # the error comes at the end: a consumer has seen the frames, then fails
+    with pytest.raises(ValueError, match="truncated must be"):
+        decode_video(cut, truncated="ignore")
     with caplog.at_level(logging.WARNING, logger="tal_pipeline.decode"):
-        frames, times, _ = decode_all(cut)
+        frames, times, _ = decode_all(cut, truncated="warn")
     assert 0 < len(frames) < 30
     np.testing.assert_array_equal(read_code(frames), 3 * np.arange(len(frames)))
     assert_times(times)

@@ -99,3 +99,10 @@ def test_atomic_write_leaves_no_temp(tmp_path):
     (tmp_path / ".o.json.abc.part").write_text("partial")
     assert remove_stale_temps(tmp_path) == 1
     assert os.listdir(tmp_path) == ["o.json"]
+
+
+def test_a_fifo_is_refused_not_opened(tmp_path):
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)  # np.load would wait for a writer forever
+    with pytest.raises(InputError, match="not a regular file"):
+        load_features(fifo, fps=10.0, feature_stride=4)

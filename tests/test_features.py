@@ -113,3 +113,28 @@ def test_real_video_end_to_end(tmp_path):
     rgb, flow = f.array[:, :512], f.array[:, 512:]
     assert 0.05 < rgb.std() < 10 and 0.01 < flow.std() < 10
     assert np.abs(flow).max() > 0  # the flow stream saw motion
+
+
+@pytest.mark.parametrize(
+    ("frames", "rate", "cause"),
+    [
+        (1, 25, "too short: 1 frame at 10 fps (0.10 s); one feature step needs 4 frames (0.40 s)"),
+        (3, 10, "too short: 3 frames at 10 fps (0.30 s); one feature step needs 4 frames (0.40 s)"),
+        (4, 10, None),  # exactly one step: one feature
+    ],
+    ids=["one_frame", "three_frames", "one_step"],
+)
+def test_a_video_shorter_than_one_feature_step_is_refused(fx, tmp_path, frames, rate, cause):
+    from badfiles import write_clip
+
+    from tal_pipeline.errors import VideoDecodeError, VideoTooShortError
+
+    path = write_clip(tmp_path / "v.mp4", num_frames=frames, fps=rate)  # decode_chunk 5 > 4
+    if cause is None:
+        assert fx.extract(path).array.shape == (1, 1024)
+        return
+    with pytest.raises(VideoTooShortError) as err:
+        fx.extract(path)
+    assert isinstance(err.value, VideoDecodeError) and err.value.path == str(path)
+    assert err.value.cause == cause
+

@@ -60,8 +60,9 @@ def _open_stream(
     metadata: dict[str, str] | None,
     container_format: str | None,
     time_base: Fraction | None = None,
+    container_options: dict[str, str] | None = None,
 ):
-    container = av.open(str(path), "w", format=container_format)
+    container = av.open(str(path), "w", format=container_format, options=container_options or {})
     stream = container.add_stream(codec, rate=rate)
     stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
     if time_base is not None:
@@ -89,12 +90,15 @@ def write_video(
     rotation: int = 0,
     metadata: dict[str, str] | None = None,
     container_format: str | None = None,
+    container_options: dict[str, str] | None = None,
+    gop: int | None = None,
 ) -> Path:
     """Write a constant-frame-rate video; frame i is shown from i/fps to (i+1)/fps seconds.
 
     ``rotation``: display-matrix rotation, counter-clockwise degrees (a player shows the stored
     picture turned that way). ``metadata``: stream tags (e.g. ``{"rotate": "90"}``).
-    Returns the path.
+    ``container_options``: muxer options (e.g. ``{"movflags": "faststart"}``). ``gop``: frames
+    between keyframes (the encoder's default when None). Returns the path.
     """
     path = Path(path)
     n = len(frames) if num_frames is None else num_frames
@@ -102,8 +106,11 @@ def write_video(
     height, width = first.shape[:2]
     rate = Fraction(fps).limit_denominator(1001 * 1000)
     container, stream = _open_stream(
-        path, codec, rate, width, height, pix_fmt, options, rotation, metadata, container_format
+        path, codec, rate, width, height, pix_fmt, options, rotation, metadata, container_format,
+        container_options=container_options,
     )
+    if gop is not None:
+        stream.codec_context.gop_size = gop
     try:
         for i in range(n):
             frame = _to_video_frame(first if i == 0 else _get(frames, i))

@@ -9,9 +9,15 @@ Outputs (DESIGN.md "Files"):
 - ``-o DIR/`` (trailing slash, or an existing folder): ``DIR/<video_id>.json`` per video.
   Resume: a video whose file exists is skipped (``--overwrite`` redoes it).
 - ``-o x.json``: one merged file. Each finished video is first kept in ``x.json.parts/`` so an
-  interrupted run resumes there; the merged file is written atomically at the end (videos
-  already in an existing ``x.json`` are kept and skipped), and the parts folder is removed
-  once every video succeeded.
+  interrupted run (Ctrl-C, SIGTERM, even SIGKILL) resumes there; the merged file is written
+  atomically at the end (videos already in an existing ``x.json`` are kept and skipped), and
+  the parts folder is removed once every video succeeded and no other run is on it.
+
+Every file is written atomically. Several processes may run on the same output: each video is
+detected under a lock ``.<video_id>.lock`` in DIR or ``x.json.parts/`` (``batch.run_batch``); a
+video another process is on counts as *busy* and is left to it. In merged mode each run holds
+``.x.json.parts.lock`` (shared) while it runs and merges under ``.x.json.lock``, re-reading
+``x.json`` first, so concurrent runs (e.g. ``--shard``s) never drop each other's results.
 
 A failing video is one line ``tal: <file>: <cause>``; the others go on; the failures are
 listed at the end and in ``failures.txt`` beside the output; exit status 1 if any failed.
@@ -34,19 +40,43 @@ log = logging.getLogger(__name__)
 
 
 class _Output:
-    """Where per-video results go and what is already done (resume)."""
+    """Where per-video results go and what is already done (resume). ``close()`` when done."""
 
     def __init__(self, output_arg: str, overwrite: bool):
+        from tal_pipeline.batch import hold_lock
+
         self.path = Path(output_arg)
         self.split = output_arg.endswith(("/", os.sep)) or self.path.is_dir()
         self.parts = self.path if self.split else self.path.with_name(self.path.name + ".parts")
         self.overwrite = overwrite
-        self.previous: dict = {}  # merged mode: results already in an existing output file
-        if not self.split and self.path.is_file() and not overwrite:
+        self.previous = None  # merged mode: the results already in the output file
+        self._seen: tuple | None = None  # (dev, inode, mtime, size) of the output file when read
+        # merged mode: every run on this output holds this shared; only the last one to finish
+        # (the only one that can make it exclusive) removes the parts folder
+        self.run_lock = None if self.split else hold_lock(
+            self.path.with_name(f".{self.parts.name}.lock"), shared=True
+        )
+        try:
+            self._refresh()
+            self.parts.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def _refresh(self) -> None:
+        """Merged mode: (re)read the output file if it changed since (another run merged)."""
+        if self.split or self.overwrite:
+            return
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self._seen and self.path.is_file():
             from tal_pipeline.results import load_results
 
             self.previous = load_results(self.path)
-        self.parts.mkdir(parents=True, exist_ok=True)
+            self._seen = key
 
     def part(self, vid: str) -> Path:
         return self.parts / f"{vid}.json"
@@ -54,9 +84,21 @@ class _Output:
     def is_done(self, vid: str) -> bool:
         if self.overwrite:
             return False
-        if self.previous and vid in self.previous.detections:
+        if self.part(vid).is_file():
             return True
-        return self.part(vid).is_file()
+        self._refresh()
+        return self.previous is not None and vid in self.previous.detections
+
+    def close(self, remove_parts: bool = False) -> None:
+        """Merged mode: let go of the run lock; ``remove_parts``: also remove the parts folder
+        if no other run is on this output. Idempotent."""
+        lock, self.run_lock = self.run_lock, None
+        if lock is None:
+            return
+        last = lock.try_exclusive()
+        if last and remove_parts:
+            shutil.rmtree(self.parts, ignore_errors=True)
+        lock.release(unlink=last)
 
     def failures_path(self) -> Path:
         return self.path / "failures.txt" if self.split else self.path.with_name(
@@ -64,22 +106,28 @@ class _Output:
         )
 
     def merge(self, vids: list[str]) -> dict:
-        """Merged mode: every finished video (parts + previous output) -> the output file."""
+        """Merged mode: every finished video (parts + output file as it is now) -> the output
+        file, under its lock (concurrent runs merge one after the other)."""
+        from tal_pipeline.batch import hold_lock
+        from tal_pipeline.fsutil import remove_stale_temps
         from tal_pipeline.results import load_results, make_results, write_results
 
-        per_video, meta, external = {}, {}, {}
-        if self.previous:
-            per_video.update(self.previous.detections)
-            meta.update(self.previous.videos)
-            external.update(self.previous.external_data)
-        for vid in vids:
-            if self.part(vid).is_file():
-                res = load_results(self.part(vid))
-                per_video.update(res.detections)
-                meta.update(res.videos)
-                external.update(res.external_data)
-        results = make_results(per_video, meta, external)
-        write_results(self.path, results)
+        with hold_lock(self.path.with_name(f".{self.path.name}.lock")):
+            remove_stale_temps(self.path.parent, [self.path.name])  # a killed merge's
+            self._refresh()
+            per_video, meta, external = {}, {}, {}
+            if self.previous is not None:
+                per_video.update(self.previous.detections)
+                meta.update(self.previous.videos)
+                external.update(self.previous.external_data)
+            for vid in vids:
+                if self.part(vid).is_file():
+                    res = load_results(self.part(vid))
+                    per_video.update(res.detections)
+                    meta.update(res.videos)
+                    external.update(res.external_data)
+            results = make_results(per_video, meta, external)
+            write_results(self.path, results)
         return results
 
 
@@ -112,10 +160,9 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
             device, flow_backend, weights, min_score, top_k, overwrite, shard, report_path, progress,
             quiet):
     """Detect actions in INPUT (videos, folders or list files) and write ActivityNet results JSON."""
-    from tal_pipeline.batch import VIDEO_EXTENSIONS, run_batch, select_inputs, write_failures
+    from tal_pipeline.batch import VIDEO_EXTENSIONS, select_inputs
     from tal_pipeline.pipeline import Detector
     from tal_pipeline.postprocess import PostprocessConfig
-    from tal_pipeline.results import make_results, write_results
 
     if quiet:
         progress = False
@@ -123,10 +170,11 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
         raise InputError("--top-k must be >= 1")
     if not 0 <= min_score <= 1:
         raise InputError("--min-score must be within [0, 1]")
+    problems: list = []  # folders that could not be walked: failures of this batch
     if use_features:
-        items = select_inputs(inputs, shard, frozenset([".npy"]), ".npy feature files")
+        items = select_inputs(inputs, shard, frozenset([".npy"]), ".npy feature files", problems)
     else:
-        items = select_inputs(inputs, shard, VIDEO_EXTENSIONS)
+        items = select_inputs(inputs, shard, VIDEO_EXTENSIONS, problems=problems)
 
     post = PostprocessConfig(min_score=min_score, max_segments=top_k)
     det = Detector.load(model, device=device, flow_backend=flow_backend, weights=weights,
@@ -137,6 +185,19 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
 
         ann = load_annotations(annotations)
     out = _Output(output_arg, overwrite)
+    try:
+        _run(out, items, det, use_features, ann, fps, feature_stride, window_frames, progress,
+             report_path, problems)
+    finally:
+        out.close()
+
+
+def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, window_frames, progress,
+         report_path, problems=()) -> None:
+    """The batch, the merge and the messages of ``tal detect``."""
+    from tal_pipeline.batch import run_batch, write_failures
+    from tal_pipeline.results import make_results, write_results
+
     external = det.external_data()
     found: dict[str, list] = {}
 
@@ -150,12 +211,12 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
         found[vid] = detection.segments
 
     report = run_batch(items, process, lambda vid, _: out.is_done(vid), desc="tal detect",
-                       progress=progress)
+                       progress=progress, lock_dir=out.parts,
+                       outputs_fn=lambda vid: [out.part(vid)], problems=problems)
     failures = write_failures(out.failures_path().parent, report, out.failures_path().name)
     if not out.split:
         out.merge(list(items))
-        if report.ok:
-            shutil.rmtree(out.parts, ignore_errors=True)
+        out.close(remove_parts=report.ok)
     click.echo(f"tal detect: {report.summary()} -> {out.path}", err=True)
     if len(items) == 1 and found:
         (seg_list,) = found.values()

@@ -1,10 +1,15 @@
 """``tal extract INPUT... -o OUTDIR``: two-stream features for many videos.
 
 Writes ``OUTDIR/<video_id>.npy`` (float32 (T, D)) and ``OUTDIR/<video_id>.json`` (meta, written
-last: the completion marker). Resumes: a video whose pair is complete and was made with the same
-backbone, weights and streams is skipped. One failure is one line and the batch goes on; the
-failures are listed at the end and in ``OUTDIR/failures.txt`` (``failures-<i>of<n>.txt`` for a
-shard). Exit status 0 only if every video succeeded.
+last: the completion marker), each atomically. Resumes: a video whose pair is complete and was
+made with the same backbone, weights and streams is skipped, so a run stopped at any point
+(Ctrl-C, SIGTERM, even SIGKILL) is simply run again. One failure is one line and the batch goes
+on; the failures are listed at the end and in ``OUTDIR/failures.txt`` (``failures-<i>of<n>.txt``
+for a shard). Exit status 0 only if no video failed.
+
+Several processes may run on the same OUTDIR (e.g. one per GPU): each video is extracted under a
+lock ``OUTDIR/.<video_id>.lock`` (``fcntl.flock``, see ``batch``); a video another process is on
+counts as *busy* and is left to it (run again afterwards to be sure all are done).
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, o
     names = tuple(s.strip() for s in streams.split(",") if s.strip())
     if not names or any(s not in ("rgb", "flow") for s in names):
         raise InputError(f"--streams must be rgb, flow or rgb,flow, got {streams!r}")
-    items = select_inputs(inputs, shard)
+    problems: list = []  # folders that could not be walked: failures of this batch
+    items = select_inputs(inputs, shard, problems=problems)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    from tal_pipeline.featio import save_features
+    from tal_pipeline.featio import feature_paths, save_features
     from tal_pipeline.features import FeatureExtractor
 
     fx = FeatureExtractor(backbone=backbone, weights=weights, streams=names, flow_backend=flow_backend,
@@ -60,7 +66,9 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, o
         feats = fx.extract(path)
         save_features(out_dir, vid, feats.array, feats.meta)
 
-    report = run_batch(items, process, is_done, desc="tal extract", progress=progress)
+    report = run_batch(items, process, is_done, desc="tal extract", progress=progress,
+                       lock_dir=out_dir, outputs_fn=lambda vid: feature_paths(out_dir, vid),
+                       problems=problems)
     name = "failures.txt" if shard is None else "failures-{}of{}.txt".format(*parse_shard(shard))
     failures = write_failures(out_dir, report, name)
     click.echo(f"tal extract: {report.summary()} -> {out_dir}", err=True)
