@@ -284,15 +284,19 @@ class BatchReport:
         return text
 
 
-def failure_cause(err: BaseException) -> str:
-    """One-line cause: the decoder's cause, a TalError's message, or ``Type: message``."""
+def failure_cause(err: BaseException, path: str | os.PathLike | None = None) -> str:
+    """One-line cause: the decoder's cause, a TalError's message, or ``Type: message``; a
+    leading ``<path>: `` is dropped (the batch line names the file already)."""
     if isinstance(err, VideoDecodeError):
         text = err.cause
     elif isinstance(err, TalError):
         text = str(err)
     else:
         text = f"{type(err).__name__}: {err}"
-    return " ".join(text.split()) or type(err).__name__
+    text = " ".join(text.split())
+    if path is not None and text.startswith(f"{path}: "):
+        text = text[len(f"{path}: "):]
+    return text or type(err).__name__
 
 
 def run_batch(
@@ -334,7 +338,7 @@ def run_batch(
                 outcome = _run_item(vid, path, process_fn, is_done_fn, lock_dir, outputs_fn)
                 getattr(report, outcome).append(vid)
             except Exception as err:  # one bad video never stops the batch
-                cause = failure_cause(err)
+                cause = failure_cause(err, path)
                 log.debug("%s failed", path, exc_info=True)
                 tqdm.write(f"tal: {path}: {cause}", file=sys.stderr)
                 report.failed.append((str(path), cause))

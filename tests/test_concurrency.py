@@ -282,3 +282,27 @@ def test_cli_reports_busy_videos(videos, tmp_path):
     assert "1 done, 0 skipped, 0 failed, 3 busy (another process is on them)" in r.stderr
     made = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert made == ["v3.json", "v3.npy"]
+
+
+def test_detect_shards_keep_their_own_failure_lists(tmp_path):
+    """Merged output, --shard: each shard writes x.json.failures-<i>of<n>.txt, so a shard with
+    no failure does not delete the list of another."""
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        np.save(feats / f"f{k:02d}.npy", rng.standard_normal((16, 512)).astype(np.float32))
+    (feats / "a_bad.npy").write_text("not an array\n")  # sorted first: shard 0 of 2
+    x = tmp_path / "out.json"
+    args = ["detect", str(feats), "--features", "--fps", "10", "--feature-stride", "4",
+            "--model", "demo", "-o", str(x), "--no-progress"]
+    r0 = CliRunner().invoke(main, [*args, "--shard", "0/2"])
+    assert r0.exit_code == 1 and "a_bad.npy" in r0.stderr
+    line = next(ln for ln in r0.stderr.splitlines() if ln.startswith("tal: "))
+    assert line.count(str(feats / "a_bad.npy")) == 1, line  # the path once, then the cause
+    listed = tmp_path / "out.json.failures-0of2.txt"
+    assert listed.read_text().startswith(str(feats / "a_bad.npy") + "\t")
+    r1 = CliRunner().invoke(main, [*args, "--shard", "1/2"])
+    assert r1.exit_code == 0, r1.output
+    assert listed.is_file() and not (tmp_path / "out.json.failures-1of2.txt").exists()
+    assert not (tmp_path / "out.json.failures.txt").exists()

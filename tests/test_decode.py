@@ -489,10 +489,10 @@ def test_truncated_stream_is_an_error_or_with_warn_keeps_what_decodes(tmp_path, 
     data = mkv.read_bytes()
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[: len(data) // 2])
-    got = []
+    got: list = []
+    chunks = decode_video(cut)  # the default: a bad input, raised after the frames it has
     with pytest.raises(VideoDecodeError, match=r"truncated: the video stream ends at 0\.\d+ s but its header says 3\.00 s"):
-        for chunk in decode_video(cut):  # the default: a bad input, after the frames it has
-            got.append(chunk)
+        got.extend(chunks)  # keeps what came before the error
     assert got  # the error comes at the end: a consumer has seen the frames, then fails
     with pytest.raises(ValueError, match="truncated must be"):
         decode_video(cut, truncated="ignore")

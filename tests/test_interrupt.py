@@ -62,8 +62,15 @@ def features(tmp_path_factory):
     return root
 
 
+# Ctrl-C as from a terminal: a test run started in the background (``cmd &``, nohup) passes
+# SIGINT on as *ignored*, and Python then installs no KeyboardInterrupt handler, so the child
+# would rightly ignore the signal these tests send. The launcher puts Python's handler back.
+_LAUNCH = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "sys.argv[0] = 'tal'; runpy.run_module('tal_pipeline', run_name='__main__')")
+
+
 def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tal_pipeline", *map(str, args)],
+    return subprocess.Popen([sys.executable, "-c", _LAUNCH, *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

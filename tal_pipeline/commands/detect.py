@@ -100,10 +100,15 @@ class _Output:
             shutil.rmtree(self.parts, ignore_errors=True)
         lock.release(unlink=last)
 
-    def failures_path(self) -> Path:
-        return self.path / "failures.txt" if self.split else self.path.with_name(
-            self.path.name + ".failures.txt"
-        )
+    def failures_path(self, shard: str | None = None) -> Path:
+        """``failures.txt`` beside the outputs; ``failures-<i>of<n>.txt`` for ``--shard i/n``, so
+        that shards writing into one output keep their own lists (as ``tal extract``)."""
+        name = "failures.txt"
+        if shard is not None:
+            from tal_pipeline.batch import parse_shard
+
+            name = "failures-{}of{}.txt".format(*parse_shard(shard))
+        return self.path / name if self.split else self.path.with_name(f"{self.path.name}.{name}")
 
     def merge(self, vids: list[str]) -> dict:
         """Merged mode: every finished video (parts + output file as it is now) -> the output
@@ -187,13 +192,13 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
     out = _Output(output_arg, overwrite)
     try:
         _run(out, items, det, use_features, ann, fps, feature_stride, window_frames, progress,
-             report_path, problems)
+             report_path, problems, shard)
     finally:
         out.close()
 
 
 def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, window_frames, progress,
-         report_path, problems=()) -> None:
+         report_path, problems=(), shard=None) -> None:
     """The batch, the merge and the messages of ``tal detect``."""
     from tal_pipeline.batch import run_batch, write_failures
     from tal_pipeline.results import make_results, write_results
@@ -213,7 +218,8 @@ def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, windo
     report = run_batch(items, process, lambda vid, _: out.is_done(vid), desc="tal detect",
                        progress=progress, lock_dir=out.parts,
                        outputs_fn=lambda vid: [out.part(vid)], problems=problems)
-    failures = write_failures(out.failures_path().parent, report, out.failures_path().name)
+    where = out.failures_path(shard)
+    failures = write_failures(where.parent, report, where.name)
     if not out.split:
         out.merge(list(items))
         out.close(remove_parts=report.ok)
