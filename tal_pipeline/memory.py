@@ -4,12 +4,16 @@ glibc's malloc, left to its defaults, holds on to freed memory in a pipeline lik
 backbone's activations (tens of MB each) and TV-L1's work arrays are allocated and freed once per
 chunk from two threads, glibc raises its mmap threshold after the first large free (up to 32 MB),
 so later tensors come from per-thread heap arenas that fragment and are rarely returned to the
-system. Peak RSS then creeps up with the video's length. Two settings stop that (measured with
-``tal extract``, two streams, 20 s clip: 1570 MB -> 1358 MB peak, see BENCHMARKS.md):
+system. Peak RSS then creeps up with the video's length. Two settings stop that:
 
-- ``M_MMAP_THRESHOLD`` fixed at 1 MiB: every large buffer is its own mapping, returned to the
-  system when freed (fixing the threshold also turns off glibc's dynamic raise);
-- ``M_ARENA_MAX`` 2: two heap arenas for the small allocations of all threads.
+- ``M_MMAP_THRESHOLD`` fixed at 16 MiB: every large buffer (the backbone's activations) is its
+  own mapping, returned to the system when freed (fixing the threshold also turns off glibc's
+  dynamic raise);
+- ``M_ARENA_MAX`` 2: two heap arenas for the smaller allocations of all threads.
+
+Measured (BENCHMARKS.md, ``tal detect`` on a 60 s clip, two runs each): glibc's defaults 41-44 s
+and 1603-1627 MB peak; a 1 MiB threshold 52-58 s and 1441-1443 MB (TV-L1's 1.6 MB temporaries
+then each cost an mmap and page faults); 16 MiB 44-46 s and 1479-1501 MB.
 
 Environment variables the user set (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``) win. A
 library user who embeds :class:`~tal_pipeline.features.FeatureExtractor` can call
@@ -30,7 +34,7 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
 M_ARENA_MAX = -8
 
 
-def tune_malloc(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
+def tune_malloc(mmap_threshold: int = 16 << 20, arenas: int = 2) -> bool:
     """Apply the settings above on glibc; returns True if both were applied (False elsewhere)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
