@@ -395,12 +395,20 @@ def _run_item(
     if lock is None:
         log.debug("%s: busy (locked by another process)", path)
         return "busy"
-    with lock:
-        if lock_dir is not None and complete():  # finished by another process meanwhile
-            return "skipped"
-        if outputs_fn is not None:
-            _remove_temps_of(outputs_fn(vid))
-        process_fn(vid, path)
+    try:
+        with lock:
+            if lock_dir is not None and complete():  # finished by another process meanwhile
+                return "skipped"
+            if outputs_fn is not None:
+                _remove_temps_of(outputs_fn(vid))
+            process_fn(vid, path)
+    except BaseException:
+        # a Ctrl-C can land inside the lock's release, after the fd is dropped but before the
+        # unlink: remove the file now if no one holds it (idempotent, safe against other runs)
+        if lock_dir is not None:
+            lock.release()  # finishes a release the interrupt cut short (idempotent)
+            _remove_left_lock(lock_path(lock_dir, vid))
+        raise
     return "done"
 
 
@@ -458,9 +466,9 @@ class FileLock:
 
     def release(self, unlink: bool = True) -> None:
         """Unlock; ``unlink``: remove the file first (only while holding it exclusively)."""
-        if self.fd is None:
+        fd = self.fd
+        if fd is None:
             return
-        fd, self.fd = self.fd, None
         try:
             if unlink:
                 try:
@@ -468,6 +476,7 @@ class FileLock:
                 except FileNotFoundError:
                     pass
         finally:
+            self.fd = None  # only now: an interrupted release can be called again
             os.close(fd)
 
     def __enter__(self) -> Self:

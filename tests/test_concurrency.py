@@ -306,3 +306,24 @@ def test_detect_shards_keep_their_own_failure_lists(tmp_path):
     assert r1.exit_code == 0, r1.output
     assert listed.is_file() and not (tmp_path / "out.json.failures-1of2.txt").exists()
     assert not (tmp_path / "out.json.failures.txt").exists()
+
+
+def test_ctrl_c_inside_the_lock_release_leaves_no_lock_file(tmp_path, monkeypatch):
+    """The interrupt lands while the finished item's lock is being released (just before the
+    unlink): the batch stops, and the lock file is still removed."""
+    real_unlink = os.unlink
+    hit = []
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith(".lock") and not hit:
+            hit.append(path)
+            raise KeyboardInterrupt
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch.os, "unlink", unlink)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        run_batch({"a": tmp_path / "a.mp4", "b": tmp_path / "b.mp4"},
+                  lambda vid, path: done.append(vid), lock_dir=tmp_path, progress=False)
+    assert done == ["a"] and hit  # interrupted in a's release, b never started
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no .a.lock left
