@@ -15,6 +15,11 @@ Measured (BENCHMARKS.md, ``tal detect`` on a 60 s clip, two runs each): glibc's 
 and 1603-1627 MB peak; a 1 MiB threshold 52-58 s and 1441-1443 MB (TV-L1's 1.6 MB temporaries
 then each cost an mmap and page faults); 16 MiB 44-46 s and 1479-1501 MB.
 
+``tal extract`` (long batches of long videos, two streams) then lowers the threshold to
+``EXTRACT_MMAP_THRESHOLD`` (1 MiB): its peak stayed flatter over the length (two streams, 1 min
+against 10 min: 1586 -> 1736 MB, +9.5 %, with 1 MiB; 1657 -> 1887 MB, +13.9 %, with 16 MiB),
+at some speed cost in TV-L1. ``tal detect`` keeps 16 MiB (speed first).
+
 Environment variables the user set (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``) win. A
 library user who embeds :class:`~tal_pipeline.features.FeatureExtractor` can call
 :func:`tune_malloc` too; nothing here runs on import.
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
 M_ARENA_MAX = -8
+EXTRACT_MMAP_THRESHOLD = 1 << 20  # bytes: what ``tal extract`` uses (module docstring)
 
 
 def tune_malloc(mmap_threshold: int = 16 << 20, arenas: int = 2) -> bool:

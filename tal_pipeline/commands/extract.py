@@ -55,7 +55,9 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, o
 
     from tal_pipeline.featio import feature_paths, save_features
     from tal_pipeline.features import FeatureExtractor
+    from tal_pipeline.memory import EXTRACT_MMAP_THRESHOLD, tune_malloc
 
+    tune_malloc(EXTRACT_MMAP_THRESHOLD)  # long batches: flat memory first (see memory.py)
     fx = FeatureExtractor(backbone=backbone, weights=weights, streams=names, flow_backend=flow_backend,
                           device=device, chunk_frames=chunk_frames, size=size)
 
