@@ -115,16 +115,10 @@ def _identity(p: Path) -> Path:
 
 
 def _access_problem(p: Path, err: OSError) -> str:
-    """Why ``p`` cannot be used, from the error its ``stat`` raised."""
-    if err.errno == errno.ELOOP:
-        return "symbolic link loop (the links never reach a file or folder)"
-    if p.is_symlink() and err.errno == errno.ENOENT:
-        return f"broken symbolic link (target {os.path.realpath(p)} does not exist)"
-    if err.errno in (errno.ENOENT, errno.ENOTDIR):
-        return "no such file or folder"
-    if err.errno == errno.EACCES:
-        return "permission denied (a folder on the path cannot be searched)"
-    return f"cannot access ({err.strerror or err})"
+    """Why the input ``p`` (a file or a folder) cannot be used, from its ``stat`` error."""
+    from tal_pipeline.fsutil import access_problem
+
+    return access_problem(p, err, "no such file or folder", reach="a file or folder")
 
 
 def _walk_folder(
@@ -344,6 +338,22 @@ def run_batch(
                 report.failed.append((str(path), cause))
             bar.update(1)
     return report
+
+
+def failures_name(shard: str | None = None) -> str:
+    """``failures.txt``, or ``failures-<i>of<n>.txt`` for ``--shard i/n`` (shards writing into
+    one output keep their own lists)."""
+    return "failures.txt" if shard is None else "failures-{}of{}.txt".format(*parse_shard(shard))
+
+
+def exit_if_failed(verb: str, report: BatchReport, failures: Path | None) -> None:
+    """The closing list of a verb's failures on stderr and exit status 1, if any failed."""
+    if failures is None:
+        return
+    print(f"tal {verb}: {len(report.failed)} failed, listed in {failures}:", file=sys.stderr)
+    for path, cause in report.failed:
+        print(f"  {path}: {cause}", file=sys.stderr)
+    sys.exit(1)
 
 
 def write_failures(out_dir: str | os.PathLike, report: BatchReport, name: str = "failures.txt") -> Path | None:

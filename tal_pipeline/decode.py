@@ -75,7 +75,6 @@ test_resource_limits.py`` decodes a 3 h stream, 108,000 output frames, in a boun
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -196,26 +195,13 @@ def _check_file(path: str | os.PathLike) -> None:
     Follows symbolic links (stat), so a broken link, a link loop, a folder, a FIFO or a device
     is refused here: ``av.open`` is never called on them (it would block on a FIFO forever).
     """
+    from tal_pipeline.fsutil import access_problem
+
     name = os.fspath(path)
     try:
         st = os.stat(name)
-    except FileNotFoundError:
-        if os.path.islink(name):
-            target = os.path.realpath(name)  # as far as the chain of links resolves
-            raise VideoDecodeError(
-                path, f"broken symbolic link (target {target} does not exist)"
-            ) from None
-        raise VideoDecodeError(path, "file not found") from None
     except OSError as err:
-        if err.errno == errno.ELOOP:
-            cause = "symbolic link loop (the links never reach a file)"
-        elif err.errno == errno.EACCES:
-            cause = "permission denied (a folder on the path cannot be searched)"
-        elif err.errno == errno.ENOTDIR:
-            cause = "file not found (a part of the path is not a folder)"
-        else:
-            cause = f"cannot access ({err.strerror or err})"
-        raise VideoDecodeError(path, cause) from None
+        raise VideoDecodeError(path, access_problem(name, err, "file not found")) from None
     if not stat.S_ISREG(st.st_mode):
         what = next((w for test, w in _NOT_REGULAR if test(st.st_mode)), "not a file")
         raise VideoDecodeError(path, f"not a regular file ({what})")

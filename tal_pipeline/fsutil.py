@@ -6,6 +6,7 @@ one, never a partial write, even if the process is killed mid-write.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -16,6 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def access_problem(path: str | os.PathLike, err: OSError, missing: str, reach: str = "a file") -> str:
+    """Why ``path`` cannot be used, from the ``OSError`` its ``stat`` raised: a broken symbolic
+    link (and its target), a link loop (the links never reach ``reach``), a folder on the path
+    that cannot be searched, or ``missing`` (e.g. "file not found")."""
+    name = os.fspath(path)
+    if err.errno == errno.ENOENT and os.path.islink(name):
+        target = os.path.realpath(name)  # as far as the chain of links resolves
+        return f"broken symbolic link (target {target} does not exist)"
+    if err.errno == errno.ENOENT:
+        return missing
+    if err.errno == errno.ENOTDIR:
+        return f"{missing} (a part of the path is not a folder)"
+    if err.errno == errno.ELOOP:
+        return f"symbolic link loop (the links never reach {reach})"
+    if err.errno == errno.EACCES:
+        return "permission denied (a folder on the path cannot be searched)"
+    return f"cannot access ({err.strerror or err})"
 
 
 def _umask() -> int:

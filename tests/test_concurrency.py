@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from batchrun import FAST, hidden
 from click.testing import CliRunner
 from videogen import write_video
 
@@ -30,8 +31,6 @@ from tal_pipeline.commands.detect import _Output
 from tal_pipeline.featio import load_features
 from tal_pipeline.results import load_results, make_results, write_results
 
-FAST = ["--weights", "seeded", "--size", "32", "--chunk-frames", "16", "--streams", "flow",
-        "--no-progress"]
 SUMMARY = re.compile(r"(\d+) done, (\d+) skipped, (\d+) failed(?:, (\d+) busy)?")
 
 
@@ -51,10 +50,6 @@ def _is_locked(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
-
-
-def _hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob(".*"))
 
 
 def test_locked_item_is_busy_and_left_alone(tmp_path):
@@ -87,7 +82,7 @@ def test_locked_item_is_busy_and_left_alone(tmp_path):
             "2 done, 1 skipped, 0 failed, 1 busy (another process is on them)"
         )
         assert live_temp.exists()  # never another live process's temp
-        assert _hidden(tmp_path) == [".b.lock", live_temp.name]  # ours are removed
+        assert hidden(tmp_path) == [".b.lock", live_temp.name]  # ours are removed
     finally:
         os.close(fd)
 
@@ -166,7 +161,7 @@ def test_skipped_item_removes_a_left_lock_file(tmp_path):
     (tmp_path / ".v.lock").write_text("")  # a run killed after finishing v, before unlinking
     report = run_batch({"v": tmp_path / "v.mp4"}, lambda vid, p: None, lambda vid, p: True,
                        progress=False, lock_dir=tmp_path)
-    assert report.skipped == ["v"] and _hidden(tmp_path) == []
+    assert report.skipped == ["v"] and hidden(tmp_path) == []
 
 
 def test_write_failures_keeps_the_lines_of_busy_videos(tmp_path):
@@ -179,7 +174,7 @@ def test_write_failures_keeps_the_lines_of_busy_videos(tmp_path):
     ]
     report = BatchReport(done=["a", "b", "c"], paths={"a": "/v/a.mp4", "b": "/v/b.mp4"})
     assert write_failures(tmp_path, report) is None and not path.exists()
-    assert _hidden(tmp_path) == []
+    assert hidden(tmp_path) == []
 
 
 def _part(out: _Output, vid: str) -> None:
@@ -200,7 +195,7 @@ def test_merged_runs_keep_each_others_results(tmp_path):
     b.merge(["v2"])
     b.close(remove_parts=True)
     assert set(load_results(x).detections) == {"v1", "v2"}
-    assert not b.parts.exists() and _hidden(tmp_path) == []
+    assert not b.parts.exists() and hidden(tmp_path) == []
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +241,7 @@ def test_two_extract_processes_share_the_work(videos, tmp_path):
     for k in range(4):
         arr, meta = load_features(out / f"v{k}.npy")
         assert arr.shape == (3, 512) == (meta.num_features, meta.dim)
-    assert _hidden(out) == []
+    assert hidden(out) == []
 
 
 def test_two_detect_shards_merge_into_one_file(tmp_path):
@@ -266,7 +261,7 @@ def test_two_detect_shards_merge_into_one_file(tmp_path):
         assert p.returncode == 0, err
         assert _summary(err)[:3] == (4, 0, 0)
     assert sorted(load_results(x).detections) == [f"f{k:02d}" for k in range(8)]
-    assert not (tmp_path / "out.json.parts").exists() and _hidden(tmp_path) == []
+    assert not (tmp_path / "out.json.parts").exists() and hidden(tmp_path) == []
 
 
 def test_cli_reports_busy_videos(videos, tmp_path):

@@ -6,14 +6,7 @@ import torch
 from tal_pipeline.head import HeadConfig, HeadModel
 from tal_pipeline.head.tsa import TemporalSelfAttention, class_relation_matrix, interval_tiou_matrix
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 shared cores: intra-op threads fight each other; one thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_class_relation_matrix_eq1():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from batchrun import FAST, hidden
 from click.testing import CliRunner
 from videogen import write_video
 
@@ -20,8 +21,6 @@ from tal_pipeline.featio import is_complete, load_features
 from tal_pipeline.fsutil import temp_target
 from tal_pipeline.results import load_results
 
-FAST = ["--weights", "seeded", "--size", "32", "--chunk-frames", "16", "--streams", "flow",
-        "--no-progress"]
 N_VIDEOS = 3
 N_FEATURES = 6  # detect --features: files of (64, 512) features, ~0.5 s of work each
 PROMPT_S = 2.5  # a stopped run ends within this (~0.2 s; 2-9 s if it waits for flow workers)
@@ -87,10 +86,6 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 120.0) -> None:
         time.sleep(0.01)
 
 
-def _hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob(".*"))
-
-
 def _stamp(p: Path) -> tuple[int, int]:
     st = p.stat()
     return st.st_ino, st.st_mtime_ns
@@ -128,7 +123,7 @@ def _rerun_extract(videos: Path, out: Path, finished: dict[str, tuple]) -> None:
     after = _complete_features(out)
     assert sorted(after) == [f"v{i}" for i in range(N_VIDEOS)]
     assert {vid: after[vid] for vid in finished} == finished  # not rewritten
-    assert _hidden(out) == []  # no temp, no lock left
+    assert hidden(out) == []  # no temp, no lock left
 
 
 def test_extract_killed_resumes_without_redoing(videos, tmp_path):
@@ -139,7 +134,7 @@ def test_extract_killed_resumes_without_redoing(videos, tmp_path):
     proc.wait(30)
     finished = _complete_features(out)
     assert 1 <= len(finished) < N_VIDEOS, "killed after the batch ended: make the clips longer"
-    for name in _hidden(out):  # what the killed run left: its locks and temps, unfinished only
+    for name in hidden(out):  # what the killed run left: its locks and temps, unfinished only
         target = temp_target(name)
         assert target is not None or name.endswith(".lock"), name
         assert (target or name[1:]).split(".")[0] not in finished, name
@@ -161,7 +156,7 @@ def test_extract_stopped_by_signal_is_prompt_and_clean(videos, tmp_path, sig, st
     assert elapsed < PROMPT_S, f"took {elapsed:.1f} s to stop"
     finished = _complete_features(out)
     assert 1 <= len(finished) < N_VIDEOS, "stopped after the batch ended: make the clips longer"
-    assert _hidden(out) == []  # it removed its temps and lock on the way out
+    assert hidden(out) == []  # it removed its temps and lock on the way out
     if sig == signal.SIGINT:  # (the same state after SIGTERM)
         _rerun_extract(videos, out, finished)
 
@@ -196,7 +191,7 @@ def test_merged_detect_resumes_from_its_parts(features, tmp_path, stop):
     _, err = proc.communicate(timeout=60)
     if stop == "interrupt":
         assert proc.returncode == 130 and "tal: interrupted" in err and "Traceback" not in err, err
-        assert _hidden(tmp_path) == []
+        assert hidden(tmp_path) == []
     assert not x.exists(), "stopped after the batch ended: use more feature files"
     done = {}
     for p in parts.glob("*.json"):  # whole parts only
@@ -211,4 +206,4 @@ def test_merged_detect_resumes_from_its_parts(features, tmp_path, stop):
     merged = json.loads(x.read_text())["results"]
     assert sorted(merged) == [f"f{k:02d}" for k in range(N_FEATURES)]
     assert {vid: merged[vid] for vid in done} == done
-    assert not parts.exists() and _hidden(tmp_path) == []
+    assert not parts.exists() and hidden(tmp_path) == []

@@ -25,13 +25,7 @@ TINY_HEAD = {"hidden_dim": 32, "window": 128, "overlap": 32}
 QUICK = TrainConfig(epochs=3, batch_size=4, min_samples_per_epoch=8, window=128, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 shared cores: intra-op threads fight each other; one thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import click
@@ -101,13 +100,11 @@ class _Output:
         lock.release(unlink=last)
 
     def failures_path(self, shard: str | None = None) -> Path:
-        """``failures.txt`` beside the outputs; ``failures-<i>of<n>.txt`` for ``--shard i/n``, so
-        that shards writing into one output keep their own lists (as ``tal extract``)."""
-        name = "failures.txt"
-        if shard is not None:
-            from tal_pipeline.batch import parse_shard
+        """The failure list beside the outputs (``batch.failures_name``; merged mode: prefixed
+        with the output file's name)."""
+        from tal_pipeline.batch import failures_name
 
-            name = "failures-{}of{}.txt".format(*parse_shard(shard))
+        name = failures_name(shard)
         return self.path / name if self.split else self.path.with_name(f"{self.path.name}.{name}")
 
     def merge(self, vids: list[str]) -> dict:
@@ -200,7 +197,7 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
 def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, window_frames, progress,
          report_path, problems=(), shard=None) -> None:
     """The batch, the merge and the messages of ``tal detect``."""
-    from tal_pipeline.batch import run_batch, write_failures
+    from tal_pipeline.batch import exit_if_failed, run_batch, write_failures
     from tal_pipeline.results import make_results, write_results
 
     external = det.external_data()
@@ -238,11 +235,7 @@ def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, windo
         write_report(out.path if not out.split else out.parts, videos, Path(report_path),
                      annotations=ann)
         click.echo(f"tal detect: report -> {report_path}", err=True)
-    if failures is not None:
-        click.echo(f"tal detect: {len(report.failed)} failed, listed in {failures}:", err=True)
-        for path, cause in report.failed:
-            click.echo(f"  {path}: {cause}", err=True)
-        sys.exit(1)
+    exit_if_failed("detect", report, failures)
 
 
 def _detect_features(det, path: Path, vid: str, ann, fps, feature_stride, window_frames):

@@ -14,7 +14,6 @@ counts as *busy* and is left to it (run again afterwards to be sure all are done
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -44,7 +43,13 @@ from tal_pipeline.errors import InputError
 def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, overwrite, shard,
             chunk_frames, progress, size):
     """Extract RGB + TV-L1 flow 3D-ResNet features from videos, files or folders or .txt lists."""
-    from tal_pipeline.batch import parse_shard, run_batch, select_inputs, write_failures
+    from tal_pipeline.batch import (
+        exit_if_failed,
+        failures_name,
+        run_batch,
+        select_inputs,
+        write_failures,
+    )
 
     names = tuple(s.strip() for s in streams.split(",") if s.strip())
     if not names or any(s not in ("rgb", "flow") for s in names):
@@ -71,14 +76,9 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, o
     report = run_batch(items, process, is_done, desc="tal extract", progress=progress,
                        lock_dir=out_dir, outputs_fn=lambda vid: feature_paths(out_dir, vid),
                        problems=problems)
-    name = "failures.txt" if shard is None else "failures-{}of{}.txt".format(*parse_shard(shard))
-    failures = write_failures(out_dir, report, name)
+    failures = write_failures(out_dir, report, failures_name(shard))
     click.echo(f"tal extract: {report.summary()} -> {out_dir}", err=True)
-    if failures is not None:
-        click.echo(f"tal extract: failed ({len(report.failed)}), listed in {failures}:", err=True)
-        for path, cause in report.failed:
-            click.echo(f"  {path}: {cause}", err=True)
-        sys.exit(1)
+    exit_if_failed("extract", report, failures)
 
 
 def _complete(out_dir: Path, vid: str, fx) -> bool:
