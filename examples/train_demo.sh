@@ -16,9 +16,9 @@ OUT=${OUT:-weights/demo.pt}
 EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:---epochs 60}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the shipped model was trained with one thread
 
-python -m tal_pipeline.camera --out "$DATA/train" --split train --videos 48 --seed 0 \
+python -m tal_pipeline.demo.camera --out "$DATA/train" --split train --videos 48 --seed 0 \
     --min-duration 30 --max-duration 60 --jobs 2
-python -m tal_pipeline.camera --out "$DATA/heldout" --split heldout --videos 16 --seed 1 \
+python -m tal_pipeline.demo.camera --out "$DATA/heldout" --split heldout --videos 16 --seed 1 \
     --min-duration 30 --max-duration 60 --jobs 2
 
 ls "$DATA"/train/*.mp4 | sort | head -n "$N_TRAIN" > "$DATA/train.txt"

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tal_pipeline import camera, footage
-from tal_pipeline.camera import CLASSES, CameraOptions
+from tal_pipeline.demo import camera, footage
+from tal_pipeline.demo.camera import CLASSES, CameraOptions
 
 SMALL = CameraOptions(width=128, height=96, duration_s=(12.0, 20.0))
 

@@ -42,7 +42,7 @@ found (``footage.find_sources``): same seed and same install, same video.
 
 Command line::
 
-    python -m tal_pipeline.camera --out DIR --split train --videos 80 --seed 0 --jobs 2
+    python -m tal_pipeline.demo.camera --out DIR --split train --videos 80 --seed 0 --jobs 2
 
 writes ``DIR/<video_id>.mp4`` and ``DIR/annotations.json`` (ActivityNet format).
 """
@@ -65,8 +65,8 @@ import av
 import cv2
 import numpy as np
 
-from tal_pipeline import footage
-from tal_pipeline.footage import SceneSpec, Source
+from tal_pipeline.demo import footage
+from tal_pipeline.demo.footage import SceneSpec, Source
 
 log = logging.getLogger(__name__)
 
@@ -586,10 +586,10 @@ def generate(out_dir: str | os.PathLike, split: str, n_videos: int, seed: int,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tal_pipeline.camera``: generate a camera-motion data set."""
+    """``python -m tal_pipeline.demo.camera``: generate a camera-motion data set."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m tal_pipeline.camera", description=__doc__
+    ap = argparse.ArgumentParser(prog="python -m tal_pipeline.demo.camera", description=__doc__
                                  .split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", help="output folder (videos + annotations.json)")
     ap.add_argument("--split", choices=footage.SPLITS, default="train",
