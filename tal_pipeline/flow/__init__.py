@@ -27,7 +27,12 @@ MIN_SIZE_PX = 16  # smallest frame side accepted (pixels)
 
 
 def _check_gray(gray: object) -> np.ndarray | torch.Tensor:
-    """Validate ``(N, H, W)`` grey frames (uint8, or float32 in [0, 255]); raise InputError."""
+    """Validate ``(N, H, W)`` grey frames (uint8 or float32); raise InputError.
+
+    Float frames are clipped to [0, 255]: a frame warped or resampled with a cubic kernel
+    overshoots by a few grey levels (e.g. 261.6), and OpenCV accepts such frames too. Only
+    NaN and infinite values are refused (no grey level to clip them to).
+    """
     if not isinstance(gray, (np.ndarray, torch.Tensor)):
         raise InputError(f"flow: expected a numpy array of grey frames, got {type(gray).__name__}")
     shape = tuple(gray.shape)
@@ -46,15 +51,13 @@ def _check_gray(gray: object) -> np.ndarray | torch.Tensor:
     if dtype == "uint8":
         return gray
     if dtype != "float32":
-        raise InputError(f"flow: frames must be uint8 or float32 in [0, 255], got dtype {dtype}")
+        raise InputError(f"flow: frames must be uint8 or float32 (grey levels), got dtype {dtype}")
     values = torch.as_tensor(gray)
     if not bool(torch.isfinite(values).all()):
         raise InputError("flow: frames contain NaN or infinite values")
-    lo, hi = float(values.min()), float(values.max())
-    if lo < 0.0 or hi > 255.0:
-        raise InputError(
-            f"flow: float32 frames must lie in [0, 255], got values in [{lo:g}, {hi:g}]"
-        )
+    if bool((values < 0.0).any()) or bool((values > 255.0).any()):
+        values = values.clamp(0.0, 255.0)  # a copy: the caller's frames stay as they were
+        return values.numpy() if isinstance(gray, np.ndarray) else values
     return gray
 
 
@@ -69,7 +72,8 @@ def compute_flow(
     """TV-L1 optical flow between consecutive frames.
 
     Args:
-        gray: ``(N, H, W)`` grey frames, N >= 2: uint8, or float32 in [0, 255]. A torch tensor
+        gray: ``(N, H, W)`` grey frames, N >= 2: uint8, or float32 grey levels (clipped to
+            [0, 255]; NaN and infinities are refused). A torch tensor
             is accepted too (the torch backend then skips a host copy when it is on ``device``).
         backend: ``"opencv"`` (reference, CPU only) or ``"torch"`` (CPU or CUDA).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"`` (torch backend only).
@@ -83,8 +87,8 @@ def compute_flow(
         frame k is at (x + dx, y + dy) in frame k + 1.
 
     Raises:
-        InputError: bad frames (shape, dtype, range, NaN), unknown backend or device, options of
-            the other backend.
+        InputError: bad frames (shape, dtype, NaN or infinite values), unknown backend or
+            device, options of the other backend.
         NotAvailableError: CUDA asked for but not available, or OpenCV without ``cv2.optflow``.
     """
     if backend not in BACKENDS:
