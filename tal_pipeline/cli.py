@@ -35,6 +35,7 @@ VERBS = {
     "eval": "eval_",
     "plot": "plot",
     "report": "report",
+    "convert": "convert",
 }
 
 

@@ -187,7 +187,7 @@ def _as_results(results):
 
 
 def _as_annotations(annotations):
-    from tal_pipeline.results import as_annotations
+    from tal_pipeline.annotations import as_annotations
 
     return as_annotations(annotations)
 

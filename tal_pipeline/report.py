@@ -4,8 +4,11 @@ One file, no network: CSS and JS are inline, thumbnails are JPEG data URIs, and 
 ``<video>`` element pointing to the file by a path relative to the report's folder (move the
 report and the videos together). Per video: the player, the timeline (detections stacked in
 lanes, ground truth, actionness when the results carry it), a strip of keyframes of the top
-segments and a table of segments; clicking a row, a bar or a keyframe seeks the player. With
-ground truth, the page also gives per-class AP. A batch gets an index with one section each.
+segments and a table of segments; clicking a row, a bar or a keyframe seeks the player. The
+player carries the detections as a WebVTT captions track (on by default, a ``data:`` URI, so the
+page stays one file): the picture shows ``label (score)`` while a segment plays, and clicking a
+segment below the track's score shows its label too. With ground truth, the page also gives
+per-class AP. A batch gets an index with one section each.
 
 Every string from the inputs (labels, video ids, paths) is HTML-escaped; the page's script
 reads its data from ``data-*`` attributes, never from JSON pasted into a ``<script>``.
@@ -37,6 +40,7 @@ from urllib.parse import quote
 
 from tal_pipeline.errors import InputError, NotAvailableError
 from tal_pipeline.plot import actionness_curve, assign_lanes, class_colors
+from tal_pipeline.writers import SUBTITLE_MIN_SCORE
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ class ReportOptions:
     thumb_width: int = 160  # thumbnail width, pixels
     jpeg_quality: int = 70  # thumbnail JPEG quality (1-95)
     min_score: float = 0.0  # detections below this score are left out of the page
+    cue_min_score: float = SUBTITLE_MIN_SCORE  # the player's captions track: segments at least
+    #                                            this good (clicking any other shows it too)
     max_lanes: int = 12  # timeline lanes per video; more overlapping segments share lanes
     tiou_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # for per-class AP
     title: str = "tal-pipeline report"
@@ -80,7 +86,7 @@ def _as_results(results):
 
 
 def _as_annotations(annotations):
-    from tal_pipeline.results import as_annotations
+    from tal_pipeline.annotations import as_annotations
 
     return as_annotations(annotations)
 
@@ -280,8 +286,19 @@ _JS = """
       if(box){var r=row.getBoundingClientRect(),b=box.getBoundingClientRect();
         if(r.top<b.top+24||r.bottom>b.bottom)box.scrollTop+=r.top-b.top-60;}}
   }
-  function seek(sec,t,id){
+  function caption(v,sec,el){
+    // a clicked segment the captions track leaves out (score below its threshold) gets a cue
+    // of its own until the next click: what was clicked is what the picture names
+    var tr=v&&v.textTracks&&v.textTracks[0];
+    if(!tr||typeof VTTCue==='undefined')return;
+    if(sec.cue){tr.removeCue(sec.cue);sec.cue=null;}
+    if(el&&el.dataset.cue){
+      sec.cue=new VTTCue(parseFloat(el.dataset.start),parseFloat(el.dataset.end),el.dataset.cue);
+      tr.addCue(sec.cue);}
+  }
+  function seek(sec,t,id,el){
     var v=sec.querySelector('video');
+    caption(v,sec,el);
     if(v){v.currentTime=t;var p=v.play();if(p&&p.catch)p.catch(function(){});}
     sec.dataset.last=String(t);
     select(sec,id);
@@ -291,13 +308,13 @@ _JS = """
         ph=sec.querySelector('.playhead'), clock=sec.querySelector('.clock');
     sec.addEventListener('click',function(ev){
       var el=ev.target.closest('[data-start]');
-      if(el&&sec.contains(el)){seek(sec,parseFloat(el.dataset.start),el.dataset.seg);return;}
+      if(el&&sec.contains(el)){seek(sec,parseFloat(el.dataset.start),el.dataset.seg,el);return;}
       var ln=ev.target.closest('.lanes');
       if(ln){var r=ln.getBoundingClientRect();seek(sec,dur*(ev.clientX-r.left)/r.width);}
     });
     sec.addEventListener('keydown',function(ev){
       var el=ev.target.closest('[data-start]');
-      if(el&&(ev.key==='Enter'||ev.key===' ')){ev.preventDefault();seek(sec,parseFloat(el.dataset.start),el.dataset.seg);}
+      if(el&&(ev.key==='Enter'||ev.key===' ')){ev.preventDefault();seek(sec,parseFloat(el.dataset.start),el.dataset.seg,el);}
     });
     if(v)v.addEventListener('timeupdate',function(){
       if(ph)ph.style.left=(100*Math.min(v.currentTime/dur,1))+'%';
@@ -344,8 +361,29 @@ def _ticks(duration: float, n: int = 10) -> list[float]:
     return [k * step for k in range(int(duration // step) + 1)]
 
 
+def _cue_attrs(seg, cue_min_score: float) -> str:
+    """A segment the captions track leaves out: its end and cue text, for the page's script."""
+    if seg.score >= cue_min_score:
+        return ""
+    from tal_pipeline.writers import cue_text
+
+    return f' data-end="{_num(seg.end)}" data-cue="{_e(cue_text(seg))}"'
+
+
+def _captions_track(vid: str, preds, options: ReportOptions) -> str:
+    """The ``<track>`` of one player: the segments' WebVTT (as ``tal detect -o x.vtt`` writes
+    it) in a ``data:`` URI, shown by default."""
+    from tal_pipeline.writers import WriterOptions, render_vtt
+
+    cues = WriterOptions(min_score=max(options.min_score, options.cue_min_score))
+    vtt = render_vtt({"results": {vid: preds}}, cues)
+    src = "data:text/vtt;charset=utf-8;base64," + base64.b64encode(vtt.encode("utf-8")).decode("ascii")
+    return f'<track kind="captions" label="detections" srclang="en" default src="{src}">'
+
+
 def _timeline_html(
-    vid_idx: int, duration: float, preds, gts, curve, colors, max_lanes: int, playhead: bool = True
+    vid_idx: int, duration: float, preds, gts, curve, colors, max_lanes: int, playhead: bool = True,
+    cue_min_score: float = 0.0,
 ) -> str:
     """The timeline: bars positioned in % of the duration, lanes in pixels."""
     parts = ['<div class="tl">']
@@ -360,7 +398,8 @@ def _timeline_html(
         alpha = 0.25 + 0.75 * min(max(s.score, 0.0), 1.0)
         parts.append(
             f'<div class="bar" data-seg="{vid_idx}-{i}" data-start="{_num(s.start)}" '
-            f'data-score="{_num(s.score)}" title="{_e(s.label)} {_clock(s.start)}–{_clock(s.end)} '
+            f'data-score="{_num(s.score)}"{_cue_attrs(s, cue_min_score)} '
+            f'title="{_e(s.label)} {_clock(s.start)}–{_clock(s.end)} '
             f'({s.score:.3f})" style="left:{left:.4f}%;width:{width:.4f}%;top:{2 + lane * LANE_PX}px;'
             f'background:{colors[s.label]};opacity:{alpha:.3f}"></div>'
         )
@@ -573,7 +612,8 @@ def _section_html(
     if video is not None:
         preload = "metadata" if n_videos <= 20 else "none"
         parts.append(
-            f'<video controls preload="{preload}" src="{_e(relative_src(video, out_dir))}"></video>'
+            f'<video controls preload="{preload}" src="{_e(relative_src(video, out_dir))}">'
+            f"{_captions_track(vid, preds, options)}</video>"
         )
     else:
         parts.append('<div class="missing">video file not found (pass --videos)</div>')
@@ -600,17 +640,20 @@ def _section_html(
             )
             parts.append(
                 f'<figure class="thumb" tabindex="0" data-seg="{k}-{i}" data-start="{_num(s.start)}" '
-                f'data-score="{_num(s.score)}">{img}<figcaption><i class="sw" '
+                f'data-score="{_num(s.score)}"{_cue_attrs(s, options.cue_min_score)}>{img}'
+                f'<figcaption><i class="sw" '
                 f'style="background:{colors[s.label]}"></i>{_e(s.label)} {s.score:.2f}<br>'
                 f"{_clock(s.start)}–{_clock(s.end)}</figcaption></figure>"
             )
         parts.append("</div>")
     parts.append("</div></div>")
     parts.append(
-        _timeline_html(k, duration, preds, gts, curve, colors, options.max_lanes, video is not None)
+        _timeline_html(k, duration, preds, gts, curve, colors, options.max_lanes, video is not None,
+                       options.cue_min_score)
     )
     rows = "".join(
-        f'<tr class="seek" tabindex="0" data-seg="{k}-{i}" data-start="{_num(s.start)}" data-score="{_num(s.score)}">'
+        f'<tr class="seek" tabindex="0" data-seg="{k}-{i}" data-start="{_num(s.start)}" data-score="{_num(s.score)}"'
+        f"{_cue_attrs(s, options.cue_min_score)}>"
         f'<td class="num">{i + 1}</td><td><i class="sw" style="background:{colors[s.label]}"></i>'
         f'{_e(s.label)}</td><td class="num">{_clock(s.start)}</td><td class="num">{_clock(s.end)}</td>'
         f'<td class="num">{s.end - s.start:.1f}</td><td class="num">{s.score:.3f}</td></tr>'

@@ -1,4 +1,4 @@
-"""`tal eval PRED --annotations ann.json`: detection mAP with the official ActivityNet protocol.
+"""`tal eval PRED --annotations ann.json|ann.csv`: detection mAP with the official ActivityNet protocol.
 
 PRED is a merged results file or a folder of per-video results files (what ``tal detect``
 writes). Without ``--subset`` every video of the annotation file is evaluated (a ground-truth
@@ -52,7 +52,8 @@ def _tiou_option(ctx, param, value):
 @click.argument("pred", type=click.Path(exists=True, path_type=str))
 @click.option(
     "--annotations", "-a", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
-    help="Ground truth: ActivityNet/ActionFormer JSON ({'database': {vid: {...}}}).",
+    help="Ground truth: ActivityNet/ActionFormer JSON ({'database': {vid: {...}}}) or a .csv/.tsv "
+    "table (video_id,label,start,end[,subset,duration]).",
 )
 @click.option(
     "--subset", default=None,
@@ -67,8 +68,9 @@ def _tiou_option(ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (fractions) instead of a table.")
 def command(pred: str, annotations: str, subset: str | None, tiou: tuple[float, ...], as_json: bool) -> None:
     """Detection mAP of PRED (results file or folder) against --annotations."""
+    from tal_pipeline.annotations import load_annotations
     from tal_pipeline.evaluate import evaluate
-    from tal_pipeline.results import load_annotations, load_results
+    from tal_pipeline.results import load_results
 
     ground_truth = load_annotations(annotations, subset=subset)
     predictions = load_results(pred)

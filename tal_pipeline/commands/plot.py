@@ -30,7 +30,8 @@ from tal_pipeline.plot import PlotOptions
     "-a",
     type=click.Path(exists=True, dir_okay=False, path_type=str),
     default=None,
-    help="Ground truth (ActivityNet/ActionFormer JSON) drawn under the detections.",
+    help="Ground truth (ActivityNet/ActionFormer JSON, or .csv/.tsv video_id,label,start,end) "
+    "drawn under the detections.",
 )
 @click.option("--subset", default=None, help="Only the ground-truth videos of this subset.")
 @click.option(
@@ -72,8 +73,8 @@ def command(
     pred, out, annotations, subset, video_ids, min_score, max_lanes, max_videos, width, dpi
 ):
     """Draw a timeline PNG of the detections in PRED."""
+    from tal_pipeline.annotations import load_annotations
     from tal_pipeline.plot import plot_timeline
-    from tal_pipeline.results import load_annotations
 
     gt = load_annotations(annotations, subset) if annotations else None
     opts = PlotOptions(

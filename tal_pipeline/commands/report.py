@@ -36,7 +36,8 @@ from tal_pipeline.report import ReportOptions
     "-a",
     type=click.Path(exists=True, dir_okay=False, path_type=str),
     default=None,
-    help="Ground truth (ActivityNet/ActionFormer JSON): drawn and scored.",
+    help="Ground truth (ActivityNet/ActionFormer JSON, or .csv/.tsv video_id,label,start,end): "
+    "drawn and scored.",
 )
 @click.option("--subset", default=None, help="Only the ground-truth videos of this subset.")
 @click.option(
@@ -59,9 +60,9 @@ from tal_pipeline.report import ReportOptions
 @click.option("--title", default=ReportOptions.title, show_default=True)
 def command(pred, out, videos, annotations, subset, top_k, min_score, tiou, title):
     """Write an HTML report of the detections in PRED."""
+    from tal_pipeline.annotations import load_annotations
     from tal_pipeline.commands.eval_ import parse_tiou
     from tal_pipeline.report import write_report
-    from tal_pipeline.results import load_annotations
 
     opts = ReportOptions(
         top_k=top_k,

@@ -36,7 +36,7 @@ def _pick_subsets(ann, subset: str | None, val_subset: str | None) -> tuple[str 
 @click.command("train")
 @click.argument("features_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--annotations", "annotations", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="ActivityNet/ActionFormer JSON (times in seconds).")
+              help="ActivityNet/ActionFormer JSON or .csv/.tsv (video_id,label,start,end[,subset,duration]); seconds.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (resume state goes to OUTPUT.ckpt while training).")
 @click.option("--subset", default=None, help="Training subset(s), comma-separated [default: 'training' if present].")
@@ -69,7 +69,7 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
     """
     from dataclasses import replace
 
-    from tal_pipeline.results import load_annotations
+    from tal_pipeline.annotations import load_annotations
     from tal_pipeline.train import TrainConfig, load_feature_set, train
 
     ann = load_annotations(annotations)
