@@ -8,6 +8,7 @@ Skips (with the reason) where no Chromium is installed or it cannot start. Set
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -26,6 +27,7 @@ SEGMENTS = [  # (label, score, start s, end s)
     ("walk", 0.95, 0.4, 1.6),
     ('<img src=x onerror="window.__pwned=1">', 0.6, 2.5, 3.6),
     ("run", 0.8, 4.2, 5.5),
+    ("idle", 0.1, 5.0, 5.9),  # below the captions track's score: only a click shows it
 ]
 
 
@@ -166,3 +168,59 @@ def test_click_seeks_video_and_screenshot(browser, report, tmp_path):
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(png, Path(keep) / "report_browser.png")
+
+
+def _active_cues(b: HeadlessChromium, t: float, expect: list[str] | None = None) -> list[str]:
+    """Seek the paused player to ``t`` s; the texts (as shown: markup decoded) of the captions
+    track's active cues, polled until they equal ``expect`` (cue updates follow the seek)."""
+    js = """new Promise(function(res){
+      var v=document.querySelector('video'), tr=v.textTracks[0], want=%s, t0=Date.now();
+      function now(){return Array.from(tr.activeCues||[]).map(function(c){
+        return c.getCueAsHTML().textContent;}).sort();}
+      function poll(){var got=now();
+        if(want===null?Date.now()-t0>300:JSON.stringify(got)===JSON.stringify(want)||Date.now()-t0>3000)
+          return res(got);
+        setTimeout(poll,20);}
+      v.pause(); v.currentTime=%s; poll();})"""
+    want = "null" if expect is None else json.dumps(sorted(expect))
+    return b.evaluate(js % (want, repr(float(t))), await_promise=True)
+
+
+def test_captions_track_shows_active_cue(browser, report):
+    """The player's WebVTT track (a data: URI in the page) loads in Chromium's own parser, is
+    shown by default, and at a known time its active cue is that segment's ``label (score)``;
+    a click on a segment below the track's score shows that segment's label too."""
+    from tal_pipeline.report import ReportOptions as Opts
+
+    b = browser
+    b.navigate(report.resolve().as_uri())
+    state = b.evaluate(
+        "new Promise(function(res){var t=document.querySelector('video track');"
+        "if(t.readyState===2)return res(2);t.addEventListener('load',function(){res(2)});"
+        "t.addEventListener('error',function(){res(-1)});setTimeout(function(){res(t.readyState)},10000);})",
+        await_promise=True,
+    )
+    assert state == 2, "Chromium did not load the captions track"
+    assert b.evaluate("document.querySelector('video').textTracks[0].mode") == "showing"
+    cues = b.evaluate(
+        "Array.from(document.querySelector('video').textTracks[0].cues)"
+        ".map(function(c){return [c.startTime,c.endTime,c.getCueAsHTML().textContent]})"
+    )
+    want = [(lab, sc, t0, t1) for lab, sc, t0, t1 in SEGMENTS if sc >= Opts.cue_min_score]
+    assert [c[:2] for c in cues] == [[pytest.approx(t0), pytest.approx(t1)] for *_, t0, t1 in want]
+    assert [c[2] for c in cues] == [f"{lab} ({sc:.2f})" for lab, sc, *_ in want]
+
+    assert _active_cues(b, 1.0, ["walk (0.95)"]) == ["walk (0.95)"]
+    assert _active_cues(b, 2.0) == []  # between segments: nothing on the picture
+    hostile = SEGMENTS[1][0]
+    assert _active_cues(b, 3.0, [f"{hostile} (0.60)"]) == [f"{hostile} (0.60)"]  # shown as text
+    assert b.evaluate("typeof window.__pwned") == "undefined"
+    assert _active_cues(b, 5.2, ["run (0.80)"]) == ["run (0.80)"]  # 'idle' (0.1) has no cue
+
+    # clicking the 'idle' row (4th by start) puts its label on the picture as well
+    x, y = _center(b, "table.segments tbody tr:nth-child(4)")
+    b.click(x, y)
+    assert _active_cues(b, 5.2, ["idle (0.10)", "run (0.80)"]) == ["idle (0.10)", "run (0.80)"]
+    x, y = _center(b, "table.segments tbody tr:nth-child(1)")  # another click drops that cue
+    b.click(x, y)
+    assert _active_cues(b, 5.2, ["run (0.80)"]) == ["run (0.80)"]
