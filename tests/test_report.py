@@ -350,3 +350,34 @@ def test_cli_report(tmp_path, videos):
         main, ["report", str(pred), "--videos", str(tmp_path / "nope"), "-o", str(out)]
     )
     assert r.exit_code != 0
+
+
+def test_player_carries_captions_track(tmp_path, videos):
+    """Each player holds one default captions <track>: a data: URI of the same WebVTT the
+    vtt writer gives for the page's segments (valid against the grammar); segments below the
+    track's score carry their end and cue text for the page's click handler, escaped."""
+    from test_writers import validate_webvtt
+
+    from tal_pipeline.writers import WriterOptions, render_vtt
+
+    segs = [*SEGS_A, ("<b>&", 0.2, 3.0, 3.9)]
+    res = _results({"clip_a": segs}, {"clip_a": 4.0})
+    page = _parse(render_report(res, videos, tmp_path, options=ReportOptions(top_k=1, min_score=0.3)))
+    (track,) = page.find("track")
+    assert track["kind"] == "captions" and "default" in track
+    head, data = track["src"].split(",", 1)
+    assert head == "data:text/vtt;charset=utf-8;base64"
+    vtt = base64.b64decode(data).decode("utf-8")
+    kept = [s for s in SEGS_A if s[1] >= 0.3]  # the page's min_score (0.3) leaves the 0.2 one out
+    want = render_vtt({"results": {"clip_a": _results({"clip_a": kept}, {})["results"]["clip_a"]}},
+                      WriterOptions(min_score=0.3))
+    assert vtt == want
+    assert [c[2] for c in validate_webvtt(vtt)] == ["walk (0.95)", "run (0.40)", "walk (0.70)"]
+
+    page = _parse(render_report(res, videos, tmp_path, options=ReportOptions(top_k=1)))
+    (track,) = page.find("track")
+    cues = validate_webvtt(base64.b64decode(track["src"].split(",", 1)[1]).decode())
+    assert [c[2] for c in cues] == ["walk (0.95)", "run (0.40)", "walk (0.70)"]  # 0.3 by default
+    low = [r for r in page.with_class("tr", "seek") if "data-cue" in r]
+    assert [(r["data-start"], r["data-end"], r["data-cue"]) for r in low] == [
+        ("3", "3.9", "&lt;b&gt;&amp; (0.20)")]  # WebVTT-escaped cue text (HTML-unescaped here)

@@ -2,6 +2,8 @@
 
 Per video: a player (the video file by a path relative to the page), the timeline, keyframes of
 the top segments and a table of segments; clicking a row, bar or keyframe seeks the player.
+The player shows the detections as captions (a WebVTT track, segments scoring >= 0.3, merged
+per label as ``tal convert -o x.vtt`` writes them).
 With ``--annotations``: the ground truth and AP per class. No network needed to view it.
 """
 
