@@ -259,6 +259,86 @@ def select_inputs(
     return items
 
 
+def check_device(device: str) -> None:
+    """``--device``: UsageError (exit 2) for a name torch does not know or that is not a CPU or
+    CUDA device, NotAvailableError (exit 1) for CUDA on a machine without it; before any work."""
+    import torch
+
+    from tal_pipeline.errors import NotAvailableError, UsageError
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: not a device this tool runs on; use cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise NotAvailableError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+
+
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """InputError, one line, if files cannot be made in ``folder``: before any work."""
+    from tal_pipeline.fsutil import writable_problem
+
+    why = writable_problem(folder)
+    if why is not None:
+        raise InputError(f"cannot write the output {folder}: {why}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: what made an output. Each verb builds one dict of plain JSON values (checksums,
+# options); it is written with the output, and resume skips an output only if its dict equals
+# the current one. The comparison knows no keys, so a verb can add one without touching it.
+
+
+def provenance_changes(ours: Mapping, theirs) -> list[str]:
+    """What differs between the current provenance and an output's: ``["key: old -> new", ...]``
+    (a key missing on one side differs); ``[]`` when equal."""
+    if not isinstance(theirs, Mapping):
+        return ["it has no record of its settings (an older version made it)"]
+    a, b = _flat(_plain(dict(ours))), _flat(_plain(dict(theirs)))
+    return [f"{k}: {_short(b.get(k))} -> {_short(a.get(k))}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+def check_provenance(path: str | os.PathLike, ours: Mapping, theirs) -> None:
+    """StaleOutputError (one line naming ``--overwrite``) if the output at ``path`` was made with
+    other settings than ``ours``."""
+    from tal_pipeline.errors import StaleOutputError
+
+    changes = provenance_changes(ours, theirs)
+    if changes:
+        more = f"; and {len(changes) - 2} more" if len(changes) > 2 else ""
+        raise StaleOutputError(
+            f"{path} was made with other settings ({'; '.join(changes[:2])}{more}); pass "
+            "--overwrite to redo it, or use another -o"
+        )
+
+
+def _plain(value):
+    import json
+
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as dotted keys, so a change names the option: ``postprocess.min_score``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(value, limit: int = 24) -> str:
+    import json
+
+    text = "(none)" if value is None else json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass
 class BatchReport:
     done: list[str] = field(default_factory=list)  # ids processed now

@@ -1,4 +1,10 @@
-"""Exceptions that reach users as one line (``tal: error: <message>``)."""
+"""Exceptions that reach users as one line (``tal: error: <message>``).
+
+Exit status (every verb): 0 all done; 1 an input, an output or the machine failed (a bad video,
+a missing file, an output folder that cannot be written, CUDA asked for where there is none);
+2 the command line itself is wrong (an unknown option, a missing argument, an option value that
+is wrong on any machine: :class:`UsageError` and click's own); 130 Ctrl-C; 143 SIGTERM.
+"""
 
 
 class TalError(Exception):
@@ -31,10 +37,18 @@ class VideoTooShortError(VideoDecodeError):
 
 
 class InputError(TalError):
-    """Bad user input: a malformed file, a wrong option, a schema error."""
+    """Bad user input: a malformed or missing file, a schema error, an unusable output."""
+
+
+class UsageError(TalError):
+    """The command line itself is wrong: an option value that no machine accepts."""
+
+    exit_code = 2
+
+
+class StaleOutputError(InputError):
+    """An existing output was made with other settings (``--overwrite`` redoes it)."""
 
 
 class NotAvailableError(TalError):
-    """A stage or optional feature is not available in this install."""
-
-    exit_code = 2
+    """A stage, a device or optional feature is not available on this machine or install."""

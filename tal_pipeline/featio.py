@@ -118,9 +118,20 @@ def save_features(
     if array.ndim != 2 or array.shape != (meta.num_features, meta.dim):
         raise ValueError(f"features {array.shape} do not match meta ({meta.num_features}, {meta.dim})")
     npy, js = feature_paths(out_dir, video_id)
+    _check_replaceable(js)
     atomic_save_npy(npy, array)
     atomic_write_json(js, meta.to_json())
     return npy, js
+
+
+def _check_replaceable(js: Path) -> None:
+    """A feature meta never replaces a file of another kind (``tal detect``'s results)."""
+    from tal_pipeline.results import output_kind
+
+    kind = output_kind(js)
+    if kind in ("results", "other"):
+        what = "detections from tal detect" if kind == "results" else "another kind of file"
+        raise InputError(f"{js} is not a feature meta ({what}); it is never replaced: use another -o")
 
 
 def _read_npy(path: Path) -> np.ndarray:

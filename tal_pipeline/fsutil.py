@@ -38,6 +38,44 @@ def access_problem(path: str | os.PathLike, err: OSError, missing: str, reach: s
     return f"cannot access ({err.strerror or err})"
 
 
+def os_error_text(err: OSError) -> str:
+    """An OSError as one line for users: ``<file>: <cause>`` (``no space left on device``),
+    naming the file a temp was for rather than the temp."""
+    cause = err.strerror or str(err) or type(err).__name__
+    cause = cause[:1].lower() + cause[1:]
+    name = err.filename
+    if name is None:
+        return cause
+    name = os.fsdecode(name)
+    target = temp_target(os.path.basename(name))
+    if target is not None:
+        name = os.path.join(os.path.dirname(name), target)
+    return f"{name}: {cause}"
+
+
+def writable_problem(folder: str | os.PathLike) -> str | None:
+    """Why output files cannot be made in ``folder`` (created if missing), or None if they can.
+
+    Checked by making (and removing) an empty temp file in it, or, when it does not exist yet,
+    in the nearest folder above it that does (where it would be made), so a read-only file
+    system, missing permissions or a file in the way are found before any work."""
+    probe = Path(folder)
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if probe.is_symlink() and not probe.exists():
+        return f"{probe}: broken symbolic link"
+    if not probe.is_dir():
+        return f"{probe}: exists and is not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tal-write-check-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        err.filename = None
+        return f"{probe}: {os_error_text(err)}"
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

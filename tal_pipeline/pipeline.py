@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ class Detector:
         self.extractor = extractor  # tal_pipeline.features.FeatureExtractor, built lazily
         self.postprocess = postprocess or PostprocessConfig()
         self._extract_kwargs: dict[str, Any] = {}
+        self.model_sha256: str | None = None  # of the checkpoint file (``load``)
 
     @classmethod
     def load(
@@ -98,10 +99,12 @@ class Detector:
         Kinetics weights); their checksum must still match the checkpoint's.
         """
         from tal_pipeline.inference import HeadPredictor
+        from tal_pipeline.weights import file_sha256
 
         path = resolve_model(model)
         predictor = HeadPredictor.load(path, device=device)
         det = cls(predictor, None, postprocess)
+        det.model_sha256 = file_sha256(path)
         feats = predictor.meta["features"]
         backbone = feats.get("backbone", "unknown")
         label = feats.get("weights", "unknown")
@@ -166,6 +169,27 @@ class Detector:
             "model": str(self.predictor.meta.get("path", "?")),
             "classes": self.class_names,
         }
+
+    def provenance(self, inputs: str = "video") -> dict[str, Any]:
+        """What this detector's results depend on, as plain JSON values (``tal detect`` records
+        it with the results and resumes only over results of an equal one): the checkpoint's
+        checksum, the backbone and its weights, the post-processing options, and for raw video
+        (``inputs="video"``) the extractor's streams and flow backend. New keys may be added;
+        results missing a key count as made otherwise."""
+        feats = self.predictor.meta["features"]
+        prov: dict[str, Any] = {
+            "model_sha256": self.model_sha256,
+            "backbone": feats.get("backbone", "unknown"),
+            "weights": feats.get("weights", "unknown"),
+            "inputs": inputs,
+            "postprocess": asdict(self.postprocess),
+        }
+        if inputs == "video":
+            kw = self._extract_kwargs
+            streams = list(kw.get("streams") or ())
+            prov["streams"] = streams
+            prov["flow_backend"] = kw.get("flow_backend") if "flow" in streams else None
+        return prov
 
     def detect(self, path: str | os.PathLike) -> list[Segment]:
         """Segments of the video at ``path``, sorted by score (descending)."""

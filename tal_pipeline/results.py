@@ -123,14 +123,20 @@ def _read_json(path: Path):
 
 
 def _parse_segment(name: str, where: str, seg) -> tuple[float, float]:
-    if (
-        not isinstance(seg, (list, tuple))
-        or len(seg) != 2
-        or not all(_is_number(t) for t in seg)
-        or seg[0] > seg[1]
-    ):
+    if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+        raise InputError(f"{name}: {where}: expected [t0, t1] with t0 <= t1, got {seg!r}")
+    if not all(_is_number(t) for t in seg):  # NaN and Infinity parse as JSON numbers
+        raise InputError(
+            f"{name}: {where}: expected [t0, t1], two finite numbers of seconds, got {_show(seg)}"
+        )
+    if seg[0] > seg[1]:
         raise InputError(f"{name}: {where}: expected [t0, t1] with t0 <= t1, got {seg!r}")
     return float(seg[0]), float(seg[1])
+
+
+def _show(seg) -> str:
+    """A segment as JSON writes it (``NaN``, ``Infinity``), not as Python does (``nan``)."""
+    return json.dumps(list(seg)) if all(isinstance(t, (int, float)) for t in seg) else repr(seg)
 
 
 def _parse_video_annotation(name: str, vid: str, entry) -> VideoAnnotation:
@@ -276,6 +282,29 @@ def write_results(path, results: Mapping) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, dict(results))
     return path
+
+
+FEATURES_FORMAT_PREFIX = "tal-pipeline/features"  # the "format" of a feature meta file
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """What a JSON output file holds, so one kind never replaces another: ``"results"``
+    (``tal detect``), ``"features"`` (a feature meta of ``tal extract``), ``"unreadable"`` (not
+    a complete JSON file: an interrupted foreign write) or ``"other"``; ``"missing"``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return "unreadable"
+    if not isinstance(obj, Mapping):
+        return "other"
+    if str(obj.get("format", "")).startswith(FEATURES_FORMAT_PREFIX) or {
+        "num_features", "dim", "feature_stride"
+    } <= set(obj):
+        return "features"
+    return "results" if "results" in obj else "other"
 
 
 def _parse_results_obj(name: str, obj) -> Results:

@@ -39,17 +39,30 @@ log = logging.getLogger(__name__)
 
 
 class _Output:
-    """Where per-video results go and what is already done (resume). ``close()`` when done."""
+    """Where per-video results go and what is already done (resume). ``close()`` when done.
 
-    def __init__(self, output_arg: str, overwrite: bool):
-        from tal_pipeline.batch import hold_lock
+    ``provenance``: what makes the results (:func:`provenance`), written with them; an output
+    made otherwise is never skipped nor mixed in: a per-video file is refused (one line naming
+    ``--overwrite``), a merged file before any work. A video's outputs (:meth:`outputs`) count
+    as done only if each is valid: it parses, holds that video and has our provenance.
+    """
+
+    def __init__(self, output_arg: str, overwrite: bool, provenance: dict | None = None):
+        from tal_pipeline.batch import check_output_folder, hold_lock
 
         self.path = Path(output_arg)
         self.split = output_arg.endswith(("/", os.sep)) or self.path.is_dir()
         self.parts = self.path if self.split else self.path.with_name(self.path.name + ".parts")
         self.overwrite = overwrite
+        self.provenance = provenance
         self.previous = None  # merged mode: the results already in the output file
         self._seen: tuple | None = None  # (dev, inode, mtime, size) of the output file when read
+        self.run_lock = None
+        self._warned: set[str] = set()
+        if self.split and os.path.lexists(self.path) and not self.path.is_dir():
+            raise InputError(f"-o {output_arg}: {self.path} exists and is not a folder")
+        check_output_folder(self.parts if self.split else self.path.parent)
+        self._check_kind()
         # merged mode: every run on this output holds this shared; only the last one to finish
         # (the only one that can make it exclusive) removes the parts folder
         self.run_lock = None if self.split else hold_lock(
@@ -62,8 +75,30 @@ class _Output:
             self.close()
             raise
 
+    def _check_kind(self) -> None:
+        """Detections never replace features (or anything not a results file): refuse a folder
+        of feature files, or a merged output file that is not a results file."""
+        from tal_pipeline.results import output_kind
+
+        if self.split:
+            feats = next(self.path.glob("*.npy"), None) if self.path.is_dir() else None
+            if feats is not None:
+                raise InputError(
+                    f"-o {self.path}{os.sep}: the folder holds feature files ({feats.name}, from "
+                    "tal extract); detections and features never share a folder: use another -o"
+                )
+            return
+        kind = output_kind(self.path)
+        if kind == "features":
+            raise InputError(f"-o {self.path}: the file holds features (from tal extract), not "
+                             "detections; use another -o")
+        if kind == "other" or (kind == "unreadable" and not self.overwrite):
+            raise InputError(f"-o {self.path}: the file exists and is not a tal detect results "
+                             "file; use another -o" + (" or --overwrite" if kind == "unreadable" else ""))
+
     def _refresh(self) -> None:
-        """Merged mode: (re)read the output file if it changed since (another run merged)."""
+        """Merged mode: (re)read the output file if it changed since (another run merged); one
+        made with other settings is refused (StaleOutputError), so a merge never mixes them."""
         if self.split or self.overwrite:
             return
         try:
@@ -74,19 +109,74 @@ class _Output:
         if key != self._seen and self.path.is_file():
             from tal_pipeline.results import load_results
 
-            self.previous = load_results(self.path)
+            previous = load_results(self.path)
+            if self.provenance is not None:
+                from tal_pipeline.batch import check_provenance
+
+                check_provenance(self.path, self.provenance, previous.external_data.get("provenance"))
+            self.previous = previous
             self._seen = key
 
     def part(self, vid: str) -> Path:
         return self.parts / f"{vid}.json"
 
+    def outputs(self, vid: str) -> list[Path]:
+        """The files one video's results are written to (per video, or its part)."""
+        return [self.part(vid)]
+
+    def _valid(self, path: Path, vid: str) -> bool:
+        """``path`` is a complete result of ``vid`` from our settings. A file that does not parse
+        (cut short by something else) is redone; one of features is refused, never replaced;
+        one from other settings is refused (StaleOutputError) in a per-video folder and redone
+        in the parts folder (a killed run's, internal)."""
+        from tal_pipeline.results import load_results, output_kind
+
+        if output_kind(path) == "missing":
+            return False
+        self.check_replaceable(path)
+        try:
+            res = load_results(path)
+        except InputError as err:
+            self._warn(f"{err}; redoing it")
+            return False
+        if vid not in res.detections:
+            self._warn(f"{path} does not hold the results of {vid}; redoing it")
+            return False
+        if self.provenance is not None:
+            from tal_pipeline.batch import check_provenance, provenance_changes
+
+            theirs = res.external_data.get("provenance")
+            if self.split:
+                check_provenance(path, self.provenance, theirs)
+            elif provenance_changes(self.provenance, theirs):
+                return False
+        return True
+
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:  # is_done is asked again under the video's lock
+            self._warned.add(message)
+            log.warning("%s", message)
+
     def is_done(self, vid: str) -> bool:
         if self.overwrite:
+            for path in self.outputs(vid):  # redo, but never over a file of another kind
+                if path.exists():
+                    self.check_replaceable(path)
             return False
-        if self.part(vid).is_file():
+        if all(self._valid(path, vid) for path in self.outputs(vid)):
             return True
         self._refresh()
         return self.previous is not None and vid in self.previous.detections
+
+    def check_replaceable(self, path: Path) -> None:
+        """InputError unless ``path`` is missing, a results file, or not a complete JSON file."""
+        from tal_pipeline.results import output_kind
+
+        kind = output_kind(path)
+        if kind in ("features", "other"):
+            what = "features from tal extract" if kind == "features" else "another kind of file"
+            raise InputError(f"{path} is not a tal detect result ({what}); it is never replaced: "
+                             "use another -o")
 
     def close(self, remove_parts: bool = False) -> None:
         """Merged mode: let go of the run lock; ``remove_parts``: also remove the parts folder
@@ -107,10 +197,11 @@ class _Output:
         name = failures_name(shard)
         return self.path / name if self.split else self.path.with_name(f"{self.path.name}.{name}")
 
-    def merge(self, vids: list[str]) -> dict:
-        """Merged mode: every finished video (parts + output file as it is now) -> the output
-        file, under its lock (concurrent runs merge one after the other)."""
-        from tal_pipeline.batch import hold_lock
+    def merge(self, vids: list[str]) -> dict | None:
+        """Merged mode: every finished video (parts of our settings + the output file as it is
+        now) -> the output file, under its lock (concurrent runs merge one after the other).
+        Nothing finished and no output file yet: nothing written, None."""
+        from tal_pipeline.batch import hold_lock, provenance_changes
         from tal_pipeline.fsutil import remove_stale_temps
         from tal_pipeline.results import load_results, make_results, write_results
 
@@ -122,15 +213,30 @@ class _Output:
                 per_video.update(self.previous.detections)
                 meta.update(self.previous.videos)
                 external.update(self.previous.external_data)
+            fresh = 0
             for vid in vids:
-                if self.part(vid).is_file():
-                    res = load_results(self.part(vid))
-                    per_video.update(res.detections)
-                    meta.update(res.videos)
-                    external.update(res.external_data)
+                if not self.part(vid).is_file():
+                    continue
+                res = load_results(self.part(vid))
+                theirs = res.external_data.get("provenance")
+                if self.provenance is not None and provenance_changes(self.provenance, theirs):
+                    continue  # a killed run's with other settings: never mixed in
+                per_video.update(res.detections)
+                meta.update(res.videos)
+                external.update(res.external_data)
+                fresh += 1
+            if not fresh and self.previous is None:
+                return None
             results = make_results(per_video, meta, external)
             write_results(self.path, results)
         return results
+
+
+def provenance(det, use_features: bool) -> dict:
+    """What makes ``tal detect``'s results (recorded in ``external_data.provenance``): the
+    detector's (model checksum, backbone and weights, post-processing, and for raw video the
+    extractor's streams and flow backend). One dict: options that change results add a key."""
+    return det.provenance("features" if use_features else "video")
 
 
 @click.command("detect")
@@ -150,6 +256,8 @@ class _Output:
               help="TV-L1 implementation for raw video (default: the one the model was trained with).")
 @click.option("--weights", default=None,
               help="Backbone weights file for raw video (e.g. a local Kinetics .pth); must match the model's checksum.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Backbone precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")
 @click.option("--min-score", type=float, default=0.001, show_default=True, help="Drop detections scoring below this.")
 @click.option("--top-k", type=int, default=200, show_default=True, help="At most this many detections per video.")
 @click.option("--overwrite", is_flag=True, help="Redo videos whose output exists.")
@@ -159,19 +267,21 @@ class _Output:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
 def command(inputs, output_arg, model, use_features, fps, feature_stride, window_frames, annotations,
-            device, flow_backend, weights, min_score, top_k, overwrite, shard, report_path, progress,
+            device, flow_backend, weights, precision, min_score, top_k, overwrite, shard, report_path, progress,
             quiet):
     """Detect actions in INPUT (videos, folders or list files) and write ActivityNet results JSON."""
-    from tal_pipeline.batch import VIDEO_EXTENSIONS, select_inputs
+    from tal_pipeline.batch import VIDEO_EXTENSIONS, check_device, select_inputs
+    from tal_pipeline.errors import UsageError
     from tal_pipeline.pipeline import Detector
     from tal_pipeline.postprocess import PostprocessConfig
 
     if quiet:
         progress = False
     if top_k < 1:
-        raise InputError("--top-k must be >= 1")
+        raise UsageError("--top-k must be >= 1")
     if not 0 <= min_score <= 1:
-        raise InputError("--min-score must be within [0, 1]")
+        raise UsageError("--min-score must be within [0, 1]")
+    check_device(device)
     problems: list = []  # folders that could not be walked: failures of this batch
     if use_features:
         items = select_inputs(inputs, shard, frozenset([".npy"]), ".npy feature files", problems)
@@ -180,13 +290,14 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
 
     post = PostprocessConfig(min_score=min_score, max_segments=top_k)
     det = Detector.load(model, device=device, flow_backend=flow_backend, weights=weights,
-                        postprocess=post, build_extractor=not use_features)
+                        postprocess=post, build_extractor=not use_features,
+                        precision=precision)
     ann = None
     if annotations is not None:
         from tal_pipeline.results import load_annotations
 
         ann = load_annotations(annotations)
-    out = _Output(output_arg, overwrite)
+    out = _Output(output_arg, overwrite, provenance(det, use_features))
     try:
         _run(out, items, det, use_features, ann, fps, feature_stride, window_frames, progress,
              report_path, problems, shard)
@@ -200,7 +311,7 @@ def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, windo
     from tal_pipeline.batch import exit_if_failed, run_batch, write_failures
     from tal_pipeline.results import make_results, write_results
 
-    external = det.external_data()
+    external = {**det.external_data(), "provenance": out.provenance}
     found: dict[str, list] = {}
 
     def process(vid: str, path: Path) -> None:
@@ -209,17 +320,20 @@ def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, windo
         else:
             detection = det.detect_video(path)
         results = make_results({vid: detection.segments}, {vid: detection.video_meta()}, external)
+        for dest in out.outputs(vid):
+            out.check_replaceable(dest)
         write_results(out.part(vid), results)
         found[vid] = detection.segments
 
     report = run_batch(items, process, lambda vid, _: out.is_done(vid), desc="tal detect",
-                       progress=progress, lock_dir=out.parts,
-                       outputs_fn=lambda vid: [out.part(vid)], problems=problems)
+                       progress=progress, lock_dir=out.parts, outputs_fn=out.outputs,
+                       problems=problems)
     where = out.failures_path(shard)
     failures = write_failures(where.parent, report, where.name)
     if not out.split:
+        # every finished video is in the merged file now: the parts are not needed to resume
         out.merge(list(items))
-        out.close(remove_parts=report.ok)
+        out.close(remove_parts=True)
     click.echo(f"tal detect: {report.summary()} -> {out.path}", err=True)
     if len(items) == 1 and found:
         (seg_list,) = found.values()

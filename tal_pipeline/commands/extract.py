@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from tal_pipeline.backbone import BACKBONES
-from tal_pipeline.errors import InputError
+from tal_pipeline.errors import UsageError
 
 
 @click.command("extract")
@@ -44,6 +44,8 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, o
             chunk_frames, progress, size):
     """Extract RGB + TV-L1 flow 3D-ResNet features from videos, files or folders or .txt lists."""
     from tal_pipeline.batch import (
+        check_device,
+        check_output_folder,
         exit_if_failed,
         failures_name,
         run_batch,
@@ -53,10 +55,11 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, o
 
     names = tuple(s.strip() for s in streams.split(",") if s.strip())
     if not names or any(s not in ("rgb", "flow") for s in names):
-        raise InputError(f"--streams must be rgb, flow or rgb,flow, got {streams!r}")
+        raise UsageError(f"--streams must be rgb, flow or rgb,flow, got {streams!r}")
+    check_device(device)
     problems: list = []  # folders that could not be walked: failures of this batch
     items = select_inputs(inputs, shard, problems=problems)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out_dir)  # before any work; made once the weights have loaded
 
     from tal_pipeline.featio import feature_paths, save_features
     from tal_pipeline.features import FeatureExtractor
@@ -65,6 +68,7 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, o
     tune_malloc(EXTRACT_MMAP_THRESHOLD)  # long batches: flat memory first (see memory.py)
     fx = FeatureExtractor(backbone=backbone, weights=weights, streams=names, flow_backend=flow_backend,
                           device=device, chunk_frames=chunk_frames, size=size)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     def is_done(vid: str, path: Path) -> bool:
         return not overwrite and _complete(out_dir, vid, fx)
@@ -81,18 +85,41 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, o
     exit_if_failed("extract", report, failures)
 
 
+def provenance(fx) -> dict:
+    """What makes ``tal extract``'s features: backbone, weights id and checksum, streams, the flow
+    backend when there is a flow stream, frame size. Resume skips a video only if the features
+    there have an equal dict (:func:`recorded_provenance`). An option that changes the features
+    adds its key to both functions; the comparison (``batch.check_provenance``) knows no keys."""
+    streams = list(fx.options.streams)
+    return {
+        "backbone": fx.backbone_id,
+        "weights": fx.loaded.label,
+        "streams": streams,
+        "flow_backend": fx.options.flow_backend if "flow" in streams else None,
+        "size": int(fx.options.size or fx.transform.crop),
+    }
+
+
+def recorded_provenance(meta) -> dict:
+    """The keys of :func:`provenance`, read from a feature meta (what made those features)."""
+    return {
+        "backbone": meta.backbone,
+        "weights": meta.weights,
+        "streams": list(meta.streams),
+        "flow_backend": meta.extra.get("flow_backend"),
+        "size": meta.extra.get("size"),
+    }
+
+
 def _complete(out_dir: Path, vid: str, fx) -> bool:
-    """Complete pair from the same settings -> True; from other settings -> InputError."""
+    """Complete pair from the same settings -> True; from other settings -> StaleOutputError
+    (one line naming ``--overwrite``)."""
+    from tal_pipeline.batch import check_provenance
     from tal_pipeline.featio import feature_paths, is_complete, load_features
 
     if not is_complete(out_dir, vid):
         return False
-    _, meta = load_features(feature_paths(out_dir, vid)[0])
-    ours = (fx.backbone_id, fx.loaded.label, tuple(fx.options.streams))
-    theirs = (meta.backbone, meta.weights, tuple(meta.streams))
-    if ours != theirs:
-        raise InputError(
-            f"{vid}.npy exists from other settings ({theirs[0]}, {theirs[1][:24]}..., "
-            f"{'+'.join(theirs[2])}); pass --overwrite or use another -o"
-        )
+    npy = feature_paths(out_dir, vid)[0]
+    _, meta = load_features(npy)
+    check_provenance(npy, provenance(fx), recorded_provenance(meta))
     return True
