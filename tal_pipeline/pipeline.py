@@ -90,6 +90,7 @@ class Detector:
         weights: str | os.PathLike | None = None,
         postprocess: PostprocessConfig | None = None,
         build_extractor: bool = True,
+        precision: str = "auto",
     ) -> Detector:
         """Load ``model`` ("demo" or a checkpoint path) and build its extractor.
 
@@ -97,6 +98,8 @@ class Detector:
         (recorded in the checkpoint), else ``"torch"``.
         ``weights`` overrides where the backbone weights come from (e.g. a local ``.pth`` of the
         Kinetics weights); their checksum must still match the checkpoint's.
+        ``precision``: the backbone's ("auto", "fp32", "bf16", "fp16"; ``features.auto_precision``);
+        the head takes features of any precision made with its weights.
         """
         from tal_pipeline.inference import HeadPredictor
         from tal_pipeline.weights import file_sha256
@@ -116,6 +119,7 @@ class Detector:
             "streams": streams,
             "flow_backend": flow_backend,
             "device": device,
+            "precision": precision,
         }
         if build_extractor:
             det._build_extractor(path)
@@ -168,6 +172,7 @@ class Detector:
             "weights": feats.get("weights", "unknown"),
             "model": str(self.predictor.meta.get("path", "?")),
             "classes": self.class_names,
+            **({"precision": self.extractor.options.precision} if self.extractor is not None else {}),
         }
 
     def provenance(self, inputs: str = "video") -> dict[str, Any]:
@@ -189,6 +194,8 @@ class Detector:
             streams = list(kw.get("streams") or ())
             prov["streams"] = streams
             prov["flow_backend"] = kw.get("flow_backend") if "flow" in streams else None
+            if self.extractor is not None:  # the backbone's precision ("auto" resolved)
+                prov["precision"] = self.extractor.options.precision
         return prov
 
     def detect(self, path: str | os.PathLike) -> list[Segment]:
@@ -211,7 +218,8 @@ class Detector:
         segments = self.predictor.predict(
             array, meta.times(), meta.step, meta.duration, self.postprocess
         )
-        return Detection(source, segments, meta.duration, meta)
+        precision = meta.extra.get("precision")  # the features' (any precision is accepted)
+        return Detection(source, segments, meta.duration, meta, {"precision": precision} if precision else {})
 
 
 def summary_lines(segments: list[Segment], limit: int = 20) -> list[str]:
