@@ -1,15 +1,21 @@
-"""Head benchmark: ablation mAP on the synthetic benchmark's held-out split, training time, and
-inference time / peak memory on a 1-hour video's features (T = 9000 at 0.4 s, D = 1024).
+"""Head benchmark: the head against simple baselines on the synthetic regimes (held-out test
+videos, settings chosen on validation only), and inference time / peak memory on a 1-hour
+video's features (T = 9000 at 0.4 s, D = 1024).
 
-    python benchmarks/bench_head.py                      # everything (ablations run in parallel)
-    python benchmarks/bench_head.py --epochs 20 --variants full,none
+    python benchmarks/bench_head.py                                  # all regimes, all methods
+    python benchmarks/bench_head.py --regimes hard --methods dilated,head
     python benchmarks/bench_head.py --infer-only
 
-Each ablation trains in its own process with one intra-op thread (on a shared 2-core machine,
-two threads per process are several times slower than one). Inference is timed with
-``--infer-threads`` torch threads (default 1: on a busy 2-core machine one thread beat two by
-2.5x) in a fresh process per T; peak memory is the growth of
-the process's max RSS during inference, for T = 2250, 4500, 9000 (linear in T if windows work).
+Regimes: ``benchmarks/synthetic.py`` (``easy``, ``hard``, ``long``). Methods
+(``benchmarks/head_harness.py``): ``linear`` (per-position linear probe + runs), ``dilated``
+(5-layer dilated conv per-position classifier, 40 epochs, 5-step moving average + runs),
+``head-bare`` (the head with TSA off and TPP off), ``head`` (``tal train``'s defaults), and the
+ablations ``head-noTSA``, ``head-noTPP``, ``head-plain``. Every (regime, method) trains in its own
+process with one intra-op thread, ``--jobs`` at a time.
+
+Inference is timed with ``--infer-threads`` torch threads (default 1: on a busy 2-core machine
+one thread beat two by 2.5x) in a fresh process per T; peak memory is the growth of the
+process's max RSS during inference, for T = 2250, 4500, 9000 (linear in T if windows work).
 """
 
 from __future__ import annotations
@@ -25,37 +31,39 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = {  # name -> head overrides
-    "full": {"tsa": "full", "tpp": True},
-    "no TSA": {"tsa": "none", "tpp": True},
-    "plain attention": {"tsa": "plain", "tpp": True},
-    "no TPP": {"tsa": "full", "tpp": False},
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` importable as a script
+
+HEADS = {  # method -> head overrides on top of tal train's defaults
+    "head": {},
+    "head-bare": {"tsa": "none", "tpp": False},
+    "head-noTSA": {"tsa": "none"},
+    "head-noTPP": {"tpp": False},
+    "head-plain": {"tsa": "plain"},
 }
+METHODS = ("linear", "dilated", *HEADS)
 
 
-def run_variant(name: str, epochs: int, seed: int, data_seed: int) -> dict:
+def run_method(regime_name: str, method: str, epochs: int | None, seed: int) -> dict:
+    from dataclasses import replace
+
     import torch
 
-    from tal_pipeline.evaluate import evaluate
-    from tal_pipeline.inference import HeadPredictor
-    from tal_pipeline.results import load_annotations
-    from tal_pipeline.synthetic import SyntheticConfig, make_benchmark, write_benchmark
-    from tal_pipeline.train import TrainConfig, load_feature_set, train
+    from benchmarks.head_harness import splits, train_baseline, train_head
+    from benchmarks.synthetic import make_benchmark, regime
+    from tal_pipeline.train import TrainConfig
 
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        feats, ann = write_benchmark(make_benchmark(SyntheticConfig(seed=data_seed)), tmp)
-        train_gt, test_gt = load_annotations(ann, "training"), load_annotations(ann, "testing")
-        data = load_feature_set(feats, train_gt)
-        test = load_feature_set(feats, test_gt, class_names=data.class_names)
-        t = time.perf_counter()
-        train(data, Path(tmp) / "m.pt", TrainConfig(epochs=epochs, seed=seed), head=VARIANTS[name], progress=False)
-        train_s = time.perf_counter() - t
-        pred = HeadPredictor.load(Path(tmp) / "m.pt")
-        dets = {v.video_id: pred.predict(v.features, v.times, v.step, v.duration) for v in test.videos}
-        res = evaluate(test_gt, dets)
-    return {"variant": name, "mAP": list(res.mAP), "average_mAP": res.average_mAP, "train_s": train_s,
-            "epochs": epochs, "train_videos": len(data.videos), "test_videos": len(test.videos)}
+    sp = splits(make_benchmark(regime(regime_name)))
+    if method in HEADS:
+        config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+        with tempfile.TemporaryDirectory() as tmp:
+            r = train_head(sp, Path(tmp) / "m.pt", replace(config), head=HEADS[method])
+        val = max(r["validation"], key=lambda h: h["average_mAP"]) if r["validation"] else None
+    else:
+        r = train_baseline(method, sp, seed=seed, **({} if epochs is None else {"epochs": epochs}))
+        val = r["validation"]
+    return {"regime": regime_name, "method": method, "test": r["testing"], "val": val, "train_s": r["train_s"],
+            "videos": {k: len(v.data.videos) for k, v in sp.items()}}
 
 
 def run_inference(t: int, dim: int, threads: int) -> dict:
@@ -87,19 +95,32 @@ def _child(args: list[str], one_thread: bool = True) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _table(rows: list[dict]) -> None:
+    print("| regime | method | mAP@0.3 | 0.4 | 0.5 | 0.6 | 0.7 | avg | val avg | train (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cells = " | ".join(f"{100 * m:.1f}" for m in r["test"]["mAP"])
+        val = f"{100 * r['val']['average_mAP']:.1f}" if r["val"] else "-"
+        print(f"| {r['regime']} | {r['method']} | {cells} | {100 * r['test']['average_mAP']:.1f} | {val} | "
+              f"{r['train_s']:.0f} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--regimes", default="easy,hard,long")
+    p.add_argument("--methods", default="linear,dilated,head-bare,head")
+    p.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--jobs", type=int, default=2, help="methods trained at the same time")
     p.add_argument("--infer-only", action="store_true")
+    p.add_argument("--no-infer", action="store_true")
     p.add_argument("--infer-threads", type=int, default=1, help="torch threads for inference (1 is fastest on a busy machine)")
-    p.add_argument("--_variant", help=argparse.SUPPRESS)
+    p.add_argument("--_run", help=argparse.SUPPRESS)
     p.add_argument("--_infer", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args._variant:
-        print(json.dumps(run_variant(args._variant, args.epochs, args.seed, args.data_seed)))
+    if args._run:
+        regime_name, method = args._run.split(":")
+        print(json.dumps(run_method(regime_name, method, args.epochs, args.seed)))
         return
     if args._infer:
         print(json.dumps(run_inference(args._infer, 1024, args.infer_threads)))
@@ -110,20 +131,20 @@ def main() -> None:
     if not args.infer_only:
         from concurrent.futures import ThreadPoolExecutor
 
-        names = [n.strip() for n in args.variants.split(",")]
-        unknown = set(names) - set(VARIANTS)
+        methods = [m.strip() for m in args.methods.split(",")]
+        unknown = set(methods) - set(METHODS)
         if unknown:
-            sys.exit(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
-        common = ["--epochs", str(args.epochs), "--seed", str(args.seed), "--data-seed", str(args.data_seed)]
-        with ThreadPoolExecutor(len(names)) as pool:
-            rows = list(pool.map(lambda n: _child(["--_variant", n, *common]), names))
-        print("\n| variant | mAP@0.3 | 0.4 | 0.5 | 0.6 | 0.7 | avg | train time (s) |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            cells = " | ".join(f"{100 * m:.1f}" for m in r["mAP"])
-            print(f"| {r['variant']} | {cells} | {100 * r['average_mAP']:.1f} | {r['train_s']:.0f} |")
-        print(f"\n{rows[0]['train_videos']} training / {rows[0]['test_videos']} held-out videos, "
-              f"{args.epochs} epochs, {len(rows)} runs in parallel, 1 thread each")
+            sys.exit(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
+        jobs = [f"{r.strip()}:{m}" for r in args.regimes.split(",") for m in methods]
+        common = ["--seed", str(args.seed)] + (["--epochs", str(args.epochs)] if args.epochs else [])
+        with ThreadPoolExecutor(args.jobs) as pool:
+            rows = list(pool.map(lambda j: _child(["--_run", j, *common]), jobs))
+        print()
+        _table(rows)
+        print("\ntest = held-out testing videos; val avg = validation average mAP (the head: of the selected "
+              "epoch); videos per split: " + ", ".join(f"{r['regime']} {r['videos']}" for r in rows[::len(methods)]))
+    if args.no_infer:
+        return
     print("\n| T (steps) | D | threads | inference (s) | peak RSS growth (MB) |")
     print("|---|---|---|---|---|")
     for t in (2250, 4500, 9000):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from tal_pipeline.errors import InputError
-from tal_pipeline.head.model import HeadConfig, HeadModel
+from tal_pipeline.head.model import HeadConfig, HeadModel, fuse_scores
 from tal_pipeline.postprocess import PostprocessConfig, Segment, postprocess
 
 log = logging.getLogger(__name__)
@@ -150,13 +150,15 @@ def predict_segments(
     config: PostprocessConfig | None = None,
     device: str | torch.device = "cpu",
 ) -> list[Segment]:
-    """Features ``(T, D)`` -> segments in seconds (windowed inference, merged, then Soft-NMS).
+    """Features ``(T, D)`` -> segments in seconds (windowed inference, merged, scores fused as
+    the head's ``score_fusion`` says, then Soft-NMS).
 
     ``config`` defaults to ``PostprocessConfig()`` (ActionFormer's recipe)."""
     if features.shape[0] == 0:
         return []
     out = predict_arrays(model, features, device)
-    return postprocess(out["probs"], out["offsets"], times, step, duration, class_names,
+    scores = fuse_scores(model.config, out["probs"], out["actionness"])  # (T, C)
+    return postprocess(scores, out["offsets"], times, step, duration, class_names,
                        config or PostprocessConfig())
 
 

@@ -14,8 +14,12 @@ Recipe (defaults in :class:`TrainConfig`):
    decay to 0, per iteration; gradient norm clipped at ``grad_clip``.
 4. Loss: :func:`tal_pipeline.head.losses.head_loss` (both stages).
 5. Validation mAP (THUMOS tIoU 0.3..0.7) every ``val_every`` epochs and after the last one,
-   when validation videos are given; recorded in the checkpoint, never used to pick a model
-   (the last epoch's weights are saved).
+   when validation videos are given; recorded in the checkpoint. With ``select="best"`` (the
+   default) the weights of the validation run with the best average mAP are saved (early
+   stopping by model selection: small training sets overfit late in the schedule); with
+   ``"last"``, or without validation videos, the last epoch's.
+6. Head options: :data:`HEAD_DEFAULTS` under the caller's overrides (``tal train``'s defaults;
+   :class:`HeadConfig`'s own defaults are the earlier behaviour old checkpoints rely on).
 
 Reproducibility: everything random comes from ``seed`` (torch for the initial weights, a numpy
 PCG64 generator for windows and order); on CPU the same seed gives a bit-identical checkpoint
@@ -56,6 +60,11 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "tal-pipeline/head-train-state"
 THUMOS_TIOU = (0.3, 0.4, 0.5, 0.6, 0.7)
+SELECT = ("best", "last")
+
+# HeadConfig fields that new models get unless the caller overrides them (chosen on the
+# benchmark's validation splits; BENCHMARKS.md, "Head")
+HEAD_DEFAULTS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,15 @@ class TrainConfig:
     min_samples_per_epoch: int = 128  # windows per epoch at least (small datasets cycle)
     crop_coverage: float = 0.75  # a random window keeps one instance with this fraction inside
     val_every: int = 5  # epochs between validation mAP runs (0: only after the last epoch)
+    select: str = "best"  # saved weights: "best" validation average mAP, or "last" epoch
     seed: int = 0
     device: str = "cpu"
     loss: LossWeights = field(default_factory=LossWeights)
     assign: AssignConfig = field(default_factory=AssignConfig)
+
+    def __post_init__(self):
+        if self.select not in SELECT:
+            raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -306,7 +320,8 @@ def train(
 
         raise NotAvailableError(f"device {config.device!r} requested but CUDA is not available")
     head_config = HeadConfig(
-        **{**(head or {}), "input_dim": train_data.info["dim"], "num_classes": len(train_data.class_names)}
+        **{**HEAD_DEFAULTS, **(head or {}), "input_dim": train_data.info["dim"],
+           "num_classes": len(train_data.class_names)}
     )
     torch.manual_seed(config.seed)
     model = HeadModel(head_config).to(device)
@@ -317,6 +332,7 @@ def train(
     total_iters = iters_per_epoch * config.epochs
     warmup = max(1, round(config.warmup_epochs * iters_per_epoch))
     start_epoch, it, history, last_loss = 0, 0, [], float("nan")
+    best: dict[str, Any] = {}  # {"epoch", "average_mAP", "state_dict"} of the best validation run
 
     state_path = _state_path(out)
     if resume and state_path.is_file():
@@ -329,6 +345,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, it, history = state["epoch"], state["iteration"], list(state["history"])
         last_loss = state.get("last_loss", last_loss)
+        best = state.get("best", best)
         rng.bit_generator.state = state["rng_numpy"]
         torch.set_rng_state(state["rng_torch"])
         log.info("resuming from %s after epoch %d", state_path, start_epoch)
@@ -344,6 +361,7 @@ def train(
             "num_instances": int(sum(len(v.instances) for v in train_data.videos)),
             "final_loss": float(last_loss),
             "validation": history,
+            "selected_epoch": best.get("epoch", len_epochs_done) if config.select == "best" else len_epochs_done,
             **(extra_info or {}),
         }
         return make_checkpoint(model, train_data.class_names, train_data.info, training)
@@ -379,6 +397,9 @@ def train(
             ):
                 metrics = validate(model, val_data, val_annotations, device)
                 history.append({"epoch": len_epochs_done, **metrics})
+                if config.select == "best" and metrics["average_mAP"] > best.get("average_mAP", -1.0):
+                    best = {"epoch": len_epochs_done, "average_mAP": metrics["average_mAP"],
+                            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
                 log.info("epoch %d: loss %.4f, validation mAP@0.5 %.2f %%, average mAP %.2f %%",
                          len_epochs_done, last_loss, 100 * metrics["mAP"][2], 100 * metrics["average_mAP"])
             else:
@@ -391,6 +412,7 @@ def train(
                 "iteration": it,
                 "history": history,
                 "last_loss": last_loss,
+                "best": best,
                 "rng_numpy": rng.bit_generator.state,
                 "rng_torch": torch.get_rng_state(),
                 "train_config": config.to_dict(),
@@ -400,6 +422,8 @@ def train(
         bar.close()
     if len_epochs_done < config.epochs:
         return {}
+    if best and config.select == "best":
+        model.load_state_dict(best["state_dict"])
     ckpt = checkpoint()
     save_checkpoint(out, ckpt)
     state_path.unlink(missing_ok=True)

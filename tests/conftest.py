@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# the benchmark generators (benchmarks/) are test data, not part of the package: importable from
+# the checkout also when pytest runs without `python -m`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 @pytest.fixture

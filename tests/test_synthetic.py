@@ -3,10 +3,11 @@
 import itertools
 
 import numpy as np
+import pytest
 
+from benchmarks.synthetic import REGIMES, SyntheticConfig, make_benchmark, regime, write_benchmark
 from tal_pipeline.featio import list_feature_files, load_features
 from tal_pipeline.results import load_annotations
-from tal_pipeline.synthetic import SyntheticConfig, make_benchmark, write_benchmark
 
 SMALL = SyntheticConfig(num_classes=3, dim=8, num_train=4, num_test=2, min_steps=60, max_steps=90, seed=3)
 
@@ -61,3 +62,49 @@ def test_write_benchmark_round_trip(tmp_path):
     assert np.array_equal(arr, bench.features[files[0].stem]) and meta.backbone == "synthetic"
     gt = load_annotations(ann)
     assert set(gt.videos) == set(bench.features) and gt.class_names == sorted(bench.class_names)
+
+
+def test_validation_split_leaves_train_and_test_unchanged():
+    without = make_benchmark(SMALL)
+    with_val = make_benchmark(SyntheticConfig(**{**SMALL.__dict__, "num_val": 3}))
+    assert len(with_val.subset("validation")) == 3 and not without.subset("validation")
+    for vid in without.features:  # validation videos are generated last
+        assert np.array_equal(without.features[vid], with_val.features[vid])
+    assert not set(with_val.subset("validation")) & set(with_val.subset("testing"))
+
+
+def test_pairs_regime_is_confusable_per_position_and_oscillates():
+    """The hard regime's pairs share most of their direction; the odd class of a pair oscillates."""
+    cfg = regime("hard", num_train=6, num_test=0, num_val=0, noise_corr=0.0, scene=0.0, distractors=0,
+                 signal=3.0, cue=0.0, min_steps=300, max_steps=300)
+    bench = make_benchmark(cfg)
+    means: dict[int, list] = {}
+    spreads: dict[int, list] = {}
+    for vid, x in bench.features.items():
+        t = bench.metas[vid].times()
+        for a in bench.annotations["database"][vid]["annotations"]:
+            inside = (t >= a["segment"][0] + 0.8) & (t <= a["segment"][1] - 0.8)
+            if inside.sum() < 8:
+                continue
+            c = int(a["label"].split("_")[1])
+            norms = np.linalg.norm(x[inside], axis=1)  # (n,)
+            means.setdefault(c, []).append(x[inside].mean(0))
+            spreads.setdefault(c, []).append(norms.std() / norms.mean())
+    mu = {c: np.mean(v, 0) for c, v in means.items()}
+    for c, m in mu.items():
+        if c % 2 == 0 and c + 1 in mu:
+            cos = m @ mu[c + 1] / np.linalg.norm(m) / np.linalg.norm(mu[c + 1])
+            assert cos > 0.7  # pairs share most of their mean direction
+            assert np.mean(spreads[c + 1]) > 3 * np.mean(spreads[c])  # only the odd one oscillates
+
+
+def test_regimes_have_fixed_seeds_and_named_sizes():
+    assert {"easy", "hard", "long"} <= set(REGIMES)
+    hard = REGIMES["hard"]
+    assert hard.dim == 128 and hard.step == 0.4 and hard.num_train == 80 and hard.num_test == 30
+    assert hard.num_val > 0 and hard.kind == "pairs" and REGIMES["long"].dim == 2048
+    assert len({r.seed for r in REGIMES.values()}) == len(REGIMES)
+    with pytest.raises(KeyError):
+        regime("nope")
+    with pytest.raises(ValueError):
+        SyntheticConfig(kind="pairs", num_classes=3)

@@ -10,13 +10,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from benchmarks.synthetic import SyntheticConfig, make_benchmark, write_benchmark
 from tal_pipeline.cli import main
 from tal_pipeline.errors import InputError
 from tal_pipeline.evaluate import evaluate
 from tal_pipeline.inference import HeadPredictor, checkpoint_bytes
 from tal_pipeline.postprocess import PostprocessConfig
 from tal_pipeline.results import load_annotations
-from tal_pipeline.synthetic import SyntheticConfig, make_benchmark, write_benchmark
 from tal_pipeline.train import TrainConfig, load_feature_set, train
 
 TINY = SyntheticConfig(num_classes=2, dim=16, num_train=6, num_test=0, min_steps=60, max_steps=100,

@@ -56,12 +56,15 @@ def _pick_subsets(ann, subset: str | None, val_subset: str | None) -> tuple[str 
               help="TSA variant (ablation).")
 @click.option("--tpp/--no-tpp", default=True, show_default=True, help="Temporal pyramid pooling (ablation).")
 @click.option("--val-every", type=int, default=None, help="Epochs between validation runs [default: 5].")
+@click.option("--select", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Weights to save: the best validation average mAP, or the last epoch's. Use 'last' when the "
+                   "validation subset is the test set (report only, choose nothing on it).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(features_dir, annotations, output, subset, val_subset, fps, feature_stride, window_frames, epochs,
-            batch_size, lr, window, hidden_dim, tsa, tpp, val_every, device, seed, resume, quiet):
+            batch_size, lr, window, hidden_dim, tsa, tpp, val_every, select, device, seed, resume, quiet):
     """Train the TSA/TPP head on FEATURES_DIR (<id>.npy [+ <id>.json]) and ANNOTATIONS.
 
     Foreign meta-less features (e.g. ActionFormer's THUMOS14 I3D .npy) need --feature-stride and
@@ -86,7 +89,7 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
             val_data = load_feature_set(features_dir, val_ann, class_names=data.class_names, fps=fps,
                                         feature_stride=feature_stride, window_frames=window_frames)
             val_ann = type(val_ann)({v.video_id: val_ann.videos[v.video_id] for v in val_data.videos}, val_ann.source)
-    config = TrainConfig(seed=seed, device=device)
+    config = TrainConfig(seed=seed, device=device, select=select)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "window": window, "val_every": val_every}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     for k in ("epochs", "batch_size", "window"):

@@ -32,6 +32,8 @@ from torch import nn
 from tal_pipeline.head.tpp import ChannelNorm, ConvNormReLU, TemporalPyramidPooling
 from tal_pipeline.head.tsa import TSA_MODES, TemporalSelfAttention
 
+SCORE_FUSIONS = ("class", "actionness")
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -51,8 +53,20 @@ class HeadConfig:
     dropout: float = 0.3  # dropout on the embedded features during training (regularises small datasets)
     window: int = 256  # inference window, feature steps (training windows default to the same)
     overlap: int = 64  # overlap of consecutive inference windows, feature steps
+    # Fields below came later; their defaults are the earlier behaviour, so checkpoints that lack
+    # them load unchanged. ``tal train`` picks its own defaults (``train.HEAD_DEFAULTS``).
+    stem_dilations: tuple[int, ...] = ()  # dilation of each stem layer (() = all 1); a wider
+    #   receptive field before stage 1 lets the coarse predictions (and so TSA's A and B) see
+    #   temporal patterns several steps long
+    score_fusion: str = "class"  # detection score: "class" (class probability) or "actionness"
+    #   (class probability x actionness: the actionness head, trained at every position inside
+    #   an instance, ranks boundaries and background better than centre-trained class scores)
 
     def __post_init__(self):
+        if self.score_fusion not in SCORE_FUSIONS:
+            raise ValueError(f"score_fusion must be one of {SCORE_FUSIONS}, got {self.score_fusion!r}")
+        if self.stem_dilations and len(self.stem_dilations) != self.stem_layers:
+            raise ValueError("stem_dilations needs one rate per stem layer")
         if self.tsa not in TSA_MODES:
             raise ValueError(f"tsa must be one of {TSA_MODES}, got {self.tsa!r}")
         if self.input_dim < 1 or self.num_classes < 1 or self.hidden_dim < 1:
@@ -125,7 +139,8 @@ class HeadModel(nn.Module):
         self.embed = nn.Conv1d(config.input_dim, h, 1)
         self.embed_norm = ChannelNorm(h)
         self.dropout = nn.Dropout(config.dropout)
-        self.stem = nn.ModuleList(ConvNormReLU(h, h) for _ in range(config.stem_layers))
+        rates = config.stem_dilations or (1,) * config.stem_layers
+        self.stem = nn.ModuleList(ConvNormReLU(h, h, 3, r) for r in rates)
         self.stage1 = PredictionHeads(h, config.num_classes, config.head_layers, config.reg_init, config.prior_prob)
         self.tsa = TemporalSelfAttention(h, config.tsa)
         self.tpp = TemporalPyramidPooling(h, config.tpp_dilations, config.tpp_strides) if config.tpp else None
@@ -212,6 +227,14 @@ class HeadModel(nn.Module):
                 dist[own0:own1] = out.reg[j, own0 - s : own1 - s]
                 act[own0:own1] = torch.sigmoid(out.act[j, own0 - s : own1 - s])
         return probs, dist, act
+
+
+def fuse_scores(config: HeadConfig, probs, actionness):
+    """Detection scores ``(T, C)`` from class probabilities ``(T, C)`` and actionness ``(T,)``
+    (torch tensors or numpy arrays)."""
+    if config.score_fusion == "actionness":
+        return probs * actionness[:, None]
+    return probs
 
 
 def count_parameters(model: nn.Module) -> int:
