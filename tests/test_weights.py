@@ -124,3 +124,69 @@ def test_specs_carry_the_transform():
     for name in ("kinetics400", "seeded"):
         assert W.resolve("r3d_18", name).transform == KINETICS_R3D
     assert W.resolve("i3d_r50", "kinetics400").transform.crop == 224
+
+
+# ----------------------------------------------------------------------------- the seeded cache
+
+
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "tal-pipeline"
+
+
+def _generation_forbidden(monkeypatch):
+    def refuse(backbone):
+        raise AssertionError("generated although the cache file verifies")
+
+    monkeypatch.setattr(W, "_seeded_tensors", refuse)
+
+
+def test_seeded_cache_missing_is_built_then_read(cache_home, monkeypatch):
+    path = W.seeded_cache_path("r3d_18")
+    assert path.parent == cache_home and not path.exists()
+    built = W.load_seeded_tensors("r3d_18")  # generated, verified, written
+    assert path.is_file() and not list(cache_home.glob("*.tmp"))  # atomic: no temp left
+    assert W.state_checksum(built) == SEEDED_R3D18
+    _generation_forbidden(monkeypatch)
+    read = W.load_seeded_tensors("r3d_18")
+    assert W.state_checksum(read) == SEEDED_R3D18
+    assert all(torch.equal(read[k], built[k]) for k in built)
+    w = read["layer1.0.conv1.0.weight"]  # layout as built: channels_last, no copy needed later
+    assert w.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("damage", ["flip_payload_byte", "truncate", "garbage_header", "empty"])
+def test_seeded_cache_corrupt_is_rebuilt(cache_home, damage):
+    W.load_seeded_tensors("r3d_18")
+    path = W.seeded_cache_path("r3d_18")
+    data = bytearray(path.read_bytes())
+    if damage == "flip_payload_byte":
+        data[len(data) // 2] ^= 0x40  # one bit inside the tensors
+    elif damage == "truncate":
+        data = data[: len(data) - 1000]
+    elif damage == "garbage_header":
+        data[8:40] = b"x" * 32
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    assert W.read_seeded_cache(path, "r3d_18", SEEDED_R3D18) is None  # refused, never used
+    sd = W.load_seeded_tensors("r3d_18")  # rebuilt from the seed
+    assert W.state_checksum(sd) == SEEDED_R3D18
+    assert W.read_seeded_cache(path, "r3d_18", SEEDED_R3D18) is not None  # and rewritten
+
+
+def test_seeded_cache_of_other_weights_is_not_used(cache_home):
+    W.load_seeded_tensors("r3d_18")
+    path = W.seeded_cache_path("r3d_18")
+    assert W.read_seeded_cache(path, "r3d_18", "0" * 64) is None
+    assert W.read_seeded_cache(path, "i3d_r50", SEEDED_R3D18) is None
+
+
+def test_seeded_cache_unwritable_folder_still_works(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    sd = W.load_seeded_tensors("r3d_18")
+    assert W.state_checksum(sd) == SEEDED_R3D18
+    assert blocker.is_file()
