@@ -1,10 +1,11 @@
 """Batch runs over many videos, shared by ``tal extract`` and ``tal detect``.
 
 1. ``collect_inputs``: files, folders (their videos, recursively, sorted, links followed) and
-   ``.txt`` list files (one path per line) -> an ordered list of video paths. Missing inputs
-   are an error before any work starts. In a folder, a broken link, a link loop or a FIFO with
-   a video suffix is taken, to fail by name; folder link loops and folders that cannot be
-   listed are reported as problems (``problems=``).
+   ``.txt`` list files (one path per line) -> an ordered list of video paths. A missing input
+   named on the command line is an error before any work starts; one named in a list is a
+   problem (named, a failure of the batch, which goes on). In a folder, a broken link, a link
+   loop or a FIFO with a video suffix is taken, to fail by name; folder link loops, folders that
+   cannot be listed and lists that name themselves are problems (``problems=``).
 2. ``check_unique_ids``: ``video_id`` is the file stem, sanitised so it can never leave the
    output folder; two inputs with the same id are refused, all collisions listed.
 3. ``select_shard``: ``--shard i/n`` keeps every n-th id (sorted), starting at the i-th.
@@ -58,8 +59,10 @@ def collect_inputs(
 
     A file is taken as is (whatever its extension); a folder contributes its entries whose
     suffix is in ``extensions`` (case-insensitive); a ``.txt`` file lists paths (files or
-    folders), one per line, relative to the list's folder; blank lines and ``#`` comments are
-    skipped. The same file named twice is kept once.
+    folders or other lists), one per line, relative to the list's folder, UTF-8 with or without
+    a byte-order mark; blank lines and ``#`` comments are skipped. The same file named twice is
+    kept once. A list entry that does not exist, and a list already being read (a loop), is a
+    problem; the other entries are taken.
 
     Folders are walked following symbolic links. Every entry with a video suffix that is not a
     folder is taken, even a broken link, a link loop, a FIFO or an unreadable file: it then
@@ -68,8 +71,8 @@ def collect_inputs(
     walked once. A subfolder that cannot be listed, and a folder link loop, is a *problem*:
     appended to ``problems`` as ``(path, cause)`` when a list is given, else logged as a warning.
 
-    Raises InputError for a missing input (a broken link or a link loop named as an input
-    included), an input folder that cannot be listed, or an unreadable list file.
+    Raises InputError for a missing input named here (a broken link or a link loop included),
+    an input folder that cannot be listed, or an unreadable list file.
     """
     out: list[Path] = []
     seen: set[Path] = set()
@@ -86,17 +89,30 @@ def collect_inputs(
         else:
             problems.append((p, cause))
 
+    reading: list[Path] = []  # the list files being read, outermost first (loop detection)
+
     def expand(p: Path, listed_in: Path | None) -> None:
         where = f" (listed in {listed_in})" if listed_in else ""
         try:
             st = p.stat()
         except OSError as err:
-            raise InputError(f"{p}: {_access_problem(p, err)}{where}") from None
+            if listed_in is None:
+                raise InputError(f"{p}: {_access_problem(p, err)}") from None
+            problem(p, _access_problem(p, err) + where)  # named, and the others go on
+            return
         if stat.S_ISDIR(st.st_mode):
             _walk_folder(p, (st.st_dev, st.st_ino), extensions, add, problem, where)
-        elif stat.S_ISREG(st.st_mode) and p.suffix.lower() == LIST_EXTENSION and listed_in is None:
-            for q in _read_list(p):
-                expand(q, p)
+        elif stat.S_ISREG(st.st_mode) and p.suffix.lower() == LIST_EXTENSION:
+            key = _identity(p)
+            if key in reading:
+                problem(p, f"list file already being read (a list that names itself){where}; not read again")
+                return
+            reading.append(key)
+            try:
+                for q in _read_list(p):
+                    expand(q, p)
+            finally:
+                reading.pop()
         else:
             add(p)  # a file; or a FIFO, a device: refused by name when processed, never opened
 
@@ -172,7 +188,7 @@ def _walk_folder(
 
 def _read_list(path: Path) -> list[Path]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not a path
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the list file ({err})") from None
     paths = []
@@ -244,6 +260,7 @@ def select_inputs(
 
     ``problems``: filled with the folders ``collect_inputs`` could not walk (``(path, cause)``;
     logged as warnings when None); when nothing was found they are named in the error."""
+    inputs = list(inputs)
     if shard is not None:
         parse_shard(shard)
     found: list[tuple[Path, str]] = [] if problems is None else problems
@@ -255,7 +272,8 @@ def select_inputs(
     if not items:
         new = found[start:]
         detail = "".join(f"; {p}: {c}" for p, c in new[:3]) + ("; ..." if len(new) > 3 else "")
-        raise InputError(f"no inputs found ({what}){detail}")
+        named = ", ".join(str(i) for i in inputs)
+        raise InputError(f"no inputs found ({what}) in {named}{detail}")
     return items
 
 
@@ -365,6 +383,10 @@ def failure_cause(err: BaseException, path: str | os.PathLike | None = None) -> 
         text = err.cause
     elif isinstance(err, TalError):
         text = str(err)
+    elif isinstance(err, OSError):  # an output that cannot be written: a full disk, ...
+        from tal_pipeline.fsutil import os_error_text
+
+        text = "cannot write " + os_error_text(err) if err.filename else os_error_text(err)
     else:
         text = f"{type(err).__name__}: {err}"
     text = " ".join(text.split())
@@ -477,6 +499,9 @@ def _run_item(
     def complete() -> bool:
         return is_done_fn is not None and bool(is_done_fn(vid, path))
 
+    if outputs_fn is not None:
+        _check_names_fit(outputs_fn(vid))
+
     if complete():  # the cheap path for finished videos: no lock taken
         if lock_dir is not None:
             _remove_left_lock(lock_path(lock_dir, vid))
@@ -502,6 +527,19 @@ def _run_item(
     return "done"
 
 
+def _check_names_fit(outputs: Iterable[Path]) -> None:
+    """InputError, before any work, for an output whose name the file system cannot hold."""
+    from tal_pipeline.fsutil import NAME_MAX
+
+    for out in outputs:
+        size = len(os.fsencode(Path(out).name))
+        if size > NAME_MAX:
+            raise InputError(
+                f"the output name {Path(out).name[:24]}... would be {size} bytes, over the "
+                f"{NAME_MAX}-byte limit of file names; rename the file"
+            )
+
+
 def _remove_temps_of(outputs: Iterable[Path]) -> None:
     """Remove the stale ``.part`` temps of these output files (whose lock the caller holds)."""
     from tal_pipeline.fsutil import remove_stale_temps
@@ -524,8 +562,11 @@ _warned_no_locking = False
 
 
 def lock_path(lock_dir: str | os.PathLike, vid: str) -> Path:
-    """``LOCKDIR/.<video_id>.lock``: held by the process working on that video."""
-    return Path(lock_dir) / f".{vid}.lock"
+    """``LOCKDIR/.<video_id>.lock``: held by the process working on that video (its name
+    shortened, ``fsutil.fit_name``, for an id too long for it)."""
+    from tal_pipeline.fsutil import fit_name
+
+    return Path(lock_dir) / fit_name(".", vid, ".lock")
 
 
 class FileLock:

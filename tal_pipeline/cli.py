@@ -2,8 +2,10 @@
 
 Each verb lives in ``tal_pipeline/commands/<verb>.py`` and is registered here. Heavy imports
 (torch, av, cv2) happen inside the verbs, so ``tal --help`` stays fast. Errors a user can act on
-(:class:`~tal_pipeline.errors.TalError`) print as one line on stderr; ``--verbose`` adds the
-traceback and debug logs.
+(:class:`~tal_pipeline.errors.TalError`), and file system errors (a full disk, a folder made
+read-only during the run), print as one line on stderr; ``--verbose`` adds the traceback and
+debug logs. Exit status: 0 all done, 1 something failed (an input, an output, the machine), 2
+the command line is wrong, 130 Ctrl-C, 143 SIGTERM (``errors``).
 
 Ctrl-C (SIGINT) and SIGTERM stop a verb at once: ``tal: interrupted`` (exit status 130) or
 ``tal: terminated`` (143), no traceback without ``-v``. Both unwind the stack as a
@@ -90,6 +92,13 @@ class _LazyGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"tal: error: {err}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:  # a folder made read-only or a disk filled while running
+            if ctx.obj and ctx.obj.get("verbose"):
+                traceback.print_exc()
+            from tal_pipeline.fsutil import os_error_text
+
+            click.echo(f"tal: error: {os_error_text(err)}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt as err:
             if ctx.obj and ctx.obj.get("verbose"):
                 traceback.print_exc()

@@ -2,7 +2,9 @@
 
 Sampling rule (exact, in integer arithmetic on the stream's time base):
 
-    t0      = pts of the first decoded frame (the stream's first presentation time)
+    t0      = pts of the first decoded frame (the stream's first presentation time; when the
+              first pictures did not decode, the start time of the stream's header, and the
+              first decoded picture stands in for the lost ones, so times stay the file's)
     frame k = the last decoded source frame whose pts <= t0 + k / fps      (k = 0, 1, ...)
     time k  = k / fps seconds (float64, exactly ``k / fps``), measured from t0
     D       = (pts of the last frame + that frame's duration) - t0, seconds
@@ -41,12 +43,21 @@ socket or device ("not a regular file": never handed to ``av.open``, which would
 FIFO), an empty or unreadable file ("permission denied"), a file that is not a video, a file
 without a video stream, a header over the limits below, and a stream with no decodable frame.
 
+Which stream: the first video stream that is not a still picture (cover art marked
+``attached_pic``, a one-frame track, an image-codec track one frame long), the one marked
+default if several are left; its frames, its start time and its header's duration are used
+together (a Matroska track's ``DURATION`` tag counts from 0: its start is taken off).
+
 A file corrupt part-way is decoded as far as possible: packets the decoder rejects are skipped,
 a demuxer error ends the stream there, and decoding stops at a timestamp more than
 ``MAX_DURATION_S`` after t0; each case is reported with ``logging.warning`` (logger
-``tal_pipeline.decode``), as is a stream that ends well before its header's duration
-(truncated file). The frames decoded up to that point are returned normally; only "no frame at
-all" is an error. (An mp4 cut before the end of its index, the ``moov`` box, which ffmpeg
+``tal_pipeline.decode``). One rule for damaged and truncated files, every container alike:
+the seconds of video that decode (gaps of over ``HOLE_S`` between decoded frames left out) are
+compared with the duration the video stream's header gives; under ``MIN_DECODED_SHARE`` (half)
+the file is refused ("damaged or truncated: ..."), after the frames it has; short of it by
+more than max(``TRUNCATION_WARN_S``, 5 %), it is processed with a warning. A file without a
+duration in its header, or whose only duration is the container's with other streams (it may
+be a longer audio track's), is only warned about. (An mp4 cut before the end of its index, the ``moov`` box, which ffmpeg
 writes last by default, cannot be opened at all: "not a readable video file (...); truncated:
 the file ends inside its 'mdat' box", or "no 'moov' box" for one never finished.)
 
@@ -112,6 +123,8 @@ MAX_PIXELS = 8192 * 8192  # pixels per picture (width * height): larger is refus
 MAX_DURATION_S = 72 * 3600.0  # seconds: longer header durations are refused; decoding stops there
 MAX_BAD_PACKETS = 1000  # consecutive packets the decoder rejects before we give up on the file
 TRUNCATION_WARN_S = 1.0  # seconds: warn when the stream ends this much before its header says
+MIN_DECODED_SHARE = 0.5  # of the header's duration: a video of which less decodes is refused
+HOLE_S = 1.0  # seconds: a longer gap between decoded frames counts as lost (damage), not video
 DEFAULT_CHUNK = 64  # output frames per chunk
 
 # ITU-R BT.601 luma weights for R, G, B
@@ -220,6 +233,7 @@ def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.vide
     """Open ``path`` and return its first video stream, or raise VideoDecodeError."""
     _check_file(path)
     p = Path(path)
+    _check_y4m_header(p)
     try:
         container = av.open(str(p), "r")
     except av.FFmpegError as err:
@@ -231,7 +245,7 @@ def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.vide
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["no streams"]
             raise VideoDecodeError(path, f"no video stream (has: {', '.join(kinds)})")
-        stream = container.streams.video[0]
+        stream = _pick_stream(container.streams.video)
         _check_header(path, container, stream)
         try:
             # the decoder itself refuses pictures above the limit (a frame whose own header
@@ -243,6 +257,57 @@ def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.vide
         container.close()
         raise
     return container, stream
+
+
+_IMAGE_CODECS = frozenset(["mjpeg", "png", "bmp", "gif", "webp", "tiff", "jpeg2000", "jpegls"])
+
+
+def _is_still(stream) -> bool:
+    """A picture rather than a video: cover art (``attached_pic``), a one-frame track, or an
+    image-codec track of at most one frame's duration."""
+    if stream.disposition & av.stream.Disposition.attached_pic:
+        return True
+    if stream.frames == 1:
+        return True
+    return stream.codec_context.name in _IMAGE_CODECS and stream.average_rate is not None and (
+        (_stream_span(stream) or 0) <= 1 / float(stream.average_rate) + 1e-6
+    )
+
+
+def _pick_stream(streams):
+    """The video to analyse: not a still picture (cover art, a one-frame track), the stream
+    marked default if several are left, else the first; frames and duration then both come
+    from it. Only stills: the first of them (a one-picture "video")."""
+    videos = [s for s in streams if not _is_still(s)] or list(streams)
+    default = [s for s in videos if s.disposition & av.stream.Disposition.default]
+    return (default or videos)[0]
+
+
+def _check_y4m_header(path: Path) -> None:
+    """A y4m file's picture size, from its first line, before ffmpeg (whose own size check
+    reports an unrelated errno for an absurd one)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return
+    if not head.startswith(b"YUV4MPEG2 "):
+        return
+    fields = {t[:1]: t[1:] for t in head.split(b"\n", 1)[0].split()[1:]}
+    try:
+        width, height = int(fields.get(b"W", b"0")), int(fields.get(b"H", b"0"))
+    except ValueError:
+        return
+    _check_size(path, width, height)
+
+
+def _check_size(path, width: int, height: int) -> None:
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise VideoDecodeError(
+            path,
+            f"picture size {width}x{height} exceeds the limit "
+            f"({MAX_SIDE} px a side, {MAX_PIXELS} px in all)",
+        )
 
 
 def _mp4_hint(path: Path) -> str:
@@ -282,10 +347,30 @@ def _why(err: BaseException) -> str:
     return str(msg).strip() or type(err).__name__
 
 
+def _stream_span(stream) -> float | None:
+    """Seconds the stream's own header says it lasts: its duration field, else a Matroska
+    track's ``DURATION`` tag (its end, counted from 0: minus the stream's start); else None."""
+    tb = stream.time_base
+    if stream.duration is not None and stream.duration > 0 and tb:
+        return float(stream.duration * tb)
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            end = int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+        start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+        if end - start > 0:
+            return end - start
+    return None
+
+
 def _header_duration(container, stream) -> float | None:
-    """Seconds, from the stream's header, else the container's; None when neither says."""
-    if stream.duration is not None and stream.duration > 0 and stream.time_base:
-        return float(stream.duration * stream.time_base)
+    """Seconds, from the stream's own header, else the container's; None when neither says."""
+    own = _stream_span(stream)
+    if own is not None:
+        return own
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
     return None
@@ -293,15 +378,10 @@ def _header_duration(container, stream) -> float | None:
 
 def _check_header(path, container, stream) -> None:
     """Refuse absurd resolutions and durations before the decoder allocates anything."""
-    width, height = stream.codec_context.width, stream.codec_context.height
-    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        raise VideoDecodeError(
-            path,
-            f"picture size {width}x{height} exceeds the limit "
-            f"({MAX_SIDE} px a side, {MAX_PIXELS} px in all)",
-        )
-    duration = _header_duration(container, stream)
-    if duration is not None and duration > MAX_DURATION_S:
+    _check_size(path, stream.codec_context.width, stream.codec_context.height)
+    claims = [_stream_span(stream), (container.duration or 0) / av.time_base]
+    duration = max((d for d in claims if d is not None), default=0.0)  # the stream's or the file's
+    if duration > MAX_DURATION_S:
         raise VideoDecodeError(
             path,
             f"duration {duration:.0f} s ({duration / 3600:.0f} h) exceeds the limit of "
@@ -444,10 +524,10 @@ def decode_video(
     video without video stream or with an absurd header raises ``VideoDecodeError`` here;
     "no decodable frame" raises it from the first ``next()``.
 
-    ``truncated``: a stream that ends well before the duration its header gives (by more than
-    max(``TRUNCATION_WARN_S``, 5 %)) raises ``VideoDecodeError`` ("truncated: ...") after the
-    last chunk (``"error"``, the default: a truncated file is a bad input), or only logs a
-    warning (``"warn"``: keep what is there).
+    ``truncated``: the damaged-file rule (module docstring): a video of which under half of
+    its header's duration decodes raises ``VideoDecodeError`` ("damaged or truncated: ...")
+    after the last chunk (``"error"``, the default), or only logs a warning (``"warn"``: keep
+    what is there).
     """
     if truncated not in ("error", "warn"):
         raise ValueError(f"truncated must be 'error' or 'warn', got {truncated!r}")
@@ -567,6 +647,8 @@ def _sample(
     prev_rel = 0  # its pts - t0, ticks
     prev_gap = 0  # ticks between the last two frames
     dropped_backwards = 0
+    hole = max(1, int(HOLE_S / tb))  # ticks: a longer gap between frames is a hole, not video
+    covered = 0  # ticks of the stream shown by decoded frames, holes left out
 
     def emit(until_rel: int) -> Iterator[FrameChunk]:
         """Output prev for every k with k / fps < until_rel ticks after t0."""
@@ -589,9 +671,9 @@ def _sample(
             step = (prev.duration or prev_gap or nominal) if prev is not None else 0
             pts = 0 if t0 is None else t0 + prev_rel + step
         if t0 is None:
-            t0 = pts
+            t0 = _start_pts(stream, pts)
             converter.orient = _orientation(frame, stream)
-            prev, prev_rel = frame, 0
+            prev, prev_rel = frame, pts - t0  # shown from t0: the stream's first pictures lost
             continue
         rel = pts - t0
         if rel < prev_rel:  # out of order (broken file): the picture's time has passed
@@ -604,6 +686,7 @@ def _sample(
             yield from emit(rel)
         if rel > prev_rel:
             prev_gap = rel - prev_rel
+            covered += min(prev_gap, hole)
         prev, prev_rel = frame, rel
 
     if prev is None:
@@ -623,16 +706,38 @@ def _sample(
     if n:
         yield FrameChunk(buf[:n], np.arange(k - n, k, dtype=np.float64) / fps_f, k - n)
 
-    _report(path, container, stream, errors, dropped_backwards, float(end * tb), truncated)
+    covered += min(last, hole)
+    _report(path, container, stream, errors, dropped_backwards, float(end * tb), truncated,
+            float(covered * tb))
+
+
+def _start_pts(stream, first: int) -> int:
+    """t0, ticks: the stream's start time when its first pictures did not decode (damage), so
+    output times stay those of the file; the first decoded frame's pts otherwise (also when the
+    header's start is absent or implausible: later, or before the frame by more than the
+    stream's own duration)."""
+    start = stream.start_time
+    if start is None or start >= first:
+        return first
+    span = _stream_span(stream)
+    if span is None or float((first - start) * stream.time_base) > span:
+        return first
+    return start
 
 
 def _report(
-    path, container, stream, errors: list[str], dropped: int, decoded_s: float, truncated: str = "warn"
+    path, container, stream, errors: list[str], dropped: int, decoded_s: float,
+    truncated: str = "warn", covered_s: float | None = None,
 ) -> None:
-    """Log what went wrong in a stream that still gave frames; a truncated stream raises
-    ``VideoDecodeError`` with ``truncated="error"`` when the video stream's own header (or, for
-    a file with no other stream, the container's) gives the duration: a container duration can
-    include a longer audio track, so it is only a warning then."""
+    """Log what went wrong in a stream that still gave frames, and apply the damaged-file rule.
+
+    ``decoded_s``: seconds from the first decoded frame to the end of the last; ``covered_s``:
+    of those, the seconds shown by decoded frames (holes over ``HOLE_S`` left out). Against the
+    duration its header gives, a video of which under ``MIN_DECODED_SHARE`` decodes is refused
+    (``VideoDecodeError``, with ``truncated="error"``), whatever the container; short of that
+    by more than max(``TRUNCATION_WARN_S``, 5 %), it is processed with a warning. The refusal
+    needs the duration from the video stream's own header (or a file with no other stream): a
+    container's duration can be that of a longer audio track."""
     if errors:
         log.warning(
             "%s: %d decoding problem(s), first: %s; kept what decoded", path, len(errors), errors[0]
@@ -640,20 +745,25 @@ def _report(
     if dropped:
         log.warning("%s: dropped %d frame(s) with out-of-order timestamps", path, dropped)
     header = _header_duration(container, stream)
-    if header is not None and decoded_s < header - max(TRUNCATION_WARN_S, 0.05 * header):
-        own = stream.duration is not None and stream.duration > 0 and stream.time_base
-        if truncated == "error" and (own or len(container.streams) == 1):
-            raise VideoDecodeError(
-                path,
-                f"truncated: the video stream ends at {decoded_s:.2f} s but its header says "
-                f"{header:.2f} s",
-            )
-        log.warning(
-            "%s: stream ends at %.2f s but its header says %.2f s (truncated file?)",
+    covered = decoded_s if covered_s is None else min(covered_s, decoded_s)
+    if header is None or covered >= header - max(TRUNCATION_WARN_S, 0.05 * header):
+        return
+    share = covered / header
+    own = _stream_span(stream) is not None or len(container.streams) == 1
+    if truncated == "error" and own and share < MIN_DECODED_SHARE:
+        raise VideoDecodeError(
             path,
-            decoded_s,
-            header,
+            f"damaged or truncated: {covered:.2f} s of the {header:.2f} s of video its header "
+            f"gives decode ({100 * share:.0f} %; at least {100 * MIN_DECODED_SHARE:.0f} % must)",
         )
+    log.warning(
+        "%s: only %.2f s of the %.2f s of video its header gives decode (%.0f %%): damaged or "
+        "truncated file; processed",
+        path,
+        covered,
+        header,
+        100 * share,
+    )
 
 
 # ----------------------------------------------------------------------------- probing

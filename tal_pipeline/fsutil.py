@@ -7,6 +7,7 @@ one, never a partial write, even if the process is killed mid-write.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -89,7 +90,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path. Creates parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -121,9 +122,40 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs, NFS, ...)
+_RANDOM = 8  # characters tempfile.mkstemp puts between prefix and suffix
+
+
+def fit_name(prefix: str, name: str, suffix: str, room: int = 0) -> str:
+    """``prefix + name + suffix``, or, if that (plus ``room`` bytes) is longer than NAME_MAX,
+    with ``name`` cut and followed by ``~`` and 12 hex digits of its SHA-256: still unique,
+    within the limit (for the temps and locks of outputs whose own names fit)."""
+    whole = prefix + name + suffix
+    if len(os.fsencode(whole)) + room <= NAME_MAX:
+        return whole
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    keep = NAME_MAX - room - len(os.fsencode(prefix + suffix)) - 1 - len(digest)
+    head = os.fsencode(name)[: max(0, keep)].decode("utf-8", "ignore")
+    return f"{prefix}{head}~{digest}{suffix}"
+
+
+def temp_prefix(name: str) -> str:
+    """Start of the temp names of target ``name``: ``.<name>.`` (shortened, :func:`fit_name`,
+    where the temp's whole name would pass NAME_MAX)."""
+    return fit_name(".", name, ".", room=_RANDOM + len(".part"))
+
+
+def is_temp_of(temp: str, name: str) -> bool:
+    """Whether ``temp`` is a temp file name written here for target ``name``."""
+    prefix = temp_prefix(name)
+    rand = temp[len(prefix) : -len(".part")] if temp.endswith(".part") else ""
+    return temp.startswith(prefix) and bool(rand) and "." not in rand
+
+
 def temp_target(name: str) -> str | None:
-    """The file a temp named ``name`` (``.<target>.<random>.part``, as written here) was for;
-    None if ``name`` is not such a temp. The random part never contains a dot."""
+    """The file a temp named ``name`` (``.<target>.<random>.part``, as written here) was for
+    (shortened as :func:`temp_prefix` does for very long names); None if ``name`` is not such a
+    temp. The random part never contains a dot."""
     if not (name.startswith(".") and name.endswith(".part")):
         return None
     target, dot, rand = name[1 : -len(".part")].rpartition(".")
@@ -139,12 +171,13 @@ def remove_stale_temps(
     the caller holds: never another live process's temps). ``min_age_s``: only temps not
     modified for that long (a live writer keeps touching its temp).
     """
-    wanted = None if names is None else set(names)
+    wanted = None if names is None else list(names)
     now = time.time()
     n = 0
     for p in Path(folder).glob(".*.part"):
-        target = temp_target(p.name)
-        if target is None or (wanted is not None and target not in wanted):
+        if temp_target(p.name) is None:
+            continue
+        if wanted is not None and not any(is_temp_of(p.name, w) for w in wanted):
             continue
         try:
             if min_age_s > 0 and now - p.stat().st_mtime < min_age_s:

@@ -47,9 +47,11 @@ def test_collect_files_and_list_files(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         collect_inputs([tmp_path / "absent.mp4"])
     bad_list = tmp_path / "bad.txt"
-    bad_list.write_text("missing.mp4\n")
-    with pytest.raises(InputError, match="listed in"):
-        collect_inputs([bad_list])
+    bad_list.write_text("missing.mp4\ngone.mkv\nd/one.mov\n")
+    problems: list = []  # every missing entry is named; the rest of the list is taken
+    assert collect_inputs([bad_list], problems=problems) == [v1]
+    assert [(p.name, "no such file or folder (listed in" in c) for p, c in problems] == [
+        ("missing.mp4", True), ("gone.mkv", True)]
 
 
 def test_collect_takes_bad_entries_by_name_and_follows_folder_links(tmp_path):
@@ -97,7 +99,7 @@ def test_collect_reports_unlistable_folders(tmp_path, monkeypatch, caplog):
     with pytest.raises(InputError, match="locked: cannot list the folder: permission denied"):
         collect_inputs([root / "locked"])  # a named folder: an error before any work
     a.unlink()  # nothing left but the folder that cannot be listed: the error names it
-    with pytest.raises(InputError, match=r"no inputs found \(videos\); .*locked: cannot list"):
+    with pytest.raises(InputError, match=r"no inputs found \(videos\) in .*videos; .*locked: cannot list"):
         select_inputs([root], problems=[])
 
 

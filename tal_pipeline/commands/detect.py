@@ -49,6 +49,7 @@ class _Output:
 
     def __init__(self, output_arg: str, overwrite: bool, provenance: dict | None = None):
         from tal_pipeline.batch import check_output_folder, hold_lock
+        from tal_pipeline.fsutil import fit_name
 
         self.path = Path(output_arg)
         self.split = output_arg.endswith(("/", os.sep)) or self.path.is_dir()
@@ -66,7 +67,7 @@ class _Output:
         # merged mode: every run on this output holds this shared; only the last one to finish
         # (the only one that can make it exclusive) removes the parts folder
         self.run_lock = None if self.split else hold_lock(
-            self.path.with_name(f".{self.parts.name}.lock"), shared=True
+            self.path.with_name(fit_name(".", self.parts.name, ".lock")), shared=True
         )
         try:
             self._refresh()
