@@ -52,7 +52,7 @@ from tal_pipeline.transforms import KINETICS_R3D, VideoTransformSpec
 log = logging.getLogger(__name__)
 
 SEED = 20240611  # PCG64 seed of the ``seeded`` weights
-CACHE_FORMAT = "tal-pipeline seeded weights 1"  # first field of a cache file's header
+CACHE_FORMAT = "tal-pipeline seeded weights 2"  # first field of a cache file's header
 RESIDUAL_SCALE = 0.5  # multiplies each residual block's last conv in ``seeded`` (keeps scale)
 SEEDED_SHA256 = {  # state_checksum of the seeded trunk, per backbone (verified at load)
     "r3d_18": "35c8acf1e59fe6e9ddbe40cb3ba6cb037ab3b952cb88140b82bf9df0d0a33c72",
@@ -145,6 +145,9 @@ def load_weights(
     expected = {k: v for k, v in build_stream(backbone, 3, device="meta").body.state_dict().items()}
     if spec.id == "seeded":
         sd = dict(_seeded_cached(backbone))  # shared, read-only tensors: no 130 MB copy
+        pinned = SEEDED_SHA256.get(backbone)
+        if pinned is not None:  # verified against the pinned checksum when built or read
+            return LoadedWeights(spec, _check_keys(sd, expected, spec, finite=False), pinned)
     elif spec.id == "kinetics400":
         sd = _download(spec, check_hash=check_hash, progress=progress)
     else:
@@ -210,9 +213,10 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_keys(
-    sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], spec: WeightsSpec
+    sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], spec: WeightsSpec, finite: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Keep the trunk's keys; every expected key present with its shape, as float32 on CPU."""
+    """Keep the trunk's keys; every expected key present with its shape, as float32 on CPU;
+    ``finite``: also refuse NaN/inf (skipped for tensors whose checksum is already verified)."""
     where = spec.source if spec.id == "file" else f"{spec.backbone} {spec.id}"
     missing = [k for k in expected if k not in sd]
     if missing:
@@ -229,7 +233,7 @@ def _check_keys(
     out = {}
     for k, ref in expected.items():
         out[k] = sd[k].detach().to("cpu").to(ref.dtype)  # no copy when already right
-        if out[k].is_floating_point() and not torch.isfinite(out[k]).all():
+        if finite and out[k].is_floating_point() and not torch.isfinite(out[k]).all():
             raise InputError(f"{where}: tensor {k} has NaN or infinite values")
     return out
 
@@ -350,7 +354,8 @@ def seeded_cache_path(backbone: str) -> Path | None:
 
 
 # A cache file: 8 bytes little-endian header length, the header (JSON: format, backbone, state
-# checksum, payload sha256, one entry per tensor), zero padding to a multiple of 64 bytes, then
+# checksum, one entry per tensor, and the sha256 of the entries' JSON followed by the payload,
+# so a damaged layout is caught like damaged bytes), zero padding to a multiple of 64 bytes, then
 # the tensors' bytes in memory order (channels_last for the convs, as built), one after another.
 _ALIGN = 64  # bytes
 
@@ -371,7 +376,7 @@ def write_seeded_cache(path: Path, backbone: str, sd: Mapping[str, torch.Tensor]
                         "channels_last": channels_last, "offset": offset, "nbytes": len(data)})
         chunks.append(data)
         offset += len(data)
-    payload_sha = hashlib.sha256()
+    payload_sha = hashlib.sha256(json.dumps(entries).encode())  # the layout, then the bytes
     for c in chunks:
         payload_sha.update(c)
     header = json.dumps({"format": CACHE_FORMAT, "backbone": backbone, "state_sha256": state_sha256,
@@ -399,6 +404,12 @@ def write_seeded_cache(path: Path, backbone: str, sd: Mapping[str, torch.Tensor]
         return False
 
 
+def _payload_digest(entries: list, payload: memoryview) -> str:
+    h = hashlib.sha256(json.dumps(entries).encode())
+    h.update(payload)
+    return h.hexdigest()
+
+
 def read_seeded_cache(path: Path, backbone: str, state_sha256: str) -> dict[str, torch.Tensor] | None:
     """The tensors of a cache file, or None if it is missing, unreadable, corrupt (its payload's
     sha256 differs from its header's) or made for other weights. One read, one hash pass; the
@@ -419,7 +430,7 @@ def read_seeded_cache(path: Path, backbone: str, state_sha256: str) -> dict[str,
             header["format"] == CACHE_FORMAT
             and header["backbone"] == backbone
             and header["state_sha256"] == state_sha256
-            and hashlib.sha256(payload).hexdigest() == header["payload_sha256"]
+            and _payload_digest(header["entries"], payload) == header["payload_sha256"]
         )
         if not ok:
             raise ValueError("checksum or identity differs")

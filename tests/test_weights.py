@@ -176,6 +176,22 @@ def test_seeded_cache_corrupt_is_rebuilt(cache_home, damage):
     assert W.read_seeded_cache(path, "r3d_18", SEEDED_R3D18) is not None  # and rewritten
 
 
+def test_seeded_cache_with_a_damaged_layout_is_refused(cache_home):
+    import json
+
+    W.load_seeded_tensors("r3d_18")
+    path = W.seeded_cache_path("r3d_18")
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    payload = data[8 + n + (-(8 + n) % 64) :]
+    a, b = header["entries"][0], header["entries"][1]  # swap two tensors' places, digest kept
+    a["offset"], b["offset"] = b["offset"], a["offset"]
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * (-(8 + len(raw)) % 64) + payload)
+    assert W.read_seeded_cache(path, "r3d_18", SEEDED_R3D18) is None
+
+
 def test_seeded_cache_of_other_weights_is_not_used(cache_home):
     W.load_seeded_tensors("r3d_18")
     path = W.seeded_cache_path("r3d_18")
