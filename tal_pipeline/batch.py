@@ -449,27 +449,45 @@ def failures_name(shard: str | None = None) -> str:
 
 
 def exit_if_failed(verb: str, report: BatchReport, failures: Path | None) -> None:
-    """The closing list of a verb's failures on stderr and exit status 1, if any failed."""
-    if failures is None:
+    """The closing list of a verb's failures on stderr and exit status 1, if any failed
+    (``failures``: the failure list written, None if it could not be)."""
+    if not report.failed:
         return
-    print(f"tal {verb}: {len(report.failed)} failed, listed in {failures}:", file=sys.stderr)
+    where = f", listed in {failures}" if failures is not None else ""
+    print(f"tal {verb}: {len(report.failed)} failed{where}:", file=sys.stderr)
     for path, cause in report.failed:
         print(f"  {path}: {cause}", file=sys.stderr)
     sys.exit(1)
 
 
-def write_failures(out_dir: str | os.PathLike, report: BatchReport, name: str = "failures.txt") -> Path | None:
+def write_failures(
+    out_dir: str | os.PathLike, report: BatchReport, name: str = "failures.txt", required: bool = False
+) -> Path | None:
     """Write ``OUT/<name>`` (``path<TAB>cause`` lines) if anything failed, else remove a stale
-    one; returns the path written, or None.
+    one; returns the path written, or None. A file system error (a full disk) is one line on
+    stderr and None, unless ``required``: the failures are listed on stderr anyway.
 
     Under a lock, so concurrent runs do not lose each other's lines: the lines already there for
     videos this run found busy are kept (the process on them may have written them).
     """
-    from tal_pipeline.fsutil import atomic_write_text, remove_stale_temps
-
     path = Path(out_dir) / name
     if not report.failed and not path.exists():
         return None  # nothing to write or remove (and no lock file in a read-only folder)
+    try:
+        return _write_failures(path, report)
+    except OSError as err:
+        if required:
+            raise
+        from tal_pipeline.fsutil import os_error_text
+
+        print(f"tal: cannot write the failure list: {os_error_text(err)}", file=sys.stderr)
+    return None
+
+
+def _write_failures(path: Path, report: BatchReport) -> Path | None:
+    from tal_pipeline.fsutil import atomic_write_text, remove_stale_temps
+
+    name = path.name
     with hold_lock(path.with_name(f".{name}.lock")):
         remove_stale_temps(path.parent, [name])
         lines = list(report.failed)

@@ -134,6 +134,19 @@ def _check_replaceable(js: Path) -> None:
         raise InputError(f"{js} is not a feature meta ({what}); it is never replaced: use another -o")
 
 
+def _holds_objects(path: Path) -> bool:
+    """Whether a .npy header declares Python objects (read without loading them)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            _, _, dtype = read(f, max_header_size=1 << 16)
+    except (OSError, ValueError, EOFError, TypeError):
+        return False  # np.load says what is wrong
+    return dtype.hasobject
+
+
 def _read_npy(path: Path) -> np.ndarray:
     try:
         mode = path.stat().st_mode
@@ -141,6 +154,9 @@ def _read_npy(path: Path) -> np.ndarray:
         mode = None  # np.load says why
     if mode is not None and not stat.S_ISREG(mode):  # a FIFO would block np.load forever
         raise InputError(f"{path}: not a regular file")
+    if _holds_objects(path):  # numpy's message would suggest allow_pickle=True: never here
+        raise InputError(f"{path}: the .npy holds Python objects (a pickle), which are never "
+                         "loaded; features are a float array (T, D)")
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:
@@ -151,6 +167,9 @@ def _read_npy(path: Path) -> np.ndarray:
         raise InputError(f"{path}: features must be 2-D (T, D), got shape {arr.shape}")
     if arr.dtype.kind != "f":
         raise InputError(f"{path}: features must be floating point, got {arr.dtype}")
+    if arr.shape[0] == 0:
+        raise InputError(f"{path}: no features (shape {arr.shape}): nothing to detect in (a "
+                         "video shorter than one feature step has none)")
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise InputError(f"{path}: features contain NaN or infinite values")

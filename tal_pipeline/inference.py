@@ -22,6 +22,7 @@ import io
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +79,26 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: no such model checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice about pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling/zip error means a bad file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: not a tal-pipeline model checkpoint (cannot load it safely: {first[:200]})") from None
+        raise InputError(f"{path}: not a tal-pipeline model checkpoint ({_load_problem(path, err)})") from None
     validate_checkpoint(ckpt, str(path))
     return ckpt
+
+
+def _load_problem(path: Path, err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in our words (torch's own message
+    advises ``weights_only=False``, which would run code from the file: never done here)."""
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return "not a torch.save file (a zip archive of tensors)"
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds Python objects other than tensors and plain data, which are never loaded"
+    return f"unreadable: {type(err).__name__}"
 
 
 def validate_checkpoint(ckpt: Any, source: str = "<checkpoint>") -> None:

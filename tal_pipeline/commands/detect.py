@@ -59,6 +59,7 @@ class _Output:
         self.previous = None  # merged mode: the results already in the output file
         self._seen: tuple | None = None  # (dev, inode, mtime, size) of the output file when read
         self.run_lock = None
+        self._made: list[Path] = []  # folders made here: removed at close if left empty
         self._warned: set[str] = set()
         if self.split and os.path.lexists(self.path) and not self.path.is_dir():
             raise InputError(f"-o {output_arg}: {self.path} exists and is not a folder")
@@ -71,6 +72,7 @@ class _Output:
         )
         try:
             self._refresh()
+            self._made = [q for q in (self.parts, *self.parts.parents) if not q.exists()]
             self.parts.mkdir(parents=True, exist_ok=True)
         except BaseException:
             self.close()
@@ -181,14 +183,21 @@ class _Output:
 
     def close(self, remove_parts: bool = False) -> None:
         """Merged mode: let go of the run lock; ``remove_parts``: also remove the parts folder
-        if no other run is on this output. Idempotent."""
+        if no other run is on this output. Either mode: the folders made for the output are
+        removed if left empty (every video failed). Idempotent."""
         lock, self.run_lock = self.run_lock, None
-        if lock is None:
-            return
-        last = lock.try_exclusive()
-        if last and remove_parts:
+        last = lock is None or lock.try_exclusive()
+        if last and remove_parts and not self.split:
             shutil.rmtree(self.parts, ignore_errors=True)
-        lock.release(unlink=last)
+        if last:
+            for folder in self._made:  # innermost first; nothing written: no folder left
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            self._made = []
+        if lock is not None:
+            lock.release(unlink=last)
 
     def failures_path(self, shard: str | None = None) -> Path:
         """The failure list beside the outputs (``batch.failures_name``; merged mode: prefixed
@@ -330,7 +339,7 @@ def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, windo
                        progress=progress, lock_dir=out.parts, outputs_fn=out.outputs,
                        problems=problems)
     where = out.failures_path(shard)
-    failures = write_failures(where.parent, report, where.name)
+    failures = write_failures(where.parent, report, where.name, required=False)
     if not out.split:
         # every finished video is in the merged file now: the parts are not needed to resume
         out.merge(list(items))
