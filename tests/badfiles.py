@@ -22,6 +22,7 @@ import os
 import shutil
 import struct
 import subprocess
+from fractions import Fraction
 from functools import cache
 from pathlib import Path
 
@@ -310,3 +311,77 @@ def unprivileged_prefix() -> tuple[str, ...] | None:
     finally:
         probe.unlink(missing_ok=True)
     return (setpriv, *_DROP) if r.returncode != 0 and b"ermission" in r.stderr else None
+
+
+# ----------------------------------------------------------------------------- second round
+# (issue #18): valid files that used to be refused, several video streams, damaged middles
+
+
+def write_offset_clip(path: Path, start_s: float = 5.0, num_frames: int = 30, fps: int = 10) -> Path:
+    """An h264 video whose first frame is at ``start_s`` (a recording cut from a longer one):
+    Matroska's header then says the video ends at ``start_s + num_frames / fps``."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.time_base = Fraction(1, 1000)
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(code_frame(i, W, H), format="rgb24")
+            frame.pts, frame.time_base = round((start_s + i / fps) * 1000), Fraction(1, 1000)
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def write_multi_stream(path: Path, lengths: tuple[int, ...], still_first: bool = False, fps: int = 10) -> Path:
+    """Video streams of ``lengths`` frames each (h264 at ``fps``; frame i of stream k codes
+    ``i + 1000 * k``), after a one-picture MJPEG track (``still_first``, cover art
+    as some muxers store it: a video track of one frame)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        still = None
+        if still_first:
+            still = c.add_stream("mjpeg", rate=1)
+            still.width, still.height, still.pix_fmt = W, H, "yuvj420p"
+        streams = []
+        for _ in lengths:
+            s = c.add_stream("libx264", rate=fps)
+            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+            streams.append(s)
+        if still is not None:
+            frame = av.VideoFrame.from_ndarray(np.full((H, W, 3), 200, np.uint8), format="rgb24")
+            frame.pts = 0
+            for p in [*still.encode(frame), *still.encode()]:
+                c.mux(p)
+        for i in range(max(lengths)):
+            for k, (s, n) in enumerate(zip(streams, lengths)):
+                if i < n:
+                    frame = av.VideoFrame.from_ndarray(code_frame(i + 1000 * k, W, H), format="rgb24")
+                    frame.pts = i
+                    for p in s.encode(frame):
+                        c.mux(p)
+        for s in streams:
+            for p in s.encode():
+                c.mux(p)
+    return path
+
+
+CONTAINERS = {  # name -> write_clip arguments of a small clip in that container
+    "mp4": {"container_options": {"movflags": "faststart"}},
+    "mkv": {},
+    "webm": {"codec": "libvpx-vp9", "pix_fmt": "yuv420p"},
+}
+
+
+def damaged_middle(clip: Path, path: Path, at: float, fraction: float, seed: int = 0) -> Path:
+    """``clip`` with ``fraction`` of its bytes, from ``at`` of its length, replaced by noise."""
+    data = bytearray(clip.read_bytes())
+    lo = int(len(data) * at)
+    hi = lo + max(64, int(len(data) * fraction))
+    data[lo:hi] = np.random.default_rng(seed).integers(0, 256, hi - lo, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
