@@ -246,6 +246,8 @@ def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.vide
             kinds = sorted({s.type for s in container.streams}) or ["no streams"]
             raise VideoDecodeError(path, f"no video stream (has: {', '.join(kinds)})")
         stream = _pick_stream(container.streams.video)
+        if stream is None:
+            raise VideoDecodeError(path, "no decodable video stream (the codec is unknown)")
         _check_header(path, container, stream)
         try:
             # the decoder itself refuses pictures above the limit (a frame whose own header
@@ -269,7 +271,7 @@ def _is_still(stream) -> bool:
         return True
     if stream.frames == 1:
         return True
-    return stream.codec_context.name in _IMAGE_CODECS and stream.average_rate is not None and (
+    return stream.codec_context.name in _IMAGE_CODECS and bool(stream.average_rate) and (
         (_stream_span(stream) or 0) <= 1 / float(stream.average_rate) + 1e-6
     )
 
@@ -277,10 +279,12 @@ def _is_still(stream) -> bool:
 def _pick_stream(streams):
     """The video to analyse: not a still picture (cover art, a one-frame track), the stream
     marked default if several are left, else the first; frames and duration then both come
-    from it. Only stills: the first of them (a one-picture "video")."""
-    videos = [s for s in streams if not _is_still(s)] or list(streams)
+    from it. Only stills: the first of them (a one-picture "video"). None: no stream has a
+    decoder."""
+    known = [s for s in streams if s.codec_context is not None]  # None: no decoder for it
+    videos = [s for s in known if not _is_still(s)] or known
     default = [s for s in videos if s.disposition & av.stream.Disposition.default]
-    return (default or videos)[0]
+    return (default or videos or [None])[0]
 
 
 def _check_y4m_header(path: Path) -> None:
