@@ -224,3 +224,41 @@ def test_captions_track_shows_active_cue(browser, report):
     x, y = _center(b, "table.segments tbody tr:nth-child(1)")  # another click drops that cue
     b.click(x, y)
     assert _active_cues(b, 5.2, ["run (0.80)"]) == ["run (0.80)"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_clip_subtitles_show_the_three_motions(browser, tmp_path):
+    """The issue's goal: ``tal detect examples/camera_demo.mp4 -o out.vtt``, then the clip
+    played with that track shows each motion while it happens (pan left 3-8 s, tilt up 11-15 s,
+    zoom in 18-22 s) and nothing else, sampled every 0.5 s in Chromium."""
+    import base64
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    clip = root / "examples" / "camera_demo.mp4"
+    truth = json.loads((root / "examples" / "camera_demo.json").read_text())["database"]["camera_demo"]
+    out = tmp_path / "out.vtt"
+    run = subprocess.run([sys.executable, "-m", "tal_pipeline", "detect", str(clip), "-o", str(out),
+                          "--no-progress"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    vtt = out.read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT")
+    src = "data:text/vtt;charset=utf-8;base64," + base64.b64encode(vtt.encode()).decode()
+    page = tmp_path / "play.html"
+    page.write_text(f'<video src="{clip.as_uri()}"><track kind="captions" default src="{src}"></video>')
+    b = browser
+    b.navigate(page.as_uri())
+    assert b.evaluate(
+        "new Promise(function(res){var t=document.querySelector('track');if(t.readyState===2)return res(2);"
+        "t.addEventListener('load',function(){res(2)});t.addEventListener('error',function(){res(-1)});"
+        "setTimeout(function(){res(t.readyState)},10000);})", await_promise=True) == 2
+    margin = 0.6  # s: boundaries are detected to within a few tenths of a second
+    for k in range(50):
+        t = 0.25 + 0.5 * k
+        want = [a["label"] for a in truth["annotations"] if a["segment"][0] <= t < a["segment"][1]]
+        near = any(abs(t - x) < margin for a in truth["annotations"] for x in a["segment"])
+        if not near:
+            shown = [c.rsplit(" (", 1)[0] for c in _active_cues(b, t)]
+            assert shown == want, (t, shown)

@@ -351,3 +351,85 @@ def test_cli_convert_errors(tmp_path):
     res = run(main, ["convert", str(two), "-o", str(tmp_path / "o.vtt"), "--video-id", "zz"])
     assert res.exit_code == 1 and "zz" in res.output
     assert math.isfinite(SUBTITLE_MIN_SCORE)
+
+
+# ---------------------------------------------------------------- tal detect: formats, resume
+
+
+@pytest.fixture(scope="module")
+def feats_model(tmp_path_factory):
+    """Two synthetic feature files and a head trained on them for one epoch (fast)."""
+    from benchmarks.synthetic import SyntheticConfig, make_benchmark, write_benchmark
+
+    root = tmp_path_factory.mktemp("fmt")
+    cfg = SyntheticConfig(num_classes=2, dim=16, num_train=2, num_test=0, min_steps=60, max_steps=80,
+                          max_instances=2, min_len=8, max_len=24, distractors=1, signal=0.8, seed=3)
+    feats, ann = write_benchmark(make_benchmark(cfg), root)
+    model = root / "m.pt"
+    r = CliRunner().invoke(main, ["train", str(feats), "--annotations", str(ann), "-o", str(model), "--epochs",
+                                  "1", "--hidden-dim", "16", "--window", "128", "--batch-size", "32", "-q"])
+    assert r.exit_code == 0, r.output
+    return sorted(feats.glob("*.npy")), model
+
+
+def _detect(feats_model, inputs, *args):
+    _, model = feats_model
+    return CliRunner().invoke(main, ["detect", *map(str, inputs), "--features", "--model", str(model), "-q",
+                                     *map(str, args)])
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_detect_formats_merged(feats_model, tmp_path):
+    (a, b), _ = feats_model
+    r = _detect(feats_model, [a], "-o", tmp_path / "out.vtt")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.vtt.json", "out.vtt"]  # hidden record
+    record = load_results(tmp_path / ".out.vtt.json")
+    vtt = (tmp_path / "out.vtt").read_text()
+    assert vtt == render(make_results(record.detections), "vtt")
+    assert all(c[2].endswith(")") for c in validate_webvtt(vtt))
+    # resume: nothing redone; a deleted subtitle file comes back from the record
+    (tmp_path / "out.vtt").unlink()
+    r = _detect(feats_model, [a], "-o", tmp_path / "out.vtt")
+    assert r.exit_code == 0 and "0 done, 1 skipped" in r.output, r.output
+    assert (tmp_path / "out.vtt").read_text() == vtt
+
+    # several formats at once, from one result; subtitles hold one video, refused before work
+    r = _detect(feats_model, [a], "-o", tmp_path / "x.json", "--format", "json,vtt,csv,srt,tsv")
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "x.json").read_text())
+    for fmt in ("vtt", "csv", "srt", "tsv"):
+        assert (tmp_path / f"x.{fmt}").read_text() == render(res, fmt)
+    assert len(list(csv.reader((tmp_path / "x.csv").read_text().splitlines()))) == 1 + len(
+        res["results"][a.stem])
+    r = _detect(feats_model, [a, b], "-o", tmp_path / "two.srt")
+    assert r.exit_code == 2 and "holds one video" in r.output and "-o DIR/" in r.output
+    assert not list(tmp_path.glob("*two*"))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_detect_formats_per_video_resume_and_provenance(feats_model, tmp_path):
+    (a, b), _ = feats_model
+    out = tmp_path / "subs"
+    r = _detect(feats_model, [a, b], "-o", f"{out}/", "--format", "vtt,csv")
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == sorted(f"{v.stem}.{f}" for v in (a, b) for f in ("vtt", "csv"))
+    assert sorted(p.name for p in (out / ".tal").glob("*.json")) == [f"{a.stem}.json", f"{b.stem}.json"]
+    for v in (a, b):
+        one = json.loads((out / ".tal" / f"{v.stem}.json").read_text())
+        assert (out / f"{v.stem}.vtt").read_text() == render(one, "vtt")
+    # resume covers every requested format: a missing one is redone, the other video skipped
+    (out / f"{a.stem}.csv").unlink()
+    r = _detect(feats_model, [a, b], "-o", f"{out}/", "--format", "vtt,csv")
+    assert r.exit_code == 0 and "1 done, 1 skipped" in r.output, r.output
+    assert (out / f"{a.stem}.csv").is_file()
+    # other settings: the hidden record's provenance refuses a silent mix, naming --overwrite
+    r = _detect(feats_model, [a, b], "-o", f"{out}/", "--format", "vtt,csv", "--top-k", "3")
+    assert r.exit_code != 0 and "--overwrite" in r.output, r.output
+    r = _detect(feats_model, [a], "-o", f"{out}/", "--format", "vtt", "--top-k", "3", "--overwrite",
+                "--min-score", "0.0")
+    assert r.exit_code == 0, r.output
+    one = json.loads((out / ".tal" / f"{a.stem}.json").read_text())
+    assert len(one["results"][a.stem]) <= 3
+    assert (out / f"{a.stem}.vtt").read_text() == render(one, "vtt", WriterOptions(min_score=0.0))

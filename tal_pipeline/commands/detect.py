@@ -12,6 +12,13 @@ Outputs (DESIGN.md "Files"):
   interrupted run (Ctrl-C, SIGTERM, even SIGKILL) resumes there; the merged file is written
   atomically at the end (videos already in an existing ``x.json`` are kept and skipped), and
   the parts folder is removed once every video succeeded and no other run is on it.
+- Other formats (``tal_pipeline/writers.py``): ``-o x.vtt`` (the extension picks it) or
+  ``--format vtt,csv`` (several; ``-o x.json --format json,vtt`` writes ``x.json`` and
+  ``x.vtt``; with ``-o DIR/`` one ``DIR/<video_id>.<format>`` per video and format). The JSON
+  results stay the record resume reads: without ``json`` among the formats they are kept
+  hidden, in ``DIR/.tal/<video_id>.json`` or ``.x.vtt.json`` beside a merged ``x.vtt``. A video
+  is done only when every requested file exists (and its JSON is valid, with our provenance);
+  a merge (re)writes every merged format from the complete results.
 
 Every file is written atomically. Several processes may run on the same output: each video is
 detected under a lock ``.<video_id>.lock`` in DIR or ``x.json.parts/`` (``batch.run_batch``); a
@@ -47,13 +54,25 @@ class _Output:
     as done only if each is valid: it parses, holds that video and has our provenance.
     """
 
-    def __init__(self, output_arg: str, overwrite: bool, provenance: dict | None = None):
+    def __init__(self, output_arg: str, overwrite: bool, provenance: dict | None = None,
+                 formats: tuple[str, ...] | None = None, writer_options=None, vids=()):
         from tal_pipeline.batch import check_output_folder, hold_lock
         from tal_pipeline.fsutil import fit_name
+        from tal_pipeline.writers import WriterOptions, output_files
 
         self.path = Path(output_arg)
         self.split = output_arg.endswith(("/", os.sep)) or self.path.is_dir()
+        self.writer_options = writer_options or WriterOptions()
+        # files beside the JSON record: split mode, format -> per-video suffix; merged: -> file
+        self.formats = tuple(formats or ("json",))
+        self.files = {} if self.split else output_files(output_arg, formats)
+        self.visible = [self.path] if self.split else list(self.files.values())  # for messages
+        self.shown = self.visible[0]
+        if not self.split:  # the JSON record: the requested .json, else hidden beside the first
+            self.path = self.files.pop("json", None) or self.shown.with_name(f".{self.shown.name}.json")
         self.parts = self.path if self.split else self.path.with_name(self.path.name + ".parts")
+        if self.split and "json" not in self.formats:
+            self.parts = self.path / ".tal"
         self.overwrite = overwrite
         self.provenance = provenance
         self.previous = None  # merged mode: the results already in the output file
@@ -73,10 +92,22 @@ class _Output:
         try:
             self._refresh()
             self._made = [q for q in (self.parts, *self.parts.parents) if not q.exists()]
+            self._check_one_video(output_arg, vids)
             self.parts.mkdir(parents=True, exist_ok=True)
         except BaseException:
             self.close()
             raise
+
+    def _check_one_video(self, output_arg: str, vids) -> None:
+        """A merged subtitle file holds one video: refuse more (this run's and those already
+        in the output) before any work."""
+        from tal_pipeline.errors import UsageError
+
+        subtitles = sorted(set(self.files) & {"vtt", "srt"})
+        vids = set(vids) | set(self.previous.detections if self.previous else ())
+        if subtitles and len(vids) > 1:
+            raise UsageError(f"-o {output_arg}: a .{subtitles[0]} file holds one video, this run has "
+                             f"{len(vids)}; use -o DIR/ --format {','.join(self.formats)}")
 
     def _check_kind(self) -> None:
         """Detections never replace features (or anything not a results file): refuse a folder
@@ -123,9 +154,22 @@ class _Output:
     def part(self, vid: str) -> Path:
         return self.parts / f"{vid}.json"
 
+    def _video_files(self, vid: str) -> dict[str, Path]:
+        """Split mode: format -> ``DIR/<vid>.<format>`` beside the JSON record; merged: none."""
+        from tal_pipeline.writers import video_files
+
+        return video_files(self.path, vid, [f for f in self.formats if f != "json"]) if self.split else {}
+
     def outputs(self, vid: str) -> list[Path]:
-        """The files one video's results are written to (per video, or its part)."""
-        return [self.part(vid)]
+        """The files one video's results are written to (per video, or its part), its JSON
+        record last (written last)."""
+        return [*self._video_files(vid).values(), self.part(vid)]
+
+    def write(self, vid: str, results: dict) -> None:
+        """One video's results: every per-video file, atomically, the JSON record last."""
+        from tal_pipeline.writers import write_all
+
+        write_all({**self._video_files(vid), "json": self.part(vid)}, results, self.writer_options)
 
     def _valid(self, path: Path, vid: str) -> bool:
         """``path`` is a complete result of ``vid`` from our settings. A file that does not parse
@@ -134,6 +178,8 @@ class _Output:
         in the parts folder (a killed run's, internal)."""
         from tal_pipeline.results import load_results, output_kind
 
+        if path.suffix.lower() != ".json":  # vtt/srt/csv/tsv: atomic; the JSON record vouches
+            return path.is_file()
         if output_kind(path) == "missing":
             return False
         self.check_replaceable(path)
@@ -205,7 +251,7 @@ class _Output:
         from tal_pipeline.batch import failures_name
 
         name = failures_name(shard)
-        return self.path / name if self.split else self.path.with_name(f"{self.path.name}.{name}")
+        return self.path / name if self.split else self.shown.with_name(f"{self.shown.name}.{name}")
 
     def merge(self, vids: list[str]) -> dict | None:
         """Merged mode: every finished video (parts of our settings + the output file as it is
@@ -216,7 +262,7 @@ class _Output:
         from tal_pipeline.results import load_results, make_results, write_results
 
         with hold_lock(self.path.with_name(f".{self.path.name}.lock")):
-            remove_stale_temps(self.path.parent, [self.path.name])  # a killed merge's
+            remove_stale_temps(self.path.parent, [self.path.name, *(p.name for p in self.files.values())])
             self._refresh()
             per_video, meta, external = {}, {}, {}
             if self.previous is not None:
@@ -238,7 +284,10 @@ class _Output:
             if not fresh and self.previous is None:
                 return None
             results = make_results(per_video, meta, external)
-            write_results(self.path, results)
+            from tal_pipeline.writers import write_all
+
+            write_all(self.files, results, self.writer_options)  # other formats first: the
+            write_results(self.path, results)  # JSON record, last, marks the merge complete
         return results
 
 
@@ -252,7 +301,11 @@ def provenance(det, use_features: bool) -> dict:
 @click.command("detect")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", "output_arg", required=True, type=click.Path(),
-              help="x.json: one file for all inputs; DIR/ (or an existing folder): DIR/<video_id>.json each.")
+              help="x.json: one file for all inputs; DIR/ (or an existing folder): DIR/<video_id>.json each. "
+              "The extension picks the format: .json .vtt .srt .csv .tsv.")
+@click.option("--format", "formats", default=None, metavar="LIST",
+              help="Comma-separated formats among json,vtt,srt,csv,tsv, written together [default: -o's "
+              "extension; json for DIR/].")
 @click.option("--model", default="demo", show_default=True,
               help="Checkpoint from 'tal train', or 'demo' (the shipped camera-motion detector).")
 @click.option("--features", "use_features", is_flag=True, help="INPUTs are feature files (.npy [+ .json]).")
@@ -268,7 +321,8 @@ def provenance(det, use_features: bool) -> dict:
               help="Backbone weights file for raw video (e.g. a local Kinetics .pth); must match the model's checksum.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Backbone precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")
-@click.option("--min-score", type=float, default=0.001, show_default=True, help="Drop detections scoring below this.")
+@click.option("--min-score", type=float, default=None,
+              help="Drop detections scoring below this [default: 0.001; vtt/srt cues: 0.3].")
 @click.option("--top-k", type=int, default=200, show_default=True, help="At most this many detections per video.")
 @click.option("--overwrite", is_flag=True, help="Redo videos whose output exists.")
 @click.option("--shard", default=None, metavar="I/N", help="Process only shard I of N (0-based).")
@@ -276,10 +330,11 @@ def provenance(det, use_features: bool) -> dict:
               help="Also write a self-contained HTML report of the detections.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
-def command(inputs, output_arg, model, use_features, fps, feature_stride, window_frames, annotations,
+def command(inputs, output_arg, formats, model, use_features, fps, feature_stride, window_frames, annotations,
             device, flow_backend, weights, precision, min_score, top_k, overwrite, shard, report_path, progress,
             quiet):
-    """Detect actions in INPUT (videos, folders or list files) and write ActivityNet results JSON."""
+    """Detect actions in INPUT (videos, folders or list files); write ActivityNet results JSON (or
+    WebVTT, SRT, CSV, TSV: -o's extension or --format)."""
     from tal_pipeline.batch import VIDEO_EXTENSIONS, check_device, select_inputs
     from tal_pipeline.errors import UsageError
     from tal_pipeline.pipeline import Detector
@@ -289,8 +344,12 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
         progress = False
     if top_k < 1:
         raise UsageError("--top-k must be >= 1")
-    if not 0 <= min_score <= 1:
+    if min_score is not None and not 0 <= min_score <= 1:
         raise UsageError("--min-score must be within [0, 1]")
+    from tal_pipeline.writers import SUBTITLE_MIN_SCORE, WriterOptions, parse_formats
+
+    formats = parse_formats(formats)
+    cues = WriterOptions(min_score=SUBTITLE_MIN_SCORE if min_score is None else min_score)
     check_device(device)
     problems: list = []  # folders that could not be walked: failures of this batch
     if use_features:
@@ -298,16 +357,16 @@ def command(inputs, output_arg, model, use_features, fps, feature_stride, window
     else:
         items = select_inputs(inputs, shard, VIDEO_EXTENSIONS, problems=problems)
 
-    post = PostprocessConfig(min_score=min_score, max_segments=top_k)
+    post = PostprocessConfig(min_score=0.001 if min_score is None else min_score, max_segments=top_k)
     det = Detector.load(model, device=device, flow_backend=flow_backend, weights=weights,
                         postprocess=post, build_extractor=not use_features,
                         precision=precision)
     ann = None
     if annotations is not None:
-        from tal_pipeline.results import load_annotations
+        from tal_pipeline.annotations import load_annotations
 
         ann = load_annotations(annotations)
-    out = _Output(output_arg, overwrite, provenance(det, use_features))
+    out = _Output(output_arg, overwrite, provenance(det, use_features), formats, cues, list(items))
     try:
         _run(out, items, det, use_features, ann, fps, feature_stride, window_frames, progress,
              report_path, problems, shard)
@@ -319,7 +378,7 @@ def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, windo
          report_path, problems=(), shard=None) -> None:
     """The batch, the merge and the messages of ``tal detect``."""
     from tal_pipeline.batch import exit_if_failed, run_batch, write_failures
-    from tal_pipeline.results import make_results, write_results
+    from tal_pipeline.results import make_results
 
     external = {**det.external_data(), "provenance": out.provenance}
     found: dict[str, list] = {}
@@ -332,7 +391,7 @@ def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, windo
         results = make_results({vid: detection.segments}, {vid: detection.video_meta()}, external)
         for dest in out.outputs(vid):
             out.check_replaceable(dest)
-        write_results(out.part(vid), results)
+        out.write(vid, results)
         found[vid] = detection.segments
 
     report = run_batch(items, process, lambda vid, _: out.is_done(vid), desc="tal detect",
@@ -344,7 +403,7 @@ def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, windo
         # every finished video is in the merged file now: the parts are not needed to resume
         out.merge(list(items))
         out.close(remove_parts=True)
-    click.echo(f"tal detect: {report.summary()} -> {out.path}", err=True)
+    click.echo(f"tal detect: {report.summary()} -> {', '.join(map(str, out.visible))}", err=True)
     if len(items) == 1 and found:
         (seg_list,) = found.values()
         from tal_pipeline.pipeline import summary_lines
