@@ -10,6 +10,7 @@ For the head's raw outputs on every video of the split it reports mAP (0.3..0.7)
 * ``oracle classes``: inside an instance, the position's best score moves to the true class
   (boundaries unchanged): what resolving class confusion would give;
 * ``actionness fusion``: score = class probability x actionness;
+* ``score voting``: kept boundaries averaged over overlapping candidates (tIoU >= 0.7);
 * ``hard NMS`` instead of Soft-NMS; and ``best candidate recall``: the fraction of instances
   for which some candidate of the right class reaches tIoU 0.5 / 0.7 before NMS.
 
@@ -26,15 +27,15 @@ import torch
 
 from benchmarks.head_harness import Split, score, splits
 from benchmarks.synthetic import make_benchmark, regime
-from tal_pipeline.inference import HeadPredictor, predict_arrays
+from tal_pipeline.inference import HeadPredictor, position_times, predict_arrays
 from tal_pipeline.postprocess import PostprocessConfig, positions_to_seconds, postprocess
 
 
-def _inside(v, t: int):
-    """``(T,)`` instance index covering each position (-1: background), and exact distances."""
-    pos = np.arange(t, dtype=np.float64)
-    owner = np.full(t, -1)
-    dist = np.zeros((t, 2))
+def _inside(v, pos: np.ndarray):
+    """``(N,)`` instance index covering each output position (centres ``pos``, steps; -1:
+    background), and the exact distances to that instance's boundaries ``(N, 2)``."""
+    owner = np.full(len(pos), -1)
+    dist = np.zeros((len(pos), 2))
     for k, (_, s, e) in enumerate(v.instances):
         m = (pos >= s) & (pos <= e)
         owner[m] = k
@@ -44,28 +45,30 @@ def _inside(v, t: int):
 
 def diagnose(pred: HeadPredictor, split: Split) -> dict:
     names = split.data.class_names
-    runs = {k: {} for k in ("as is", "oracle boundaries", "oracle classes", "actionness fusion", "hard NMS")}
+    runs = {k: {} for k in ("as is", "oracle boundaries", "oracle classes", "actionness fusion", "hard NMS", "score voting")}
     errs, accs, recall = [], [], {0.5: [], 0.7: []}
     hard = PostprocessConfig(nms_method="hard", iou_threshold=0.5)
     for v in split.data.videos:
         out = predict_arrays(pred.model, v.features)
         probs, offs, act = out["probs"], out["offsets"], out["actionness"]
-        owner, dist = _inside(v, len(probs))
+        owner, dist = _inside(v, out["positions"])
         ins = owner >= 0
         gt_cls = np.where(ins, v.instances[np.maximum(owner, 0), 0], -1).astype(int)
         lengths = np.where(ins, v.instances[np.maximum(owner, 0), 2] - v.instances[np.maximum(owner, 0), 1], 0)
         errs.append(np.c_[np.abs(offs - dist)[ins].mean(1), lengths[ins]])
         accs.append(probs[ins].argmax(1) == gt_cls[ins])
-        args = (v.times, v.step, v.duration, names)
+        times = position_times(out["positions"], v.times, v.step)  # (N,) s
+        args = (times, v.step, v.duration, names)
         runs["as is"][v.video_id] = postprocess(probs, offs, *args)
         runs["hard NMS"][v.video_id] = postprocess(probs, offs, *args, hard)
+        runs["score voting"][v.video_id] = postprocess(probs, offs, *args, PostprocessConfig(voting_threshold=0.7))
         runs["actionness fusion"][v.video_id] = postprocess(probs * act[:, None], offs, *args)
         runs["oracle boundaries"][v.video_id] = postprocess(probs, np.where(ins[:, None], dist, offs), *args)
         oc = probs.copy()
         oc[ins] = oc[ins].min(1, keepdims=True)
         oc[ins, gt_cls[ins]] = probs[ins].max(1)
         runs["oracle classes"][v.video_id] = postprocess(oc, offs, *args)
-        segs = positions_to_seconds(v.times, np.maximum(offs, 0), v.step)  # (T, 2)
+        segs = positions_to_seconds(times, np.maximum(offs, 0), v.step)  # (N, 2)
         for c, s, e in v.instances:
             g0, g1 = v.t0 + s * v.step, v.t0 + e * v.step
             ok = probs[:, int(c)] > 0.05

@@ -149,10 +149,21 @@ def build_model(ckpt: dict, source: str = "<checkpoint>") -> HeadModel:
 
 
 def predict_arrays(model: HeadModel, features: np.ndarray, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
-    """Windowed whole-video forward: ``{"probs" (T, C), "offsets" (T, 2) steps, "actionness" (T,)}``."""
+    """Windowed whole-video forward: ``{"probs" (N, C), "offsets" (N, 2) steps, "actionness" (N,),
+    "positions" (N,) steps}``; ``N = T`` and ``positions = 0..T-1`` for a head with one output
+    level, the levels one after the other otherwise (:meth:`HeadModel.infer`)."""
     x = torch.from_numpy(np.array(features, dtype=np.float32, copy=True)).to(device)
-    probs, dist, act = model.infer(x)
-    return {"probs": probs.cpu().numpy(), "offsets": dist.cpu().numpy(), "actionness": act.cpu().numpy()}
+    probs, dist, act, pos = model.infer(x, return_positions=True)
+    return {"probs": probs.cpu().numpy(), "offsets": dist.cpu().numpy(), "actionness": act.cpu().numpy(),
+            "positions": pos.numpy()}
+
+
+def position_times(positions: np.ndarray, times: np.ndarray, step: float) -> np.ndarray:
+    """Centre time (s) of fractional positions ``(N,)``: ``times`` interpolated, extended past the
+    last position by ``step`` per step (a coarse level's last bin may be centred beyond it)."""
+    times = np.asarray(times, np.float64)
+    idx = np.arange(len(times), dtype=np.float64)
+    return np.interp(positions, idx, times) + np.maximum(positions - idx[-1], 0.0) * step
 
 
 def predict_segments(
@@ -172,7 +183,8 @@ def predict_segments(
     if features.shape[0] == 0:
         return []
     out = predict_arrays(model, features, device)
-    scores = fuse_scores(model.config, out["probs"], out["actionness"])  # (T, C)
+    scores = fuse_scores(model.config, out["probs"], out["actionness"])  # (N, C)
+    times = position_times(out["positions"], times, step)  # (N,) s
     return postprocess(scores, out["offsets"], times, step, duration, class_names,
                        config or PostprocessConfig())
 

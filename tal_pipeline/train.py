@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from tal_pipeline.errors import InputError
-from tal_pipeline.head.assign import AssignConfig, assign_window, collate_targets
+from tal_pipeline.head.assign import AssignConfig, assign_levels, assign_window, collate_targets
 from tal_pipeline.head.losses import LossWeights, head_loss
 from tal_pipeline.head.model import HeadConfig, HeadModel
 from tal_pipeline.inference import (
@@ -216,9 +216,11 @@ def _epoch_plan(videos: list[TrainVideo], config: TrainConfig, rng: np.random.Ge
     return plan[: max(len(base), config.min_samples_per_epoch)]
 
 
-def _make_batch(videos: list[TrainVideo], idx: list[int], config: TrainConfig, num_classes: int, rng):
-    """Features ``(B, W, D)``, mask and targets of one batch."""
-    chunks, targets, lengths = [], [], []
+def _make_batch(videos: list[TrainVideo], idx: list[int], config: TrainConfig, num_classes: int, rng,
+                strides: tuple[int, ...] = (1,)):
+    """Features ``(B, W, D)``, stage-1 targets, and the final stage's targets (None when the head
+    has one output level: the same positions as stage 1) of one batch."""
+    chunks, targets, finals, lengths = [], [], [], []
     for k in idx:
         v = videos[k]
         s = _pick_window(v, config.window, config.crop_coverage, rng)
@@ -227,13 +229,16 @@ def _make_batch(videos: list[TrainVideo], idx: list[int], config: TrainConfig, n
         inst[:, 1:] -= s
         keep = (inst[:, 2] > 0) & (inst[:, 1] < len(x) - 1)
         targets.append(assign_window(inst[keep], len(x), num_classes, config.assign))
+        if len(strides) > 1:
+            finals.append(assign_levels(inst[keep], len(x), num_classes, strides, config.assign))
         chunks.append(x)
         lengths.append(len(x))
     total = max(lengths)
     feats = np.zeros((len(idx), total, chunks[0].shape[1]), np.float32)
     for k, x in enumerate(chunks):
         feats[k, : len(x)] = x
-    return torch.from_numpy(feats), collate_targets(targets, lengths, total)
+    final = collate_targets(finals, lengths, total, strides) if finals else None
+    return torch.from_numpy(feats), collate_targets(targets, lengths, total), final
 
 
 def _lr_at(it: int, total: int, warmup: int, peak: float) -> float:
@@ -376,12 +381,13 @@ def train(
             plan = _epoch_plan(train_data.videos, config, rng)
             running = []
             for b in range(0, len(plan), config.batch_size):
-                feats, targets = _make_batch(train_data.videos, plan[b : b + config.batch_size], config,
-                                             len(train_data.class_names), rng)
+                feats, targets, final = _make_batch(train_data.videos, plan[b : b + config.batch_size], config,
+                                                    len(train_data.class_names), rng, head_config.strides)
                 feats, targets = feats.to(device), targets.to(device)
+                final = final.to(device) if final is not None else None
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(it, total_iters, warmup, config.lr)
-                losses = head_loss(model(feats, targets.mask), targets, config.loss)
+                losses = head_loss(model(feats, targets.mask), targets, config.loss, final)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

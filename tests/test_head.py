@@ -104,3 +104,57 @@ def test_config_validation():
         HeadConfig(input_dim=4, num_classes=2, window=64, overlap=30)  # hop 34 not a multiple of 4
     cfg = HeadConfig(input_dim=4, num_classes=2)
     assert HeadConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _levels(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    return list(torch.split(x, sizes, dim=1))
+
+
+@pytest.mark.parametrize("tsa", ["full", "none"])
+def test_output_levels_padding_and_windows(tsa):
+    """Several output levels: per-level lengths, padding never changes valid outputs, and windowed
+    inference reproduces the whole-video pass where the receptive field fits the overlap."""
+    from tal_pipeline.head.model import level_lengths, level_positions
+
+    torch.manual_seed(0)
+    cfg = HeadConfig(input_dim=8, num_classes=3, hidden_dim=16, tsa=tsa, output_levels=4, window=128, overlap=64)
+    model = HeadModel(cfg).eval()
+    x = torch.randn(1, 37, 8)
+    mask = torch.zeros(1, 67, dtype=torch.bool)
+    mask[:, :37] = True
+    with torch.no_grad():
+        alone = model(x)
+        padded = model(torch.cat([x, torch.randn(1, 30, 8) * 10], dim=1), mask)
+    assert level_lengths(37, cfg.strides) == [37, 19, 10, 5] and alone.cls.shape == (1, 71, 3)
+    assert alone.strides == (1, 2, 4, 8) and (alone.reg >= 0).all()
+    for name in ("cls", "reg", "act"):
+        a = _levels(getattr(alone, name), [37, 19, 10, 5])
+        b = _levels(getattr(padded, name), [67, 34, 17, 9])
+        for level, (u, v) in enumerate(zip(a, b)):
+            assert torch.allclose(u, v[:, : u.shape[1]], atol=1e-4), (name, level)
+    pos = level_positions(37, cfg.strides)
+    assert pos[37].item() == 0.5 and pos[37 + 19].item() == 1.5 and pos[-1].item() == 4 * 8 + 3.5
+    if tsa == "none":
+        x = torch.randn(500, 8)
+        with torch.no_grad():
+            probs, dist, _, positions = model.infer(x, return_positions=True)
+            full = model(x[None])
+        assert torch.equal(positions, level_positions(500, cfg.strides))
+        assert (probs - torch.sigmoid(full.cls[0])).abs().max() < 1e-3
+        assert (dist - full.reg[0]).abs().max() < 0.2  # coarsest level's field reaches past the overlap
+
+
+def test_old_checkpoint_config_loads_with_old_behaviour():
+    """A config saved before output_levels / score_fusion / stem_dilations existed means one level,
+    class scores and undilated stem layers."""
+    old = {"input_dim": 512, "num_classes": 6, "hidden_dim": 128, "stem_layers": 2, "head_layers": 1, "tsa": "full",
+           "tpp": True, "tpp_dilations": [1, 2, 4], "tpp_strides": [2, 4], "reg_init": 4.0, "prior_prob": 0.01,
+           "dropout": 0.3, "window": 256, "overlap": 64}
+    cfg = HeadConfig.from_dict(old)
+    assert cfg.output_levels == 1 and cfg.score_fusion == "class" and cfg.stem_dilations == ()
+    model = HeadModel(cfg)
+    assert all(layer.conv.dilation == (1,) for layer in model.stem) and not hasattr(model, "pyramid")
+    with pytest.raises(ValueError):
+        HeadConfig(input_dim=4, num_classes=2, output_levels=8, window=256, overlap=64)  # hop 192 % 128
+    with pytest.raises(ValueError):
+        HeadConfig(input_dim=4, num_classes=2, score_fusion="max")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tal_pipeline.head.assign import AssignConfig, assign_window, collate_targets
+from tal_pipeline.head.assign import AssignConfig, assign_levels, assign_window, collate_targets
 from tal_pipeline.head.losses import diou_loss_1d, head_loss, sigmoid_focal_loss
 from tal_pipeline.head.model import HeadOutputs
 
@@ -74,3 +74,29 @@ def test_head_loss_ignores_padding():
     out2 = HeadOutputs(cls2, reg2, act2, cls2, reg2, act2)
     assert torch.allclose(head_loss(out2, targets)["loss"], base)
     assert torch.isfinite(base) and base > 0
+
+
+def test_assign_levels_ranges_centres_and_collate():
+    # strides 1, 2, 4, 8; ranges [0, 4), [4, 8), [8, 16), [16, inf) of the larger distance
+    inst = np.array([[0, 10.0, 13.0], [1, 20.0, 80.0]])
+    t = assign_levels(inst, 100, 2, (1, 2, 4, 8))
+    sizes = [100, 50, 25, 13]
+    assert len(t["positive"]) == sum(sizes)
+    lv = np.split(t["positive"], np.cumsum(sizes)[:-1])
+    # the short one at level 0, within 1.5 steps of its centre 11.5
+    assert np.flatnonzero(lv[0]).tolist() == [10, 11, 12, 13]
+    # the long one (half-length 30) only at level 3: centres p*8 + 3.5 within 12 steps of 50
+    assert not lv[1].any() and not lv[2].any()
+    assert np.flatnonzero(lv[3]).tolist() == [5, 6, 7]
+    rows = sum(sizes[:3]) + np.arange(5, 8)
+    assert t["distances"][rows].ravel().tolist() == pytest.approx([23.5, 36.5, 31.5, 28.5, 39.5, 20.5])
+    assert (t["classes"][rows, 1] == 1).all()
+    # actionness at every level inside any instance: level 3 centres 11.5 (the short one), 27.5 .. 75.5
+    assert np.flatnonzero(np.split(t["actionness"], np.cumsum(sizes)[:-1])[3]).tolist() == [1, *range(3, 10)]
+    # collate pads each level separately: a 60-step window beside a 100-step one
+    short = assign_levels(inst[:1], 60, 2, (1, 2, 4, 8))
+    batch = collate_targets([t, short], [100, 60], 100, (1, 2, 4, 8))
+    assert batch.mask.shape == (2, sum(sizes))
+    m = np.split(batch.mask[1].numpy(), np.cumsum(sizes)[:-1])
+    assert [int(x.sum()) for x in m] == [60, 30, 15, 8]
+    assert batch.positive[1].sum() == 4 and bool(batch.positive[0, 100 + 50 + 25 + 5])

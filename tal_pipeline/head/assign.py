@@ -21,6 +21,14 @@ instance's distances. Other positions are negatives for every class.
 
 Actionness target: 1 at every position inside any instance (``|i - c| <= h``) or positive,
 0 elsewhere. Padded positions (``mask`` False) take no part in any loss.
+
+Several output levels (:func:`assign_levels`, ActionFormer's rule): level ``l`` has stride
+``s = 2^l``; its position ``p`` sits at ``x = p s + (s - 1) / 2`` steps. It is positive for an
+instance when ``x`` is inside the instance, within ``center_radius * s`` of its centre, and the
+larger of its two distances ``max(x - start, end - x)`` lies in the level's range
+``[range_base * 2^(l-1), range_base * 2^l)`` (``[0, range_base)`` for level 0, no upper bound for
+the last level): short instances are regressed at fine levels, long ones at coarse levels, and
+every distance a level learns is a few of its strides. Ties go to the shortest instance.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ class AssignConfig:
 
     center_radius: float = 1.5  # feature steps, minimum radius of the positive region
     center_ratio: float = 0.5  # fraction of the half-length that is positive for long instances
+    range_base: float = 4.0  # several levels: level 0 regresses distances below this many steps
 
 
 @dataclass(frozen=True)
@@ -89,18 +98,62 @@ def assign_window(
     return {"positive": positive, "classes": classes, "distances": distances, "actionness": actionness}
 
 
-def collate_targets(windows: list[dict[str, np.ndarray]], lengths: list[int], total: int) -> Targets:
-    """Stack per-window targets (from :func:`assign_window`) padded to ``total`` positions."""
+def assign_levels(
+    instances: np.ndarray, length: int, num_classes: int, strides: tuple[int, ...],
+    config: AssignConfig = AssignConfig(),
+) -> dict[str, np.ndarray]:
+    """Targets of one window for output levels of the given strides (see the module docstring),
+    concatenated along T in level order, like the head's outputs. Same keys as
+    :func:`assign_window`, with ``sum(ceil(length / s))`` rows."""
+    parts = []
+    inst = np.asarray(instances, np.float64).reshape(-1, 3)
+    for level, stride in enumerate(strides):
+        n = -(-length // stride)
+        pos = np.arange(n, dtype=np.float64) * stride + 0.5 * (stride - 1)  # (T_l,) centres, steps
+        lo = 0.0 if level == 0 else config.range_base * 2 ** (level - 1)
+        hi = np.inf if level == len(strides) - 1 else config.range_base * 2**level
+        positive = np.zeros(n, bool)
+        classes = np.zeros((n, num_classes), np.float32)
+        distances = np.zeros((n, 2), np.float32)
+        actionness = np.zeros(n, np.float32)
+        best_len = np.full(n, np.inf)
+        for label, s, e in inst:
+            c, h = 0.5 * (s + e), 0.5 * max(e - s, 0.0)
+            inside = np.abs(pos - c) <= h
+            actionness[inside] = 1.0
+            reach = np.maximum(pos - s, e - pos)  # (T_l,) the larger distance to regress
+            cand = inside & (np.abs(pos - c) <= config.center_radius * stride) & (reach >= lo) & (reach < hi)
+            win = cand & (2 * h < best_len)  # shortest instance wins
+            best_len[win] = 2 * h
+            positive[win] = True
+            classes[win] = 0.0
+            classes[win, int(label)] = 1.0
+            distances[win, 0] = pos[win] - s
+            distances[win, 1] = e - pos[win]
+        parts.append({"positive": positive, "classes": classes, "distances": distances, "actionness": actionness})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def collate_targets(
+    windows: list[dict[str, np.ndarray]], lengths: list[int], total: int, strides: tuple[int, ...] = (1,)
+) -> Targets:
+    """Stack per-window targets (from :func:`assign_window`, or :func:`assign_levels` with the
+    same ``strides``) padded to ``total`` positions (each level to ``ceil(total / s)``)."""
     b, c = len(windows), windows[0]["classes"].shape[1]
-    mask = np.zeros((b, total), bool)
-    positive = np.zeros((b, total), bool)
-    classes = np.zeros((b, total, c), np.float32)
-    distances = np.zeros((b, total, 2), np.float32)
-    actionness = np.zeros((b, total), np.float32)
+    sizes = [-(-total // s) for s in strides]
+    starts = np.cumsum([0, *sizes])  # first row of each level in the batch
+    rows = int(starts[-1])
+    mask = np.zeros((b, rows), bool)
+    out = {"positive": np.zeros((b, rows), bool), "classes": np.zeros((b, rows, c), np.float32),
+           "distances": np.zeros((b, rows, 2), np.float32), "actionness": np.zeros((b, rows), np.float32)}
     for k, (w, n) in enumerate(zip(windows, lengths)):
-        mask[k, :n] = True
-        positive[k, :n] = w["positive"]
-        classes[k, :n] = w["classes"]
-        distances[k, :n] = w["distances"]
-        actionness[k, :n] = w["actionness"]
-    return Targets(*(torch.from_numpy(a) for a in (mask, positive, classes, distances, actionness)))
+        src = 0
+        for level, s in enumerate(strides):
+            m = -(-n // s)  # this window's positions at the level
+            dst = slice(int(starts[level]), int(starts[level]) + m)
+            mask[k, dst] = True
+            for key, arr in out.items():
+                arr[k, dst] = w[key][src : src + m]
+            src += m
+    return Targets(*(torch.from_numpy(a) for a in (mask, out["positive"], out["classes"], out["distances"],
+                                                   out["actionness"])))

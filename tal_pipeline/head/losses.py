@@ -94,11 +94,17 @@ def stage_loss(
     return {"total": total, "focal": focal, "diou": diou, "bce": bce}
 
 
-def head_loss(out: HeadOutputs, targets: Targets, weights: LossWeights | None = None) -> dict[str, torch.Tensor]:
-    """Both stages: ``{"loss", "stage1", "final", "focal", "diou", "bce"}`` (the last three final-stage)."""
+def head_loss(
+    out: HeadOutputs, targets: Targets, weights: LossWeights | None = None, final: Targets | None = None
+) -> dict[str, torch.Tensor]:
+    """Both stages: ``{"loss", "stage1", "final", "focal", "diou", "bce"}`` (the last three final-stage).
+
+    ``final``: the final stage's targets when its positions differ from stage 1's (several
+    output levels, :func:`~tal_pipeline.head.assign.assign_levels`); default ``targets``.
+    """
     weights = weights or LossWeights()
     s1 = stage_loss(out.cls1, out.reg1, out.act1, targets, weights)
-    s2 = stage_loss(out.cls, out.reg, out.act, targets, weights)
+    s2 = stage_loss(out.cls, out.reg, out.act, final if final is not None else targets, weights)
     loss = weights.stage1 * s1["total"] + s2["total"]
     return {"loss": loss, "stage1": s1["total"], "final": s2["total"], "focal": s2["focal"],
             "diou": s2["diou"], "bce": s2["bce"]}

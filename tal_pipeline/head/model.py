@@ -58,6 +58,8 @@ class HeadConfig:
     stem_dilations: tuple[int, ...] = ()  # dilation of each stem layer (() = all 1); a wider
     #   receptive field before stage 1 lets the coarse predictions (and so TSA's A and B) see
     #   temporal patterns several steps long
+    output_levels: int = 1  # final predictions at strides 1, 2, 4, ... (2^(L-1)) of the TPP output,
+    #   each level regressing only instances in its range (assign.py); 1 = one scale (earlier)
     score_fusion: str = "class"  # detection score: "class" (class probability) or "actionness"
     #   (class probability x actionness: the actionness head, trained at every position inside
     #   an instance, ranks boundaries and background better than centre-trained class scores)
@@ -73,13 +75,20 @@ class HeadConfig:
             raise ValueError("input_dim, num_classes and hidden_dim must be positive")
         if not 0 <= self.overlap < self.window:
             raise ValueError("need 0 <= overlap < window")
-        multiple = max(self.tpp_strides, default=1) if self.tpp else 1
+        if self.output_levels < 1:
+            raise ValueError("output_levels must be >= 1")
+        multiple = math.lcm(max(self.tpp_strides, default=1) if self.tpp else 1, 2 ** (self.output_levels - 1))
         if (self.window - self.overlap) % multiple:
             raise ValueError(f"window - overlap must be a multiple of {multiple} (TPP pooling)")
 
     def to_dict(self) -> dict:
         """Plain dict (lists instead of tuples) for checkpoints."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Stride of each output level, feature steps."""
+        return tuple(2**k for k in range(self.output_levels))
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadConfig:
@@ -93,7 +102,13 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class HeadOutputs:
-    """Raw outputs, all ``(B, T, ...)``; distances in feature steps, >= 0."""
+    """Raw outputs, all ``(B, T, ...)``; distances in feature steps, >= 0.
+
+    With ``output_levels`` L > 1 the final ``cls``, ``reg``, ``act`` hold the levels one after
+    the other along T: level ``l`` (stride ``s = 2^l``) has ``ceil(T / s)`` positions, position
+    ``p`` covering steps ``[p s, p s + s - 1]`` and centred at ``p s + (s - 1) / 2``
+    (:func:`level_positions`). Its distances are in feature steps too.
+    """
 
     cls1: torch.Tensor  # (B, T, C) stage-1 class logits
     reg1: torch.Tensor  # (B, T, 2) stage-1 distances to start / end
@@ -101,6 +116,18 @@ class HeadOutputs:
     cls: torch.Tensor  # (B, T, C) final class logits
     reg: torch.Tensor  # (B, T, 2) final distances
     act: torch.Tensor  # (B, T) final actionness logits
+    strides: tuple[int, ...] = (1,)  # stride of each level of the final outputs
+
+
+def level_lengths(t: int, strides: tuple[int, ...]) -> list[int]:
+    """Positions per output level for ``t`` steps."""
+    return [-(-t // s) for s in strides]
+
+
+def level_positions(t: int, strides: tuple[int, ...]) -> torch.Tensor:
+    """``(sum of level lengths,)`` float64: the centre of every output position, in feature steps."""
+    return torch.cat([torch.arange(n, dtype=torch.float64) * s + 0.5 * (s - 1)
+                      for n, s in zip(level_lengths(t, strides), strides)])
 
 
 class PredictionHeads(nn.Module):
@@ -145,10 +172,14 @@ class HeadModel(nn.Module):
         self.tsa = TemporalSelfAttention(h, config.tsa)
         self.tpp = TemporalPyramidPooling(h, config.tpp_dilations, config.tpp_strides) if config.tpp else None
         self.final = PredictionHeads(h, config.num_classes, config.head_layers, config.reg_init, config.prior_prob)
+        if config.output_levels > 1:  # downsampling chain: level l+1 = conv(maxpool2(level l))
+            self.pyramid = nn.ModuleList(ConvNormReLU(h, h) for _ in range(config.output_levels - 1))
+            self.level_scales = nn.Parameter(torch.zeros(config.output_levels))  # log, per level
 
     def length_multiple(self) -> int:
         """Inputs are padded inside :meth:`forward` to a multiple of this many steps."""
-        return self.tpp.length_multiple() if self.tpp is not None else 1
+        tpp = self.tpp.length_multiple() if self.tpp is not None else 1
+        return math.lcm(tpp, self.config.strides[-1])
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> HeadOutputs:
         """``features (B, T, D)`` float, ``mask (B, T)`` bool (True = valid) -> :class:`HeadOutputs`.
@@ -177,38 +208,63 @@ class HeadModel(nn.Module):
             refined = self.tpp(y_hat, torch.sigmoid(act1)[:, None, :], mask)  # (B, H, T')
         else:
             refined = y_hat
-        cls, reg, act = self.final(refined, mask)  # (B, T', C), (B, T', 2), (B, T')
-        return HeadOutputs(cls1[:, :t], reg1[:, :t], act1[:, :t], cls[:, :t], reg[:, :t], act[:, :t])
+        if self.config.output_levels == 1:
+            cls, reg, act = self.final(refined, mask)  # (B, T', C), (B, T', 2), (B, T')
+            return HeadOutputs(cls1[:, :t], reg1[:, :t], act1[:, :t], cls[:, :t], reg[:, :t], act[:, :t])
+        outs, x, m = [], refined, mask
+        for level, stride in enumerate(self.config.strides):
+            if level:  # (B, H, T_l) -> (B, H, T_l / 2), padded positions never win the max
+                x = F.max_pool1d(x.masked_fill(~m[:, None, :], float("-inf")), 2, 2)
+                m = F.max_pool1d(m[:, None, :].to(x.dtype), 2, 2)[:, 0] > 0
+                x = self.pyramid[level - 1](x.masked_fill(~m[:, None, :], 0.0), m)
+            c, r, a = self.final(x, m)  # (B, T_l, C), (B, T_l, 2) in level units, (B, T_l)
+            n = -(-t // stride)
+            outs.append((c[:, :n], r[:, :n] * (self.level_scales[level].exp() * stride), a[:, :n]))
+        cls, reg, act = (torch.cat(parts, dim=1) for parts in zip(*outs))  # (B, sum T_l, ...)
+        return HeadOutputs(cls1[:, :t], reg1[:, :t], act1[:, :t], cls, reg, act, self.config.strides)
 
     @torch.no_grad()
     def infer(
-        self, features: torch.Tensor, window: int | None = None, overlap: int | None = None, batch_windows: int = 16
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self,
+        features: torch.Tensor,
+        window: int | None = None,
+        overlap: int | None = None,
+        batch_windows: int = 16,
+        return_positions: bool = False,
+    ):
         """Whole-video inference in overlapping windows (memory linear in T).
 
         Args:
             features: ``(T, D)`` float tensor on the model's device.
             window, overlap: steps; default to the config's.
             batch_windows: windows per forward pass (bounds peak memory).
+            return_positions: also return each output position's centre (see below).
 
         Returns:
-            class probabilities ``(T, C)`` (sigmoid of the final logits), distances ``(T, 2)``
-            (steps) and actionness ``(T,)`` (sigmoid), merged across windows.
+            class probabilities ``(N, C)`` (sigmoid of the final logits), distances ``(N, 2)``
+            (steps) and actionness ``(N,)`` (sigmoid), merged across windows; with
+            ``return_positions`` also ``(N,)`` float64 centres in feature steps. ``N = T`` for a
+            single output level; with several, the levels one after the other (:class:`HeadOutputs`).
         """
         window = window or self.config.window
         overlap = self.config.overlap if overlap is None else overlap
         t = features.shape[0]
+        strides = self.config.strides
+        positions = level_positions(t, strides)  # (N,)
         if t <= window:
             out = self(features[None])
-            return torch.sigmoid(out.cls[0]), out.reg[0], torch.sigmoid(out.act[0])
+            res = (torch.sigmoid(out.cls[0]), out.reg[0], torch.sigmoid(out.act[0]))
+            return (*res, positions) if return_positions else res
         hop = window - overlap
         starts = list(range(0, t - overlap, hop))  # the last window reaches the end (padded)
         if starts[-1] + window < t:
             starts.append(starts[-1] + hop)
-        c = self.config.num_classes
-        probs = features.new_empty(t, c)
-        dist = features.new_empty(t, 2)
-        act = features.new_empty(t)
+        lengths = level_lengths(t, strides)  # per level, whole video
+        offsets = [sum(lengths[:k]) for k in range(len(strides))]  # first row of each level
+        wlengths = level_lengths(window, strides)  # per level, one window
+        probs = features.new_empty(positions.shape[0], self.config.num_classes)
+        dist = features.new_empty(positions.shape[0], 2)
+        act = features.new_empty(positions.shape[0])
         for i in range(0, len(starts), batch_windows):
             group = starts[i : i + batch_windows]
             batch = features.new_zeros(len(group), window, features.shape[1])  # (nW, W, D)
@@ -220,13 +276,22 @@ class HeadModel(nn.Module):
             out = self(batch, mask)
             for j, s in enumerate(group):
                 k = i + j
-                own0 = 0 if k == 0 else s + overlap // 2  # positions this window owns
+                own0 = 0 if k == 0 else s + overlap // 2  # steps this window owns
                 own1 = t if k == len(starts) - 1 else s + hop + overlap // 2
-                own1 = min(own1, t)
-                probs[own0:own1] = torch.sigmoid(out.cls[j, own0 - s : own1 - s])
-                dist[own0:own1] = out.reg[j, own0 - s : own1 - s]
-                act[own0:own1] = torch.sigmoid(out.act[j, own0 - s : own1 - s])
-        return probs, dist, act
+                w0 = 0
+                for level, stride in enumerate(strides):
+                    # hop is a multiple of every stride: the window's level grid is the video's
+                    first = s // stride  # video-level index of the window's first position
+                    centre = (first + torch.arange(wlengths[level])) * stride + 0.5 * (stride - 1)
+                    keep = (centre >= own0) & (centre < own1) & (first + torch.arange(wlengths[level]) < lengths[level])
+                    idx = torch.nonzero(keep)[:, 0]
+                    rows = offsets[level] + first + idx
+                    src = w0 + idx
+                    probs[rows] = torch.sigmoid(out.cls[j, src])
+                    dist[rows] = out.reg[j, src]
+                    act[rows] = torch.sigmoid(out.act[j, src])
+                    w0 += wlengths[level]
+        return (probs, dist, act, positions) if return_positions else (probs, dist, act)
 
 
 def fuse_scores(config: HeadConfig, probs, actionness):
