@@ -313,7 +313,7 @@ def provenance(det, use_features: bool) -> dict:
 @click.option("--feature-stride", type=int, default=None, help="Meta-less .npy: frames per feature step.")
 @click.option("--window-frames", type=int, default=16, show_default=True, help="Meta-less .npy: frames per window.")
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Meta-less .npy: take each video's fps and duration from this ActivityNet JSON.")
+              help="Meta-less .npy: take each video's fps and duration from this ActivityNet JSON (or CSV: duration).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--flow", "flow_backend", type=click.Choice(["opencv", "torch"]), default=None,
               help="TV-L1 implementation for raw video (default: the one the model was trained with).")
