@@ -134,17 +134,23 @@ def _check_replaceable(js: Path) -> None:
         raise InputError(f"{js} is not a feature meta ({what}); it is never replaced: use another -o")
 
 
-def _holds_objects(path: Path) -> bool:
-    """Whether a .npy header declares Python objects (read without loading them)."""
+def _npy_problem(path: Path) -> str | None:
+    """Why ``path`` is not a .npy file of plain numbers, from its header alone (nothing is
+    unpickled): not a .npy at all, or Python objects; None if it looks fine."""
     fmt = np.lib.format
     try:
         with open(path, "rb") as f:
+            if f.read(len(fmt.MAGIC_PREFIX)) != fmt.MAGIC_PREFIX:
+                return "not a readable .npy file (it does not start with the NumPy header)"
+            f.seek(0)
             version = fmt.read_magic(f)
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             _, _, dtype = read(f, max_header_size=1 << 16)
     except (OSError, ValueError, EOFError, TypeError):
-        return False  # np.load says what is wrong
-    return dtype.hasobject
+        return None  # np.load says what is wrong
+    if dtype.hasobject:
+        return "the .npy holds Python objects (a pickle), which are never loaded; features are a float array (T, D)"
+    return None
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -154,9 +160,9 @@ def _read_npy(path: Path) -> np.ndarray:
         mode = None  # np.load says why
     if mode is not None and not stat.S_ISREG(mode):  # a FIFO would block np.load forever
         raise InputError(f"{path}: not a regular file")
-    if _holds_objects(path):  # numpy's message would suggest allow_pickle=True: never here
-        raise InputError(f"{path}: the .npy holds Python objects (a pickle), which are never "
-                         "loaded; features are a float array (T, D)")
+    problem = _npy_problem(path)  # numpy's own message would suggest allow_pickle=: never here
+    if problem is not None:
+        raise InputError(f"{path}: {problem}")
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:

@@ -84,6 +84,7 @@ class _Output:
             raise InputError(f"-o {output_arg}: {self.path} exists and is not a folder")
         check_output_folder(self.parts if self.split else self.path.parent)
         self._check_kind()
+        self._made = [q for q in (self.parts, *self.parts.parents) if not q.exists()]
         # merged mode: every run on this output holds this shared; only the last one to finish
         # (the only one that can make it exclusive) removes the parts folder
         self.run_lock = None if self.split else hold_lock(
@@ -91,7 +92,6 @@ class _Output:
         )
         try:
             self._refresh()
-            self._made = [q for q in (self.parts, *self.parts.parents) if not q.exists()]
             self._check_one_video(output_arg, vids)
             self.parts.mkdir(parents=True, exist_ok=True)
         except BaseException:
@@ -235,6 +235,8 @@ class _Output:
         last = lock is None or lock.try_exclusive()
         if last and remove_parts and not self.split:
             shutil.rmtree(self.parts, ignore_errors=True)
+        if lock is not None:
+            lock.release(unlink=last)
         if last:
             for folder in self._made:  # innermost first; nothing written: no folder left
                 try:
@@ -242,8 +244,6 @@ class _Output:
                 except OSError:
                     break
             self._made = []
-        if lock is not None:
-            lock.release(unlink=last)
 
     def failures_path(self, shard: str | None = None) -> Path:
         """The failure list beside the outputs (``batch.failures_name``; merged mode: prefixed
