@@ -229,10 +229,12 @@ def check_unique_ids(paths: Iterable[Path]) -> dict[str, Path]:
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n; InputError otherwise."""
+    """``"i/n"`` -> (i, n) with 0 <= i < n; UsageError (exit status 2) otherwise."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec or "")
     if not m or not (0 <= int(m.group(1)) < int(m.group(2))):
-        raise InputError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {spec!r}")
+        from tal_pipeline.errors import UsageError
+
+        raise UsageError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {spec!r}")
     return int(m.group(1)), int(m.group(2))
 
 

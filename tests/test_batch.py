@@ -18,7 +18,7 @@ from tal_pipeline.batch import (
     video_id,
     write_failures,
 )
-from tal_pipeline.errors import InputError, VideoDecodeError
+from tal_pipeline.errors import InputError, UsageError, VideoDecodeError
 
 
 def touch(p: Path) -> Path:
@@ -150,7 +150,7 @@ def test_shards_cover_every_item_exactly_once():
     assert select_shard(items, None) == items
     assert parse_shard(" 1 / 4 ") == (1, 4)
     for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
-        with pytest.raises(InputError):
+        with pytest.raises(UsageError):  # the command line is wrong: exit status 2
             parse_shard(bad)
 
 

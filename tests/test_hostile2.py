@@ -458,6 +458,16 @@ def test_run_batch_refuses_an_output_name_before_asking_is_done(tmp_path):
 # ----------------------------------------------------------------------------- exit status
 
 
+@pytest.mark.parametrize("args", [["--shard", "3/2"], ["--top-k", "0"], ["--min-score", "2"],
+                                  ["--streams", "depth"], ["--device", "tpu"]])
+def test_option_values_no_machine_accepts_exit_2(tmp_path, args):
+    feats = _feats(tmp_path / "feats")
+    verb = ["extract", feats, "-o", tmp_path / "o"] if args[0] == "--streams" else ["detect", feats, *FEATS, "-o", tmp_path / "x.json"]
+    r = _tal(*verb, *args)
+    assert r.exit_code == 2 and args[0] in _one_error(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats"]
+
+
 @pytest.mark.parametrize("verb", ["detect", "extract", "train", "eval", "plot", "report", "convert"])
 def test_every_verb_exits_2_on_a_usage_error_and_1_on_a_missing_input(tmp_path, verb):
     from tal_pipeline.cli import VERBS
