@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from tal_pipeline.backbone import BACKBONES
+from tal_pipeline.commands.options import run_job, scale_out_options
 from tal_pipeline.errors import UsageError
 
 
@@ -33,6 +34,8 @@ from tal_pipeline.errors import UsageError
               help="kinetics400 (torchvision's, cached by torch hub), seeded, or a .pth path.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="r3d_18", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Backbone precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")
 @click.option("--overwrite", is_flag=True, help="Recompute videos whose outputs exist.")
 @click.option("--shard", default=None, metavar="I/N", help="Process only shard I of N (0-based).")
 @click.option("--chunk-frames", type=click.IntRange(1), default=64, show_default=True,
@@ -40,18 +43,19 @@ from tal_pipeline.errors import UsageError
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--size", type=click.IntRange(0), default=0, hidden=True,
               help="Frame side in pixels (0: the weights' crop). Tests and ablations only.")
-def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, overwrite, shard,
-            chunk_frames, progress, size):
+@scale_out_options
+def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, precision, overwrite, shard,
+            chunk_frames, progress, size, ray_address, workers, gpus_per_worker, threads):
     """Extract RGB + TV-L1 flow 3D-ResNet features from videos, files or folders or .txt lists."""
     from tal_pipeline.batch import (
         check_device,
         check_output_folder,
         exit_if_failed,
         failures_name,
-        run_batch,
         select_inputs,
         write_failures,
     )
+    from tal_pipeline.jobs import ExtractJob, default_threads
 
     names = tuple(s.strip() for s in streams.split(",") if s.strip())
     if not names or any(s not in ("rgb", "flow") for s in names):
@@ -60,26 +64,13 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, o
     problems: list = []  # folders that could not be walked: failures of this batch
     items = select_inputs(inputs, shard, problems=problems)
     check_output_folder(out_dir)  # before any work; made once the weights have loaded
-
-    from tal_pipeline.featio import feature_paths, save_features
-    from tal_pipeline.features import FeatureExtractor
-    from tal_pipeline.memory import EXTRACT_MMAP_THRESHOLD, tune_malloc
-
-    tune_malloc(EXTRACT_MMAP_THRESHOLD)  # long batches: flat memory first (see memory.py)
-    fx = FeatureExtractor(backbone=backbone, weights=weights, streams=names, flow_backend=flow_backend,
-                          device=device, chunk_frames=chunk_frames, size=size)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    def is_done(vid: str, path: Path) -> bool:
-        return not overwrite and _complete(out_dir, vid, fx)
-
-    def process(vid: str, path: Path) -> None:
-        feats = fx.extract(path)
-        save_features(out_dir, vid, feats.array, feats.meta)
-
-    report = run_batch(items, process, is_done, desc="tal extract", progress=progress,
-                       lock_dir=out_dir, outputs_fn=lambda vid: feature_paths(out_dir, vid),
-                       problems=problems)
+    # the per-video work (jobs.py), the same for the local loop and for --ray workers
+    job = ExtractJob(out_dir, {"backbone": backbone, "weights": weights, "streams": names,
+                                   "flow_backend": flow_backend, "device": device,
+                                   "chunk_frames": chunk_frames, "size": size, "precision": precision},
+                     overwrite=overwrite, threads=threads or default_threads())
+    report = run_job(items, job, desc="tal extract", progress=progress, problems=problems,
+                     ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
     failures = write_failures(out_dir, report, failures_name(shard))
     click.echo(f"tal extract: {report.summary()} -> {out_dir}", err=True)
     exit_if_failed("extract", report, failures)

@@ -1,0 +1,40 @@
+"""Options shared by the batch verbs (``tal extract``, ``tal detect``), declared once."""
+
+from __future__ import annotations
+
+import click
+
+
+def scale_out_options(f):
+    """``--ray [ADDRESS]``, ``--workers``, ``--gpus-per-worker``, ``--threads``."""
+    f = click.option(
+        "--threads", type=click.IntRange(1), default=None,
+        help="Torch threads per worker (default: all cores; with --ray, the count the local "
+             "path would use here, so results are bitwise identical).")(f)
+    f = click.option(
+        "--gpus-per-worker", type=click.FloatRange(0, min_open=False), default=0.0,
+        show_default=True, help="With --ray: GPUs each worker reserves (0.5: two workers share one).")(f)
+    f = click.option(
+        "--workers", type=click.IntRange(1), default=None,
+        help="With --ray: worker processes (default: one per free CPU slot, or per GPU share).")(f)
+    f = click.option(
+        "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+        help="Run on Ray: alone, a local Ray instance; 'auto' or HOST:PORT, a running cluster "
+             "(`ray start --head`). Outputs go where -o points (storage every node sees). "
+             "Put it after the inputs.")(f)
+    return f
+
+
+def run_job(items, job, *, desc, progress, problems, ray_address, workers, gpus_per_worker):
+    """The batch of ``job`` over ``items``: locally, or on Ray when ``ray_address`` is set."""
+    if ray_address is None:
+        from tal_pipeline.batch import run_batch
+
+        w = job.setup()
+        return run_batch(items, w.process, w.is_done, desc=desc, progress=progress,
+                         lock_dir=w.lock_dir, outputs_fn=w.outputs, problems=problems)
+    from tal_pipeline.ray_engine import RayOptions, run_batch_ray
+
+    opts = RayOptions(address=None if ray_address == "local" else ray_address, workers=workers,
+                      threads=job.threads, gpus_per_worker=gpus_per_worker)
+    return run_batch_ray(items, job, opts, desc=desc, progress=progress, problems=problems)

@@ -1,0 +1,86 @@
+"""Per-video work of the batch verbs, free of CLI concerns, for every way of running a batch.
+
+A *job* is a small frozen, picklable description (paths and options, no model). ``setup()``
+builds what the work needs once (the feature extractor, the detector) and returns a *worker*:
+
+- ``process(vid, path)``: one video from its file to its output files, written atomically;
+- ``is_done(vid, path)``: its outputs are complete and were made the same way (resume);
+- ``outputs(vid)``: the files ``process`` writes (their stale temps are cleaned first);
+- ``lock_dir``: the folder of the per-video locks.
+
+The local loop (``batch.run_batch``), ``--shard`` and ``--ray`` (``ray_engine``, where each Ray
+actor calls ``setup()`` once) all run ``batch``'s per-video step with these four, so a video
+gives the same bytes whichever way ran it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch's intra-op thread count for this process, set once before any work.
+
+    Part of a job's settings, not a detail: oneDNN splits a convolution's sums differently for
+    another thread count, so features differ in the last bits (~1e-6). Every path that must give
+    the same bytes (local, ``--ray``) runs the job with the same count.
+    """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def default_threads() -> int:
+    """What the local path uses when ``--threads`` is not given: torch's default here."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """``tal extract``: ``OUT/<id>.npy`` + ``OUT/<id>.json`` per video."""
+
+    out_dir: Path  # the features folder (on storage every worker sees)
+    extractor: dict[str, Any] = field(default_factory=dict)  # FeatureExtractor keyword options
+    overwrite: bool = False  # recompute videos whose outputs exist
+    threads: int | None = None  # torch intra-op threads (None: torch's default, all cores)
+
+    def setup(self) -> ExtractWorker:
+        from tal_pipeline.features import FeatureExtractor
+        from tal_pipeline.memory import EXTRACT_MMAP_THRESHOLD, tune_malloc
+
+        set_threads(self.threads)
+        tune_malloc(EXTRACT_MMAP_THRESHOLD)  # long batches: flat memory first (see memory.py)
+        fx = FeatureExtractor(**self.extractor)  # weights that cannot load fail here, first
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return ExtractWorker(self, fx)
+
+
+@dataclass
+class ExtractWorker:
+    job: ExtractJob
+    fx: Any  # FeatureExtractor
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.job.out_dir
+
+    def outputs(self, vid: str) -> list[Path]:
+        from tal_pipeline.featio import feature_paths
+
+        return list(feature_paths(self.job.out_dir, vid))
+
+    def is_done(self, vid: str, path: Path) -> bool:
+        from tal_pipeline.commands.extract import _complete
+
+        return not self.job.overwrite and _complete(self.job.out_dir, vid, self.fx)
+
+    def process(self, vid: str, path: Path) -> None:
+        from tal_pipeline.featio import save_features
+
+        feats = self.fx.extract(path)
+        save_features(self.job.out_dir, vid, feats.array, feats.meta)
