@@ -15,6 +15,7 @@ gives the same bytes whichever way ran it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,19 +26,25 @@ def set_threads(threads: int | None) -> None:
 
     Part of a job's settings, not a detail: oneDNN splits a convolution's sums differently for
     another thread count, so features differ in the last bits (~1e-6). Every path that must give
-    the same bytes (local, ``--ray``) runs the job with the same count.
+    the same bytes (local, ``--ray``) runs the job with the same count. OpenMP gives each new
+    thread (our prefetch and flow threads) the count from ``OMP_NUM_THREADS`` (Ray sets it to an
+    actor's CPUs), not the main thread's: set it too, before torch starts its pools.
     """
-    if threads is not None:
-        import torch
+    if threads is None:
+        return
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
 
 
 def default_threads() -> int:
-    """What the local path uses when ``--threads`` is not given: torch's default here."""
-    import torch
-
-    return torch.get_num_threads()
+    """What the local path uses when ``--threads`` is not given: OpenMP's (and so torch's)
+    default, ``OMP_NUM_THREADS`` or the CPUs this process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

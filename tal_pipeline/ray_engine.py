@@ -24,8 +24,9 @@ A job (``jobs.ExtractJob``, ``jobs.DetectJob``) is a small picklable description
 ``job.setup()`` returns a worker with ``process(vid, path)``, ``is_done(vid, path)``,
 ``outputs(vid)`` and ``lock_dir``, the four things ``batch.run_item`` needs.
 
-``TAL_WORKER_LOG`` (for tests of the fault path): a file to which each actor appends
-``<pid> <video_id>`` when it starts on a video, so a test can kill the process holding a video.
+``TAL_WORKER_LOG`` (tests, benchmarks): a file to which each actor appends
+``<pid> <video_id> <event> <peak RSS KiB>`` when it starts (``start``) and ends a video, so a
+test can kill the process holding a video and a benchmark can read each worker's peak memory.
 """
 
 from __future__ import annotations
@@ -166,13 +167,14 @@ class _VideoActor:
         out: dict[str, list] = {"vid": [], "outcome": [], "cause": [], "pid": []}
         for vid, path in zip(rows["vid"], rows["path"]):
             vid, path = str(vid), Path(str(path))
-            _note_worker(self.pid, vid)
+            _note_worker(self.pid, vid, "start")
             w = self.worker
             try:
                 outcome, cause = run_item(vid, path, w.process, w.is_done, w.lock_dir, w.outputs), ""
             except Exception as err:  # one bad video fails alone, as on one machine
                 log.debug("%s failed", path, exc_info=True)
                 outcome, cause = "failed", failure_cause(err, path)
+            _note_worker(self.pid, vid, outcome)
             out["vid"].append(vid)
             out["outcome"].append(outcome)
             out["cause"].append(cause)
@@ -180,11 +182,15 @@ class _VideoActor:
         return out
 
 
-def _note_worker(pid: int, vid: str) -> None:
+def _note_worker(pid: int, vid: str, event: str) -> None:
+    """``TAL_WORKER_LOG``: ``<pid> <video_id> <event> <peak RSS in KiB>`` (tests, benchmarks)."""
     path = os.environ.get("TAL_WORKER_LOG")
     if path:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with open(path, "a", encoding="utf-8") as f:
-            f.write(f"{pid} {vid}\n")
+            f.write(f"{pid} {vid} {event} {peak}\n")
 
 
 def run_batch_ray(

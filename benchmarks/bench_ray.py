@@ -1,0 +1,131 @@
+"""`tal extract --ray` against the local path: overhead, bitwise agreement, peak memory per worker.
+
+    python benchmarks/bench_ray.py                      # 8 clips of 20 s, 2 workers, CPU
+    python benchmarks/bench_ray.py --clips 16 --seconds 60 --workers 4
+    python benchmarks/bench_ray.py --address HOST:PORT --no-netns   # a real cluster (GPU: add
+                                                        # --device cuda --gpus-per-worker 0.5)
+
+In one run, on the same clips (bench_extract's textured panning clip, copied under other names):
+
+1. ``local``: ``tal extract DIR -o A`` (the reference; torch's default threads);
+2. ``ray``: ``tal extract DIR -o B --ray --workers W`` with the same threads per worker, so the
+   outputs must be bitwise identical to ``local`` (checked);
+3. ``local-1t`` / ``ray-1t``: both with ``--threads 1`` (one thread per worker: the setting that
+   fits W workers on W cores without oversubscription).
+
+Each run is a fresh process (start-up included); wall time, the driver's peak RSS and, for Ray,
+each worker's peak RSS (read from ``TAL_WORKER_LOG``). Ray binds to every interface, so unless
+``--no-netns`` the script re-runs itself in a private network namespace with only loopback up
+(``unshare --net``, needs root): all traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decode import cpu_model
+from bench_extract import make_clip
+
+TAL = str(Path(sys.executable).with_name("tal"))
+
+
+def run(cmd: list[str], env: dict | None = None) -> tuple[float, float, int]:
+    """(wall s, peak RSS MB of the process, exit status) of a fresh ``tal`` process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read() if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        print(err, file=sys.stderr)
+    return wall, usage.ru_maxrss / 1024, code
+
+
+def worker_peaks(log: Path) -> dict[str, float]:
+    """pid -> peak RSS MB over its videos (``TAL_WORKER_LOG`` lines)."""
+    peaks: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        pid, _, _, kib = line.split()
+        peaks[pid] = max(peaks.get(pid, 0.0), int(kib) / 1024)
+    return peaks
+
+
+def same_outputs(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(
+        filecmp.cmp(a / n, b / n, shallow=False) for n in names)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--address", default=None, help="a running cluster (default: a local instance)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--gpus-per-worker", type=float, default=0.0)
+    ap.add_argument("--weights", default="seeded")
+    ap.add_argument("--no-netns", action="store_true", help="do not enter a private network namespace")
+    args = ap.parse_args()
+    if not args.no_netns and os.environ.get("TAL_BENCH_NETNS") != "1":
+        inner = " ".join(map(repr, [sys.executable, *sys.argv]))
+        os.execvpe("unshare", ["unshare", "--net", "sh", "-c", f"ip link set lo up; exec {inner}"],
+                   {**os.environ, "TAL_BENCH_NETNS": "1"})
+
+    root = Path(tempfile.mkdtemp(prefix="tal_bench_ray_"))
+    clips = root / "clips"
+    clips.mkdir()
+    cache = Path(tempfile.gettempdir()) / "tal_bench"
+    cache.mkdir(exist_ok=True)
+    src = make_clip(cache / f"pan_{args.seconds:g}s.mp4", args.seconds)
+    for i in range(args.clips):
+        shutil.copyfile(src, clips / f"clip{i:02d}.mp4")
+    common = [TAL, "extract", str(clips), "--weights", args.weights, "--device", args.device,
+              "--no-progress"]
+    ray = ["--ray", *([args.address] if args.address else []), "--workers", str(args.workers),
+           "--gpus-per-worker", str(args.gpus_per_worker)]
+    video_s = args.clips * args.seconds
+    res: dict = {"cpu": cpu_model(), "clips": args.clips, "seconds": args.seconds,
+                 "workers": args.workers, "device": args.device, "runs": {}}
+    print(f"# {res['cpu']}; {args.clips} clips x {args.seconds:g} s; {args.workers} Ray workers",
+          flush=True)
+    for name, extra in (("local", []), ("ray", ray), ("local-1t", ["--threads", "1"]),
+                        ("ray-1t", [*ray, "--threads", "1"])):
+        out, log = root / name, root / f"{name}.log"
+        wall, rss, code = run([*common, "-o", str(out), *extra], {"TAL_WORKER_LOG": str(log)})
+        row = {"wall_s": round(wall, 2), "x_realtime": round(video_s / wall, 3),
+               "driver_peak_mb": round(rss), "exit": code}
+        if log.exists():
+            row["worker_peak_mb"] = sorted(round(v) for v in worker_peaks(log).values())
+        res["runs"][name] = row
+        print(f"{name:9s} {wall:7.1f} s  {video_s / wall:5.2f}x real time  driver peak {rss:6.0f} MB"
+              + (f"  workers peak {row['worker_peak_mb']} MB" if "worker_peak_mb" in row else ""),
+              flush=True)
+        if args.address is None and name.startswith("ray"):
+            subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+    r = res["runs"]
+    res["ratio_ray_vs_local"] = round(r["ray"]["wall_s"] / r["local"]["wall_s"], 3)
+    res["ratio_ray1t_vs_local"] = round(r["ray-1t"]["wall_s"] / r["local"]["wall_s"], 3)
+    res["bitwise_ray_eq_local"] = same_outputs(root / "ray", root / "local")
+    res["bitwise_ray1t_eq_local1t"] = same_outputs(root / "ray-1t", root / "local-1t")
+    print(f"ray / local wall: {res['ratio_ray_vs_local']:.3f} (same threads, bitwise equal: "
+          f"{res['bitwise_ray_eq_local']}); ray-1t / local: {res['ratio_ray1t_vs_local']:.3f} "
+          f"(bitwise equal to local-1t: {res['bitwise_ray1t_eq_local1t']})")
+    print(json.dumps(res))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
