@@ -73,7 +73,10 @@ Limits, all checked before anything large is allocated:
   again before conversion. At the limit one decoded 8-bit 4:2:0 picture is 96 MiB.
 - ``MAX_DURATION_S`` (72 h): a longer duration in the header (stream's, else container's) is
   refused before decoding; a stream whose timestamps run past it stops there with a warning,
-  so no input gives more than ``MAX_DURATION_S * fps`` output frames (2.6 M at 10 fps).
+  so no input gives more than ``MAX_DURATION_S * fps`` output frames (2.6 M at 10 fps). When
+  the header gives a duration H, timestamps past max(2 H, H + ``HEADER_SLACK_S``) are corrupt:
+  decoding stops there too, and a last frame "lasting" past H is shown until H (a flipped bit
+  in a sample table must not turn a 1 s file into days of one picture).
 - ``MAX_BAD_PACKETS`` (1000) packets in a row rejected by the decoder: the file is given up (a
   demuxer that accepts garbage does not keep the decoder busy for the whole file).
 
@@ -124,6 +127,7 @@ MAX_DURATION_S = 72 * 3600.0  # seconds: longer header durations are refused; de
 MAX_BAD_PACKETS = 1000  # consecutive packets the decoder rejects before we give up on the file
 TRUNCATION_WARN_S = 1.0  # seconds: warn when the stream ends this much before its header says
 MIN_DECODED_SHARE = 0.5  # of the header's duration: a video of which less decodes is refused
+HEADER_SLACK_S = 600.0  # seconds: timestamps past max(2 H, H + this) of a header's H are corrupt
 HOLE_S = 1.0  # seconds: a longer gap between decoded frames counts as lost (damage), not video
 DEFAULT_CHUNK = 64  # output frames per chunk
 
@@ -636,7 +640,13 @@ def _sample(
     # pts_rel ticks < k / fps seconds  <=>  pts_rel * tick_a > k * tick_b   (exact integers)
     tick_a = tb.numerator * fps_q.numerator
     tick_b = tb.denominator * fps_q.denominator
+    # timestamps are trusted up to MAX_DURATION_S, and, when the header gives a duration H, up
+    # to max(2 H, H + HEADER_SLACK_S): a corrupt timestamp (a flipped bit in an mp4's sample
+    # table) must not turn a 1 s file into hours of copies of one picture
+    header = _header_duration(container, stream)
     max_ticks = int(MAX_DURATION_S / tb)
+    if header is not None:
+        max_ticks = min(max_ticks, int(max(2 * header, header + HEADER_SLACK_S) / tb))
     # one frame period, ticks: from the average rate (demuxers guess one), else 1 / fps
     rate = stream.average_rate or fps_q
     nominal = max(1, round(1 / (rate * tb)))
@@ -684,7 +694,8 @@ def _sample(
             dropped_backwards += 1
             continue
         if rel > max_ticks:
-            errors.append(f"timestamp {float(rel * tb):.0f} s past the start; stopping there")
+            errors.append(f"timestamp {float(rel * tb):.0f} s past the start, beyond what the "
+                          f"header allows ({float(max_ticks * tb):.0f} s); stopping there")
             break
         if rel * tick_a > k * tick_b:  # some output times fall before this frame
             yield from emit(rel)
@@ -704,6 +715,12 @@ def _sample(
     if last <= 0:
         last = prev_gap if prev_gap > 0 else nominal
     end = prev_rel + last  # ticks after t0
+    if header is not None:  # a last frame "lasting" far past the header's end: to that end
+        header_end = int(header / tb)
+        if prev_rel < header_end < end - max(TRUNCATION_WARN_S, 0.05 * header) / tb:
+            errors.append(f"the last frame lasts {float(last * tb):.0f} s, past the header's "
+                          f"{header:.2f} s; shown until then")
+            end = header_end
     yield from emit(end)
     prev = None
     converter.wait()

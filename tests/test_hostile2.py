@@ -484,3 +484,24 @@ def test_every_verb_exits_2_on_a_usage_error_and_1_on_a_missing_input(tmp_path, 
     r = _tal(verb, *args[verb])
     assert r.exit_code in (1, 2) and "Traceback" not in r.output  # click checks some paths itself
     assert ("missing.json" in r.output) or ("no such file" in r.output.lower())
+
+
+# ----------------------------------------------------------------------------- fuzzer findings
+
+
+@pytest.mark.timeout(30)
+def test_a_corrupt_sample_time_does_not_make_hours_of_one_picture(tmp_path):
+    """Found by the fuzzer: one flipped bit in an mp4's sample table (stts) put the second frame
+    of a 1 s clip at 27 h; decoding made 1.9 M copies of the first picture (minutes)."""
+    import struct
+
+    from badfiles import _mp4_boxes
+
+    clip = write_clip(tmp_path / "clip.mp4", 12, 12)
+    data = bytearray(clip.read_bytes())
+    (at,) = [at for kind, at, _ in _mp4_boxes(data) if kind == b"stts"]
+    data[at + 16 : at + 24] = struct.pack(">II", 1, 1191183360)  # 1 sample: 96,939 s at 1/12288
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    frames = sum(len(c) for c in decode_video(bad))
+    assert frames <= 20  # the header's 1 s (and a little), not hours
