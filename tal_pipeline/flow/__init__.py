@@ -8,7 +8,7 @@ Flow is in pixels, channel 0 = dx, channel 1 = dy: the content at (x, y) in fram
 
 Backends: ``opencv`` is ``cv2.optflow.DualTVL1OpticalFlow`` with OpenCV's defaults (the
 reference); ``torch`` is the batched PyTorch solver in ``tvl1_torch`` (CPU or CUDA), faster
-and as accurate on known motions (BENCHMARKS_flow.md), not bit-identical to OpenCV (different
+and as accurate on known motions (BENCHMARKS.md), not bit-identical to OpenCV (different
 interpolation at borders, median filter and iteration schedule).
 """
 
