@@ -91,3 +91,76 @@ class ExtractWorker:
 
         feats = self.fx.extract(path)
         save_features(self.job.out_dir, vid, feats.array, feats.meta)
+
+
+@dataclass(frozen=True)
+class DetectJob:
+    """``tal detect``: per-video results (JSON record + other formats) or parts of a merged file.
+
+    The driver resolves what must agree everywhere (the provenance, ``external_data``, the
+    precision "auto" stands for) and passes it as data, so every worker writes the same bytes.
+    """
+
+    output_arg: str  # -o as given: DIR/ or a file (its parts folder then holds the records)
+    formats: tuple[str, ...]  # json, vtt, srt, csv, tsv
+    writer_options: Any  # writers.WriterOptions
+    overwrite: bool
+    provenance: dict  # what makes the results (recorded and compared on resume)
+    external: dict  # the results' external_data (provenance included)
+    detector: dict  # Detector.load keyword options (model, device, precision, ...)
+    use_features: bool = False  # inputs are feature files
+    annotations: str | None = None  # meta-less .npy: per-video fps and duration
+    fps: float | None = None  # meta-less .npy options (commands.detect.detect_features)
+    feature_stride: int | None = None
+    window_frames: int | None = None
+    threads: int | None = None  # torch intra-op threads (see set_threads)
+
+    def setup(self) -> DetectWorker:
+        from tal_pipeline.commands.detect import _Output
+        from tal_pipeline.pipeline import Detector
+
+        set_threads(self.threads)
+        det = Detector.load(**self.detector)
+        out = _Output(self.output_arg, self.overwrite, self.provenance, self.formats,
+                      self.writer_options, worker=True)
+        ann = None
+        if self.annotations is not None:
+            from tal_pipeline.annotations import load_annotations
+
+            ann = load_annotations(self.annotations)
+        return DetectWorker(self, det, out, ann)
+
+
+@dataclass
+class DetectWorker:
+    job: DetectJob
+    det: Any  # pipeline.Detector
+    out: Any  # commands.detect._Output (a worker's view when on Ray)
+    ann: Any = None  # annotations for meta-less features
+    found: dict[str, list] = field(default_factory=dict)  # vid -> segments, done here
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.out.parts
+
+    def outputs(self, vid: str) -> list[Path]:
+        return self.out.outputs(vid)
+
+    def is_done(self, vid: str, path: Path) -> bool:
+        return self.out.is_done(vid)
+
+    def process(self, vid: str, path: Path) -> None:
+        from tal_pipeline.commands.detect import detect_features
+        from tal_pipeline.results import make_results
+
+        j = self.job
+        if j.use_features:
+            detection = detect_features(self.det, path, vid, self.ann, j.fps, j.feature_stride,
+                                        j.window_frames)
+        else:
+            detection = self.det.detect_video(path)
+        results = make_results({vid: detection.segments}, {vid: detection.video_meta()}, j.external)
+        for dest in self.out.outputs(vid):
+            self.out.check_replaceable(dest)
+        self.out.write(vid, results)
+        self.found[vid] = detection.segments

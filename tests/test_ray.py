@@ -179,3 +179,19 @@ def test_unreachable_cluster_is_one_line(videos, tmp_path):
 
     res = _tal("extract", videos / "clip0.mp4", "-o", tmp_path / "f", *FAST, "--ray", "nowhere")
     assert res.returncode == 2 and "expected HOST:PORT or auto" in res.stderr, res.stderr
+
+
+def test_detect_on_ray_matches_local(videos, tmp_path):
+    """`tal detect DIR -o x.json --format json,csv --ray`: workers write the parts, the driver
+    merges; the merged file, the CSV and the failure list equal the local path's, byte for byte."""
+    args = [str(videos), "--format", "json,csv", "--no-progress", "--threads", "1"]
+    res = _tal("detect", *args, "-o", tmp_path / "local" / "x.json")
+    assert res.returncode == 1, res.stderr  # the corrupt file
+    cmd = shlex.join(["tal", "detect", *args, "-o", str(tmp_path / "ray" / "x.json"), "--ray",
+                      "--workers", "2"])
+    res = _in_namespace(f"{cmd}; rc=$?; ray stop --force >/dev/null 2>&1; exit $rc")
+    assert res.returncode == 1, res.stderr
+    assert "4 done, 0 skipped, 1 failed" in res.stderr
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+    assert sorted(json.loads((tmp_path / "ray" / "x.json").read_text())["results"]) == [
+        f"clip{k}" for k in range(4)]

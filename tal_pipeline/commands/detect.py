@@ -40,6 +40,7 @@ from pathlib import Path
 
 import click
 
+from tal_pipeline.commands.options import run_job, scale_out_options
 from tal_pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class _Output:
     """
 
     def __init__(self, output_arg: str, overwrite: bool, provenance: dict | None = None,
-                 formats: tuple[str, ...] | None = None, writer_options=None, vids=()):
+                 formats: tuple[str, ...] | None = None, writer_options=None, vids=(),
+                 worker: bool = False):
         from tal_pipeline.batch import check_output_folder, hold_lock
         from tal_pipeline.fsutil import fit_name
         from tal_pipeline.writers import WriterOptions, output_files
@@ -80,6 +82,8 @@ class _Output:
         self.run_lock = None
         self._made: list[Path] = []  # folders made here: removed at close if left empty
         self._warned: set[str] = set()
+        if worker:  # a --ray worker's view: the driver checked the output and holds its lock
+            return
         if self.split and os.path.lexists(self.path) and not self.path.is_dir():
             raise InputError(f"-o {output_arg}: {self.path} exists and is not a folder")
         check_output_folder(self.parts if self.split else self.path.parent)
@@ -330,13 +334,15 @@ def provenance(det, use_features: bool) -> dict:
               help="Also write a self-contained HTML report of the detections.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
+@scale_out_options
 def command(inputs, output_arg, formats, model, use_features, fps, feature_stride, window_frames, annotations,
             device, flow_backend, weights, precision, min_score, top_k, overwrite, shard, report_path, progress,
-            quiet):
+            quiet, ray_address, workers, gpus_per_worker, threads):
     """Detect actions in INPUT (videos, folders or list files); write ActivityNet results JSON (or
     WebVTT, SRT, CSV, TSV: -o's extension or --format)."""
     from tal_pipeline.batch import VIDEO_EXTENSIONS, check_device, select_inputs
     from tal_pipeline.errors import UsageError
+    from tal_pipeline.jobs import DetectJob, DetectWorker, default_threads, set_threads
     from tal_pipeline.pipeline import Detector
     from tal_pipeline.postprocess import PostprocessConfig
 
@@ -358,6 +364,8 @@ def command(inputs, output_arg, formats, model, use_features, fps, feature_strid
         items = select_inputs(inputs, shard, VIDEO_EXTENSIONS, problems=problems)
 
     post = PostprocessConfig(min_score=0.001 if min_score is None else min_score, max_segments=top_k)
+    threads = threads or default_threads()
+    set_threads(threads)  # before torch starts its pools: the local path computes like a worker
     det = Detector.load(model, device=device, flow_backend=flow_backend, weights=weights,
                         postprocess=post, build_extractor=not use_features,
                         precision=precision)
@@ -368,35 +376,32 @@ def command(inputs, output_arg, formats, model, use_features, fps, feature_strid
         ann = load_annotations(annotations)
     out = _Output(output_arg, overwrite, provenance(det, use_features), formats, cues, list(items))
     try:
-        _run(out, items, det, use_features, ann, fps, feature_stride, window_frames, progress,
-             report_path, problems, shard)
+        # the per-video work (jobs.py), the same for the local loop and for --ray workers
+        job = DetectJob(
+            output_arg=output_arg, formats=formats, writer_options=cues, overwrite=overwrite,
+            provenance=out.provenance,
+            external={**det.external_data(), "provenance": out.provenance},
+            detector={"model": model, "device": device, "flow_backend": flow_backend,
+                      "weights": weights, "postprocess": post, "build_extractor": not use_features,
+                      # "auto" resolved here: every worker computes in the same precision
+                      "precision": det.extractor.options.precision if det.extractor else precision},
+            use_features=use_features, annotations=annotations, fps=fps,
+            feature_stride=feature_stride, window_frames=window_frames,
+            threads=threads)
+        local = None if ray_address is not None else DetectWorker(job, det, out, ann)
+        report = run_job(items, job, desc="tal detect", progress=progress, problems=problems,
+                         ray_address=ray_address, workers=workers,
+                         gpus_per_worker=gpus_per_worker, local=local)
+        _finish(out, report, items, local, use_features, ann, report_path, shard)
     finally:
         out.close()
 
 
-def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, window_frames, progress,
-         report_path, problems=(), shard=None) -> None:
-    """The batch, the merge and the messages of ``tal detect``."""
-    from tal_pipeline.batch import exit_if_failed, run_batch, write_failures
-    from tal_pipeline.results import make_results
+def _finish(out: _Output, report, items, local, use_features, ann, report_path, shard=None) -> None:
+    """After the batch: the failure list, the merge and the messages of ``tal detect``."""
+    from tal_pipeline.batch import exit_if_failed, write_failures
 
-    external = {**det.external_data(), "provenance": out.provenance}
-    found: dict[str, list] = {}
-
-    def process(vid: str, path: Path) -> None:
-        if use_features:
-            detection = _detect_features(det, path, vid, ann, fps, feature_stride, window_frames)
-        else:
-            detection = det.detect_video(path)
-        results = make_results({vid: detection.segments}, {vid: detection.video_meta()}, external)
-        for dest in out.outputs(vid):
-            out.check_replaceable(dest)
-        out.write(vid, results)
-        found[vid] = detection.segments
-
-    report = run_batch(items, process, lambda vid, _: out.is_done(vid), desc="tal detect",
-                       progress=progress, lock_dir=out.parts, outputs_fn=out.outputs,
-                       problems=problems)
+    found = local.found if local is not None else _found(out, items, report)
     where = out.failures_path(shard)
     failures = write_failures(where.parent, report, where.name, required=False)
     if not out.split:
@@ -421,7 +426,17 @@ def _run(out: _Output, items, det, use_features, ann, fps, feature_stride, windo
     exit_if_failed("detect", report, failures)
 
 
-def _detect_features(det, path: Path, vid: str, ann, fps, feature_stride, window_frames):
+def _found(out: _Output, items, report) -> dict[str, list]:
+    """--ray: the segments of a single video done now (for the summary), read from its record."""
+    if len(items) != 1 or not report.done:
+        return {}
+    from tal_pipeline.results import load_results
+
+    (vid,) = items
+    return {vid: load_results(out.part(vid)).detections.get(vid, [])}
+
+
+def detect_features(det, path: Path, vid: str, ann, fps, feature_stride, window_frames):
     """Pre-extracted features. Meta-less ``.npy``: frame rate from the annotation file's per-video
     ``fps`` when given (THUMOS14 mixes rates), else ``--fps``; duration from the annotation file
     when it has the video, else from the features."""

@@ -25,12 +25,14 @@ def scale_out_options(f):
     return f
 
 
-def run_job(items, job, *, desc, progress, problems, ray_address, workers, gpus_per_worker):
-    """The batch of ``job`` over ``items``: locally, or on Ray when ``ray_address`` is set."""
+def run_job(items, job, *, desc, progress, problems, ray_address, workers, gpus_per_worker,
+            local=None):
+    """The batch of ``job`` over ``items``: locally (``local``: a worker the caller built
+    already, else ``job.setup()``), or on Ray when ``ray_address`` is set."""
     if ray_address is None:
         from tal_pipeline.batch import run_batch
 
-        w = job.setup()
+        w = local if local is not None else job.setup()
         return run_batch(items, w.process, w.is_done, desc=desc, progress=progress,
                          lock_dir=w.lock_dir, outputs_fn=w.outputs, problems=problems)
     from tal_pipeline.ray_engine import RayOptions, run_batch_ray
