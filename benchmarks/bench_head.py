@@ -95,6 +95,23 @@ def _child(args: list[str], one_thread: bool = True) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_train_time(threads: int, seed: int) -> dict:
+    """``tal train``'s default schedule on 80 training videos of 5 minutes (750 steps at 0.4 s,
+    D = 128, the hard regime's signal) with 20 validation videos, ``threads`` torch threads."""
+    import torch
+
+    from benchmarks.head_harness import splits, train_head
+    from benchmarks.synthetic import make_benchmark, regime
+    from tal_pipeline.train import TrainConfig
+
+    torch.set_num_threads(threads)
+    sp = splits(make_benchmark(regime("hard", min_steps=750, max_steps=750, num_test=5, seed=seed + 100)))
+    with tempfile.TemporaryDirectory() as tmp:
+        r = train_head(sp, Path(tmp) / "m.pt", TrainConfig(seed=seed))
+    return {"threads": threads, "train_s": r["train_s"], "epochs": r["epochs"],
+            "videos": {k: len(v.data.videos) for k, v in sp.items()}, "test": r["testing"]}
+
+
 def _table(rows: list[dict]) -> None:
     print("| regime | method | mAP@0.3 | 0.4 | 0.5 | 0.6 | 0.7 | avg | val avg | train (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -115,6 +132,8 @@ def main() -> None:
     p.add_argument("--infer-only", action="store_true")
     p.add_argument("--no-infer", action="store_true")
     p.add_argument("--infer-threads", type=int, default=1, help="torch threads for inference (1 is fastest on a busy machine)")
+    p.add_argument("--train-time", type=int, default=0, metavar="THREADS",
+                   help="only time tal train's default schedule on 80 five-minute videos with THREADS threads")
     p.add_argument("--_run", help=argparse.SUPPRESS)
     p.add_argument("--_infer", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -126,6 +145,9 @@ def main() -> None:
         print(json.dumps(run_inference(args._infer, 1024, args.infer_threads)))
         return
 
+    if args.train_time:
+        print(json.dumps(run_train_time(args.train_time, args.seed)))
+        return
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()}")
     if not args.infer_only:

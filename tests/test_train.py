@@ -44,7 +44,7 @@ def data(bench_dir):
 
 def test_overfits_tiny_set(data, tmp_path):
     fs, gt = data
-    cfg = TrainConfig(epochs=60, batch_size=6, min_samples_per_epoch=6, window=128, lr=1e-2, warmup_epochs=3, seed=0)
+    cfg = TrainConfig(epochs=60, batch_size=6, min_samples_per_epoch=6, window=128, lr=3e-3, warmup_epochs=3, seed=0)
     ckpt = train(fs, tmp_path / "m.pt", cfg, head={**TINY_HEAD, "dropout": 0.0}, progress=False)
     pred = HeadPredictor.load(tmp_path / "m.pt")
     assert pred.class_names == fs.class_names and ckpt["features"]["backbone"] == "synthetic"
@@ -172,3 +172,24 @@ def test_cli_meta_less_features_and_errors(bench_dir, tmp_path):
     r = runner.invoke(main, ["detect", str(feats), "--features", "--model", str(tmp_path / "bad.pt"), "-o",
                              str(tmp_path / "p.json")])
     assert r.exit_code == 1 and "not a tal-pipeline model checkpoint" in r.output
+
+
+def test_select_best_keeps_the_best_validation_epoch(data, tmp_path):
+    from tal_pipeline.train import validate
+
+    fs, gt = data
+    cfg = TrainConfig(**{**QUICK.__dict__, "epochs": 4, "val_every": 1})
+    ckpt = train(fs, tmp_path / "b.pt", cfg, head=TINY_HEAD, val_data=fs, val_annotations=gt, progress=False)
+    hist = ckpt["training"]["validation"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    best = max(hist, key=lambda h: h["average_mAP"])  # first of equal scores, as training keeps it
+    assert ckpt["training"]["selected_epoch"] == best["epoch"]
+    pred = HeadPredictor.load(tmp_path / "b.pt")  # the saved weights score what that epoch scored
+    assert validate(pred.model, fs, gt)["average_mAP"] == pytest.approx(best["average_mAP"])
+    last = train(fs, tmp_path / "l.pt", TrainConfig(**{**cfg.__dict__, "select": "last"}), head=TINY_HEAD,
+                 val_data=fs, val_annotations=gt, progress=False)
+    assert last["training"]["selected_epoch"] == 4
+    assert validate(HeadPredictor.load(tmp_path / "l.pt").model, fs, gt)["average_mAP"] == pytest.approx(
+        hist[-1]["average_mAP"])
+    with pytest.raises(ValueError):
+        TrainConfig(select="first")

@@ -100,7 +100,7 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
         head["hidden_dim"] = hidden_dim
     if window is not None:
         head["window"] = window
-        head["overlap"] = window // 4 - (window // 4) % 4
+        head["overlap"] = window // 4 - (window // 4) % 16  # hop: a multiple of the coarsest stride
     log.info("training on %d videos (%s), %d classes, D=%d; validation: %s",
              len(data.videos), subset or "all subsets", len(data.class_names), data.info["dim"],
              f"{len(val_data.videos)} videos ({val_subset})" if val_data else "none")
