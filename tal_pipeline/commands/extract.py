@@ -64,6 +64,10 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, p
     problems: list = []  # folders that could not be walked: failures of this batch
     items = select_inputs(inputs, shard, problems=problems)
     check_output_folder(out_dir)  # before any work; made once the weights have loaded
+    if precision == "auto":  # resolved here, so that every --ray worker computes alike
+        from tal_pipeline.features import auto_precision
+
+        precision = auto_precision(device)
     # the per-video work (jobs.py), the same for the local loop and for --ray workers
     job = ExtractJob(out_dir, {"backbone": backbone, "weights": weights, "streams": names,
                                    "flow_backend": flow_backend, "device": device,
