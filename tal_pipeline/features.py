@@ -129,6 +129,7 @@ class FeatureExtractor:
         self.transform = loaded.spec.transform
         shared = {k: self._prepare(v) for k, v in loaded.state_dict.items()}
         self._seeded = loaded.spec.id == "seeded"  # flow stem: own seeded filters (weights.py)
+        self._folded: dict = {}  # BatchNorm-folded weights per low precision, shared by the streams
         self.nets = {s: self._build(s, shared) for s in streams}
         # keep the identity, not a second copy of the tensors (the nets hold them)
         self.loaded: LoadedWeights = replace(loaded, state_dict={})
@@ -176,7 +177,7 @@ class FeatureExtractor:
             sd[self.spec.stem_key] = self._prepare(sd[self.spec.stem_key])
         net.body.load_state_dict(sd, strict=True, assign=True)
         net = net.eval().requires_grad_(False)
-        _fold_batchnorm(net.body)
+        _fold_batchnorm(net.body, self._folded)
         return net
 
     def _wrap(self, module: torch.nn.Module):
@@ -343,13 +344,19 @@ class _ConvNorm(torch.nn.Module):
     """A ``Conv3d`` followed by an eval-mode ``BatchNorm3d``, as one conv with a bias.
 
     The conv's weight tensor is kept as is (shared with the other stream and with the weights
-    cache: no second copy); the per-channel scale is applied to a transient weight at each call
-    (a few MB), the shift is the conv's bias.
+    cache: no second copy); in fp32 the per-channel scale is applied to a transient weight at
+    each call (a few MB), the shift is the conv's bias. Under autocast (bf16, fp16) the folded
+    weight is made once in that dtype and kept in ``folded`` (shared by both streams' modules of
+    the same conv: half the fp32 size in all), instead of a multiply and a cast per call.
     """
 
-    def __init__(self, conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d):
+    def __init__(self, conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d, folded: dict | None = None):
         super().__init__()
         self.conv = conv
+        self.folded = {} if folded is None else folded  # (_key, dtype) -> (weight, bias)
+        # identity of (conv weight, BatchNorm): the streams share these tensors, so their
+        # modules of the same conv find one folded copy
+        self._key = (conv.weight.data_ptr(), norm.weight.data_ptr(), norm.running_var.data_ptr())
         scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
         shift = norm.bias - norm.running_mean * scale
         if conv.bias is not None:
@@ -359,13 +366,27 @@ class _ConvNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        weight = c.weight * self.scale.to(c.weight.dtype)
-        return torch.nn.functional.conv3d(
-            x, weight, self.shift.to(c.weight.dtype), c.stride, c.padding, c.dilation, c.groups
-        )
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        if dtype is None or c.weight.dtype == dtype:
+            weight = c.weight * self.scale.to(c.weight.dtype)
+            return torch.nn.functional.conv3d(
+                x, weight, self.shift.to(c.weight.dtype), c.stride, c.padding, c.dilation, c.groups
+            )
+        key = (*self._key, dtype)
+        if key not in self.folded:  # once per conv and dtype (same BatchNorm -> same scale)
+            weight = (c.weight * self.scale).to(dtype)
+            self.folded[key] = (weight.contiguous(memory_format=_memory_format(c.weight)), self.shift.to(dtype))
+        weight, bias = self.folded[key]
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.nn.functional.conv3d(x.to(dtype), weight, bias, c.stride, c.padding, c.dilation, c.groups)
 
 
-def _fold_batchnorm(module: torch.nn.Module) -> int:
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    cl = t.ndim == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
+    return torch.channels_last_3d if cl else torch.contiguous_format
+
+
+def _fold_batchnorm(module: torch.nn.Module, folded: dict | None = None) -> int:
     """Fold every eval-mode ``BatchNorm3d`` that follows a ``Conv3d`` in an ``nn.Sequential``
     into it (:class:`_ConvNorm`; the norm becomes ``Identity``); returns how many.
 
@@ -382,7 +403,7 @@ def _fold_batchnorm(module: torch.nn.Module) -> int:
                 continue
             if norm.training or norm.running_mean is None:
                 continue
-            parent[i] = _ConvNorm(conv, norm)
+            parent[i] = _ConvNorm(conv, norm, folded)
             parent[i + 1] = torch.nn.Identity()
             n += 1
     return n
