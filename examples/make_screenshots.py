@@ -21,6 +21,7 @@ import io
 import math
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,10 @@ import numpy as np
 from PIL import Image
 
 from tal_pipeline.plot import PlotOptions, plot_timeline
-from tal_pipeline.report import HeadlessChromium, ReportOptions, find_chromium, write_report
+from tal_pipeline.report import ReportOptions, write_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from browser import HeadlessChromium, find_chromium
 
 HERE = Path(__file__).resolve().parent
 FPS = 10.0  # frames per second of the synthetic clip

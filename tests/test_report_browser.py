@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import HeadlessChromium, find_chromium
 from PIL import Image
 from videogen import write_video
 
-from tal_pipeline.report import HeadlessChromium, ReportOptions, find_chromium, write_report
+from tal_pipeline.report import ReportOptions, write_report
 
 pytestmark = pytest.mark.timeout(120)
 
