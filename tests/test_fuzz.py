@@ -12,6 +12,7 @@ CI runs ``TAL_FUZZ_EXAMPLES`` mutants (default 60, ~10 s, derandomized: the same
 run). By hand, many more, new ones each run::
 
     TAL_FUZZ_EXAMPLES=10000 TAL_FUZZ_RANDOM=1 python -m pytest -q tests/test_fuzz.py -k decoder -s
+    TAL_FUZZ_CLI=100 TAL_FUZZ_RANDOM=1 python -m pytest -q tests/test_fuzz.py -k cli   # 300 more
 
 (the counts and findings of such runs are in BENCHMARKS.md).
 """
@@ -19,6 +20,7 @@ run). By hand, many more, new ones each run::
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from hypothesis import strategies as st
 from tal_pipeline.batch import video_id
 
 EXAMPLES = int(os.environ.get("TAL_FUZZ_EXAMPLES", "60"))
+CLI_EXTRA = int(os.environ.get("TAL_FUZZ_CLI", "0"))  # random mutants per container in the CLI batch
 RANDOM = bool(os.environ.get("TAL_FUZZ_RANDOM"))
 TIMEOUT_S = 20.0  # per mutant; a clean 1 s seed decodes in ~20 ms
 
@@ -93,6 +96,10 @@ def test_mutants_through_the_cli_leave_outputs_only_for_accepted_ones(seeds, wor
         "head": [(SPLICE_HEAD, 0, 4000, 1)],
         "insert": [(SPLICE_INSERT, 1500, 3000, 2)],
     }
+    rng = random.Random(os.environ.get("TAL_FUZZ_RANDOM") or 0)
+    for k in range(CLI_EXTRA):  # by hand: random ones too
+        plans[f"r{k:05d}"] = [(rng.randrange(SPLICE_INSERT + 1), *(rng.randrange(2**31) for _ in range(3)))
+                              for _ in range(rng.randint(1, 4))]
     verdicts = {}
     for ext, data in seeds.items():
         for name, ops in plans.items():
@@ -103,7 +110,8 @@ def test_mutants_through_the_cli_leave_outputs_only_for_accepted_ones(seeds, wor
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "tal_pipeline", "extract", str(inputs), "-o", str(out),
                         "--weights", "seeded", "--streams", "rgb", "--size", "32", "--chunk-frames", "16",
-                        "--no-progress"], capture_output=True, text=True, timeout=300, check=False)
+                        "--no-progress"], capture_output=True, text=True, timeout=300 + 10 * len(verdicts),
+                       check=False)
     assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr
     made = {p.stem for p in out.glob("*.npy")} if out.exists() else set()
     failed = {ln.split(": ")[1] for ln in r.stderr.splitlines() if ln.startswith("tal: /")}
