@@ -410,12 +410,7 @@ def _finish(out: _Output, report, items, local, use_features, ann, report_path, 
         out.close(remove_parts=True)
     click.echo(f"tal detect: {report.summary()} -> {', '.join(map(str, out.visible))}", err=True)
     if len(items) == 1 and found:
-        (seg_list,) = found.values()
-        from tal_pipeline.pipeline import summary_lines
-
-        click.echo(f"{next(iter(items.values()))}: {len(seg_list)} segments")
-        for line in summary_lines(seg_list, limit=10):
-            click.echo("  " + line)
+        _print_summary(next(iter(items.values())), next(iter(found.values())), out.shown)
     if report_path is not None:
         from tal_pipeline.report import write_report
 
@@ -424,6 +419,23 @@ def _finish(out: _Output, report, items, local, use_features, ann, report_path, 
                      annotations=ann)
         click.echo(f"tal detect: report -> {report_path}", err=True)
     exit_if_failed("detect", report, failures)
+
+
+def _print_summary(video, segments, where, limit: int = 10) -> None:
+    """One video: the segments a viewer would call detections (score >= the subtitle cue
+    threshold), and how many lower-scoring ones the output keeps for ranked evaluation."""
+    from tal_pipeline.pipeline import summary_lines
+    from tal_pipeline.writers import SUBTITLE_MIN_SCORE
+
+    shown = [s for s in segments if s.score >= SUBTITLE_MIN_SCORE]
+    click.echo(f"{video}: {len(shown)} detection{'s' if len(shown) != 1 else ''} "
+               f"scoring >= {SUBTITLE_MIN_SCORE:g}")
+    for line in summary_lines(shown, limit=limit):
+        click.echo("  " + line)
+    rest = len(segments) - len(shown)
+    if rest:
+        click.echo(f"  ({rest} lower-scoring segment{'s' if rest != 1 else ''} kept in {where} "
+                   "for ranked evaluation)")
 
 
 def _found(out: _Output, items, report) -> dict[str, list]:
