@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from benchmarks.synthetic import make_benchmark, regime
 from tal_pipeline.cli import main
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 FPS, STRIDE, FRAMES = 30.0, 4, 16  # ActionFormer's thumos_i3d.yaml: default_fps, feat_stride, num_frames
 SUBSETS = ("Validation", "Validation", "Validation", "Test")  # THUMOS14 trains on Validation
