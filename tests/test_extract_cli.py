@@ -67,6 +67,17 @@ def test_corrupt_file_fails_alone_then_resume(videos, tmp_path):
     assert res.exit_code == 0 and np.load(out / "alpha.npy").shape == (2, 512)
 
 
+def test_resume_refuses_features_of_another_precision(videos, tmp_path):
+    out = tmp_path / "feats"
+    res = run(videos / "alpha.mp4", "-o", out, *FAST, "--streams", "rgb", "--precision", "fp32")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "alpha.json").read_text())["extra"]["precision"] == "fp32"
+    res = run(videos / "alpha.mp4", "-o", out, *FAST, "--streams", "rgb", "--precision", "bf16")
+    assert res.exit_code == 1 and "--overwrite" in res.stderr and "precision" in res.stderr
+    res = run(videos / "alpha.mp4", "-o", out, *FAST, "--streams", "rgb", "--precision", "fp32")
+    assert res.exit_code == 0 and "0 done, 1 skipped" in res.stderr
+
+
 def test_shards_cover_each_video_once(videos, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"{videos / 'alpha.mp4'}\n{videos / 'sub' / 'beta.mp4'}\n")

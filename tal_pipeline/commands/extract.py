@@ -82,7 +82,7 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, p
 
 def provenance(fx) -> dict:
     """What makes ``tal extract``'s features: backbone, weights id and checksum, streams, the flow
-    backend when there is a flow stream, frame size. Resume skips a video only if the features
+    backend when there is a flow stream, frame size, precision. Resume skips a video only if the features
     there have an equal dict (:func:`recorded_provenance`). An option that changes the features
     adds its key to both functions; the comparison (``batch.check_provenance``) knows no keys."""
     streams = list(fx.options.streams)
@@ -92,6 +92,7 @@ def provenance(fx) -> dict:
         "streams": streams,
         "flow_backend": fx.options.flow_backend if "flow" in streams else None,
         "size": int(fx.options.size or fx.transform.crop),
+        "precision": fx.options.precision,  # "auto" resolved: bf16 and fp32 features differ
     }
 
 
@@ -103,6 +104,7 @@ def recorded_provenance(meta) -> dict:
         "streams": list(meta.streams),
         "flow_backend": meta.extra.get("flow_backend"),
         "size": meta.extra.get("size"),
+        "precision": meta.extra.get("precision", "fp32"),  # features older than the key: fp32
     }
 
 
