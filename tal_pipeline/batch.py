@@ -13,6 +13,9 @@
    one line ``tal: <file>: <cause>`` and the batch goes on; Ctrl-C stops at once.
 5. ``write_failures``: the failure list, beside the outputs.
 
+``run_item`` is one item's step (lock, resume check, stale temps, the per-video function); the
+local loop (``run_batch``) and the Ray workers (``ray_engine``) both run it. Locks: ``locks``.
+
 Interruption and concurrency: outputs are written atomically (``fsutil``) and the last one is
 the completion marker, so a run killed at any point (even by SIGKILL) leaves only complete
 outputs, and the rerun skips them. With ``run_batch(lock_dir=...)`` each video is worked on
@@ -34,12 +37,9 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tal_pipeline.errors import InputError, TalError, VideoDecodeError
-
-if TYPE_CHECKING:
-    from typing import Self
+from tal_pipeline.locks import FileLock, hold_lock, lock_path, remove_left_lock, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +433,7 @@ def run_batch(
             bar.set_postfix_str(vid, refresh=False)
             report.paths[vid] = str(path)
             try:
-                outcome = _run_item(vid, path, process_fn, is_done_fn, lock_dir, outputs_fn)
+                outcome = run_item(vid, path, process_fn, is_done_fn, lock_dir, outputs_fn)
                 getattr(report, outcome).append(vid)
             except Exception as err:  # one bad video never stops the batch
                 cause = failure_cause(err, path)
@@ -506,7 +506,7 @@ def _write_failures(path: Path, report: BatchReport) -> Path | None:
     return None
 
 
-def _run_item(
+def run_item(
     vid: str,
     path: Path,
     process_fn: Callable[[str, Path], object],
@@ -524,7 +524,7 @@ def _run_item(
 
     if complete():  # the cheap path for finished videos: no lock taken
         if lock_dir is not None:
-            _remove_left_lock(lock_path(lock_dir, vid))
+            remove_left_lock(lock_path(lock_dir, vid))
         return "skipped"
     lock = FileLock(Path(), None) if lock_dir is None else try_lock(lock_path(lock_dir, vid))
     if lock is None:
@@ -542,7 +542,7 @@ def _run_item(
         # unlink: remove the file now if no one holds it (idempotent, safe against other runs)
         if lock_dir is not None:
             lock.release()  # finishes a release the interrupt cut short (idempotent)
-            _remove_left_lock(lock_path(lock_dir, vid))
+            remove_left_lock(lock_path(lock_dir, vid))
         raise
     return "done"
 
@@ -571,141 +571,3 @@ def _remove_temps_of(outputs: Iterable[Path]) -> None:
         n = remove_stale_temps(folder, names)
         if n:
             log.debug("removed %d stale temp file(s) of %s", n, ", ".join(names))
-
-
-# ---------------------------------------------------------------------------------------------
-# Locks: ``fcntl.flock`` belongs to an open file description and the kernel drops it when the
-# process dies (even by SIGKILL), so a killed run never leaves a stale lock.
-
-_LOCKING_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
-_warned_no_locking = False
-
-
-def lock_path(lock_dir: str | os.PathLike, vid: str) -> Path:
-    """``LOCKDIR/.<video_id>.lock``: held by the process working on that video (its name
-    shortened, ``fsutil.fit_name``, for an id too long for it)."""
-    from tal_pipeline.fsutil import fit_name
-
-    return Path(lock_dir) / fit_name(".", vid, ".lock")
-
-
-class FileLock:
-    """A held ``flock`` on ``path``; ``release()`` (or the end of a ``with``) lets it go.
-
-    ``release`` removes the file first, still holding the lock: a process that opened the file
-    meanwhile finds, once it has the lock, that the path no longer names what it locked, and
-    retries on a new file (:func:`try_lock`). ``fd`` None: no locking here (a no-op lock).
-    """
-
-    def __init__(self, path: Path, fd: int | None):
-        self.path = path
-        self.fd = fd
-
-    def try_exclusive(self) -> bool:
-        """A shared lock -> exclusive, without waiting: True if no other process holds it.
-
-        On False the lock may be gone (flock converts by unlocking first): only release it.
-        """
-        if self.fd is None:
-            return True
-        fcntl = _fcntl()
-        try:
-            _flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def release(self, unlink: bool = True) -> None:
-        """Unlock; ``unlink``: remove the file first (only while holding it exclusively)."""
-        fd = self.fd
-        if fd is None:
-            return
-        try:
-            if unlink:
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
-        finally:
-            self.fd = None  # only now: an interrupted release can be called again
-            os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def try_lock(path: str | os.PathLike, shared: bool = False) -> FileLock | None:
-    """Lock ``path`` (created, with its folder, if missing) without waiting; None if another
-    process holds a conflicting lock. Exclusive, or ``shared``."""
-    return _lock(Path(path), blocking=False, shared=shared)
-
-
-def hold_lock(path: str | os.PathLike, shared: bool = False) -> FileLock:
-    """Lock ``path`` like :func:`try_lock`, waiting for other processes' locks."""
-    lock = _lock(Path(path), blocking=True, shared=shared)
-    assert lock is not None
-    return lock
-
-
-def _lock(path: Path, blocking: bool, shared: bool) -> FileLock | None:
-    fcntl = _fcntl()
-    if fcntl is None:
-        return FileLock(path, None)
-    op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
-    while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            _flock(fd, op)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except OSError as err:
-            os.close(fd)
-            if err.errno not in _LOCKING_UNSUPPORTED:
-                raise
-            _warn_no_locking(path, err)
-            path.unlink(missing_ok=True)
-            return FileLock(path, None)
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            now = os.stat(path)
-        except FileNotFoundError:
-            now = None
-        mine = os.fstat(fd)
-        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
-            return FileLock(path, fd)
-        os.close(fd)  # its holder removed it as we opened it: lock the path's new file
-
-
-def _remove_left_lock(path: Path) -> None:
-    """Remove a lock file a killed process left (no one holds it: take it, then release)."""
-    if path.exists():
-        lock = try_lock(path)
-        if lock is not None:
-            lock.release()
-
-
-def _flock(fd: int, op: int) -> None:
-    _fcntl().flock(fd, op)
-
-
-def _fcntl():
-    try:
-        import fcntl
-    except ImportError:  # not POSIX (Windows): no locking
-        return None
-    return fcntl
-
-
-def _warn_no_locking(path: Path, err: OSError) -> None:
-    global _warned_no_locking
-    if not _warned_no_locking:
-        _warned_no_locking = True
-        log.warning("%s: file locks unsupported here (%s); do not run two processes on the "
-                    "same output", path.parent, err.strerror or err)

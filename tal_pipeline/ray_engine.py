@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tal_pipeline.batch import BatchReport, failure_cause
-from tal_pipeline.batch import _run_item as run_item  # the local loop's per-video step
+from tal_pipeline.batch import BatchReport, failure_cause, run_item
 from tal_pipeline.errors import InputError, NotAvailableError, UsageError
 
 log = logging.getLogger(__name__)

@@ -17,18 +17,12 @@ from batchrun import FAST, hidden
 from click.testing import CliRunner
 from videogen import write_video
 
-from tal_pipeline import batch
-from tal_pipeline.batch import (
-    BatchReport,
-    hold_lock,
-    lock_path,
-    run_batch,
-    try_lock,
-    write_failures,
-)
+from tal_pipeline import locks
+from tal_pipeline.batch import BatchReport, run_batch, write_failures
 from tal_pipeline.cli import main
 from tal_pipeline.commands.detect import _Output
 from tal_pipeline.featio import load_features
+from tal_pipeline.locks import hold_lock, lock_path, try_lock
 from tal_pipeline.results import load_results, make_results, write_results
 
 SUMMARY = re.compile(r"(\d+) done, (\d+) skipped, (\d+) failed(?:, (\d+) busy)?")
@@ -93,7 +87,7 @@ def test_lock_taken_over_after_unlink_race(tmp_path, monkeypatch):
     path = lock_path(tmp_path, "v")
     holder = try_lock(path)
     assert holder is not None and try_lock(path) is None
-    real_flock = batch._flock
+    real_flock = locks._flock
     calls = []
 
     def racing_flock(fd, op):
@@ -102,9 +96,9 @@ def test_lock_taken_over_after_unlink_race(tmp_path, monkeypatch):
             holder.release()  # unlink + unlock, after our open()
         real_flock(fd, op)
 
-    monkeypatch.setattr(batch, "_flock", racing_flock)
+    monkeypatch.setattr(locks, "_flock", racing_flock)
     lock = try_lock(path)
-    monkeypatch.setattr(batch, "_flock", real_flock)
+    monkeypatch.setattr(locks, "_flock", real_flock)
     assert lock is not None and len(calls) == 2
     assert os.fstat(lock.fd).st_ino == path.stat().st_ino  # the file the path names now
     assert _is_locked(path) and try_lock(path) is None  # a newcomer is excluded
@@ -115,14 +109,14 @@ def test_lock_taken_over_after_unlink_race(tmp_path, monkeypatch):
 def test_waiting_lock_retries_on_the_new_file(tmp_path, monkeypatch):
     path = tmp_path / ".x.lock"
     first = hold_lock(path)
-    real_flock = batch._flock
+    real_flock = locks._flock
     waiting = threading.Event()
 
     def flock(fd, op):
         waiting.set()
         real_flock(fd, op)
 
-    monkeypatch.setattr(batch, "_flock", flock)
+    monkeypatch.setattr(locks, "_flock", flock)
     got = []
     t = threading.Thread(target=lambda: got.append(hold_lock(path)))
     t.start()
@@ -315,7 +309,7 @@ def test_ctrl_c_inside_the_lock_release_leaves_no_lock_file(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real_unlink(path, *args, **kwargs)
 
-    monkeypatch.setattr(batch.os, "unlink", unlink)
+    monkeypatch.setattr(locks.os, "unlink", unlink)
     done = []
     with pytest.raises(KeyboardInterrupt):
         run_batch({"a": tmp_path / "a.mp4", "b": tmp_path / "b.mp4"},

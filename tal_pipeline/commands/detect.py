@@ -58,8 +58,9 @@ class _Output:
     def __init__(self, output_arg: str, overwrite: bool, provenance: dict | None = None,
                  formats: tuple[str, ...] | None = None, writer_options=None, vids=(),
                  worker: bool = False):
-        from tal_pipeline.batch import check_output_folder, hold_lock
+        from tal_pipeline.batch import check_output_folder
         from tal_pipeline.fsutil import fit_name
+        from tal_pipeline.locks import hold_lock
         from tal_pipeline.writers import WriterOptions, output_files
 
         self.path = Path(output_arg)
@@ -261,8 +262,9 @@ class _Output:
         """Merged mode: every finished video (parts of our settings + the output file as it is
         now) -> the output file, under its lock (concurrent runs merge one after the other).
         Nothing finished and no output file yet: nothing written, None."""
-        from tal_pipeline.batch import hold_lock, provenance_changes
+        from tal_pipeline.batch import provenance_changes
         from tal_pipeline.fsutil import remove_stale_temps
+        from tal_pipeline.locks import hold_lock
         from tal_pipeline.results import load_results, make_results, write_results
 
         with hold_lock(self.path.with_name(f".{self.path.name}.lock")):
