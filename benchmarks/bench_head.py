@@ -108,7 +108,7 @@ def run_train_time(threads: int, seed: int) -> dict:
     sp = splits(make_benchmark(regime("hard", min_steps=750, max_steps=750, num_test=5, seed=seed + 100)))
     with tempfile.TemporaryDirectory() as tmp:
         r = train_head(sp, Path(tmp) / "m.pt", TrainConfig(seed=seed))
-    return {"threads": threads, "train_s": r["train_s"], "epochs": r["epochs"],
+    return {"threads": threads, "train_s": r["train_s"], "cpu_s": r["cpu_s"], "epochs": r["epochs"],
             "videos": {k: len(v.data.videos) for k, v in sp.items()}, "test": r["testing"]}
 
 

@@ -189,12 +189,12 @@ def train_head(sp: dict[str, Split], out_path, config=None, head: dict | None = 
     from tal_pipeline.train import TrainConfig, train
 
     val = sp.get("validation")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ckpt = train(sp["training"].data, out_path, config or TrainConfig(), head=head,
                  val_data=val.data if val else None, val_annotations=val.gt if val else None, progress=progress)
-    train_s = time.perf_counter() - t0
+    train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     pred = HeadPredictor.load(out_path)
     test = sp["testing"]
     dets = {v.video_id: pred.predict(v.features, v.times, v.step, v.duration) for v in test.data.videos}
     return {"testing": score(test, dets), "validation": ckpt["training"]["validation"], "train_s": train_s,
-            "epochs": ckpt["training"]["epochs_done"]}
+            "cpu_s": cpu_s, "epochs": ckpt["training"]["epochs_done"]}

@@ -99,10 +99,13 @@ REGIMES: dict[str, SyntheticConfig] = {
                             min_steps=200, max_steps=600, max_instances=8, steps_per_instance=100,
                             min_len=4.0, max_len=70.0, signal=0.4, cue=0.5, noise_corr=0.9, scene=0.5,
                             distractors=3, seed=13),
-    # long instances (1-60 s) in wide features (D = 2048, as public I3D) and longer videos
+    # long instances (1-60 s) in wide features (D = 2048, as public I3D) and longer videos; the
+    # amplitude per channel is the hard regime's scaled by sqrt(128 / 2048), so a position's
+    # signal-to-noise ratio along a class direction matches it (at 0.35 the baselines saturated:
+    # the dilated conv scored 97.8 at every tIoU, a regime that could not fail)
     "long": SyntheticConfig(kind="pairs", num_classes=4, dim=2048, num_train=50, num_test=20, num_val=12,
                             min_steps=300, max_steps=900, max_instances=6, steps_per_instance=150,
-                            min_len=2.5, max_len=150.0, signal=0.35, cue=0.3, noise_corr=0.85, scene=0.5,
+                            min_len=2.5, max_len=150.0, signal=0.1, cue=0.1, noise_corr=0.85, scene=0.5,
                             period_range=(5.0, 10.0), distractors=2, seed=21),
 }
 
