@@ -43,8 +43,9 @@ from tal_pipeline.locks import FileLock, hold_lock, lock_path, remove_left_lock,
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset(
-    [".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"]
+VIDEO_EXTENSIONS = frozenset(  # what a folder contributes (any file named directly is tried)
+    [".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts",
+     ".ogv"]
 )
 LIST_EXTENSION = ".txt"  # an input with this suffix is a list of paths, one per line
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=@,-]")  # characters replaced by "_" in video ids

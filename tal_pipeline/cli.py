@@ -124,6 +124,3 @@ def main(ctx: click.Context, verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from tal_pipeline.memory import tune_malloc
-
-    tune_malloc()  # bounded peak memory over long videos (see memory.py)

@@ -117,9 +117,11 @@ class DetectJob:
 
     def setup(self) -> DetectWorker:
         from tal_pipeline.commands.detect import _Output
+        from tal_pipeline.memory import tune_malloc
         from tal_pipeline.pipeline import Detector
 
         set_threads(self.threads)
+        tune_malloc()  # long videos: bounded peak memory (memory.py)
         det = Detector.load(**self.detector)
         out = _Output(self.output_arg, self.overwrite, self.provenance, self.formats,
                       self.writer_options, worker=True)

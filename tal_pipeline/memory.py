@@ -1,4 +1,4 @@
-"""Process-wide memory settings for long runs (the ``tal`` CLI applies them at start-up).
+"""Process-wide memory settings for long runs (applied by the jobs that run the backbone).
 
 glibc's malloc, left to its defaults, holds on to freed memory in a pipeline like ours: the
 backbone's activations (tens of MB each) and TV-L1's work arrays are allocated and freed once per

@@ -27,26 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from tal_pipeline.batch import VIDEO_EXTENSIONS
 from tal_pipeline.errors import InputError
 from tal_pipeline.plot import actionness_curve, assign_lanes, class_colors
 from tal_pipeline.writers import SUBTITLE_MIN_SCORE
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (
-    ".mp4",
-    ".m4v",
-    ".mov",
-    ".mkv",
-    ".webm",
-    ".avi",
-    ".mpg",
-    ".mpeg",
-    ".ogv",
-    ".wmv",
-    ".flv",
-    ".ts",
-)
 LANE_PX = 14  # height of one timeline lane in the page, CSS pixels
 
 
@@ -104,7 +91,7 @@ def find_videos(
         root = Path(videos)
         if root.is_dir():
             for p in sorted(root.rglob("*")):
-                if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():
+                if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file():
                     table.setdefault(p.stem, p)
         elif root.is_file():
             if root.stem in video_ids or len(video_ids) != 1:

@@ -119,7 +119,7 @@ import json, resource, sys
 from tal_pipeline.features import FeatureExtractor
 from tal_pipeline.memory import tune_malloc
 
-tune_malloc()  # as the tal command does at start-up
+tune_malloc()  # as tal detect does before it builds the detector
 fx = FeatureExtractor(weights="seeded", streams=("flow",), size=16, chunk_frames=64,
                       progress=False)
 f = fx.extract(sys.argv[1])

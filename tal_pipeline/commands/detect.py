@@ -40,7 +40,7 @@ from pathlib import Path
 
 import click
 
-from tal_pipeline.commands.options import run_job, scale_out_options
+from tal_pipeline.commands.options import batch_options, run_job
 from tal_pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -320,23 +320,17 @@ def provenance(det, use_features: bool) -> dict:
 @click.option("--window-frames", type=int, default=16, show_default=True, help="Meta-less .npy: frames per window.")
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Meta-less .npy: take each video's fps and duration from this ActivityNet JSON (or CSV: duration).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--flow", "flow_backend", type=click.Choice(["opencv", "torch"]), default=None,
               help="TV-L1 implementation for raw video (default: the one the model was trained with).")
 @click.option("--weights", default=None,
               help="Backbone weights file for raw video (e.g. a local Kinetics .pth); must match the model's checksum.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="Backbone precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")
 @click.option("--min-score", type=float, default=None,
               help="Drop detections scoring below this [default: 0.001; vtt/srt cues: 0.3].")
 @click.option("--top-k", type=int, default=200, show_default=True, help="At most this many detections per video.")
-@click.option("--overwrite", is_flag=True, help="Redo videos whose output exists.")
-@click.option("--shard", default=None, metavar="I/N", help="Process only shard I of N (0-based).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write a self-contained HTML report of the detections.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
-@scale_out_options
+@batch_options
 def command(inputs, output_arg, formats, model, use_features, fps, feature_stride, window_frames, annotations,
             device, flow_backend, weights, precision, min_score, top_k, overwrite, shard, report_path, progress,
             quiet, ray_address, workers, gpus_per_worker, threads):
@@ -368,6 +362,10 @@ def command(inputs, output_arg, formats, model, use_features, fps, feature_strid
     post = PostprocessConfig(min_score=0.001 if min_score is None else min_score, max_segments=top_k)
     threads = threads or default_threads()
     set_threads(threads)  # before torch starts its pools: the local path computes like a worker
+    if ray_address is None:
+        from tal_pipeline.memory import tune_malloc
+
+        tune_malloc()  # long videos: bounded peak memory (memory.py); a Ray worker does its own
     det = Detector.load(model, device=device, flow_backend=flow_backend, weights=weights,
                         postprocess=post, build_extractor=not use_features,
                         precision=precision)

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from tal_pipeline.backbone import BACKBONES
-from tal_pipeline.commands.options import run_job, scale_out_options
+from tal_pipeline.commands.options import batch_options, run_job
 from tal_pipeline.errors import UsageError
 
 
@@ -33,17 +33,11 @@ from tal_pipeline.errors import UsageError
 @click.option("--weights", default="kinetics400", show_default=True,
               help="kinetics400 (torchvision's, cached by torch hub), seeded, or a .pth path.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="r3d_18", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="Backbone precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")
-@click.option("--overwrite", is_flag=True, help="Recompute videos whose outputs exist.")
-@click.option("--shard", default=None, metavar="I/N", help="Process only shard I of N (0-based).")
 @click.option("--chunk-frames", type=click.IntRange(1), default=64, show_default=True,
               help="Backbone chunk in frames (memory vs. halo recompute).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--size", type=click.IntRange(0), default=0, hidden=True,
               help="Frame side in pixels (0: the weights' crop). Tests and ablations only.")
-@scale_out_options
+@batch_options
 def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, precision, overwrite, shard,
             chunk_frames, progress, size, ray_address, workers, gpus_per_worker, threads):
     """Extract RGB + TV-L1 flow 3D-ResNet features from videos, files or folders or .txt lists."""

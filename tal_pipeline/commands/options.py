@@ -5,6 +5,27 @@ from __future__ import annotations
 import click
 
 
+def batch_options(f):
+    """The options every batch verb shares: where it runs, in what precision, which share of
+    the inputs, whether to redo finished videos, the progress bar; then ``scale_out_options``."""
+    f = scale_out_options(f)
+    for opt in reversed((
+        click.option("--device", default="cpu", show_default=True,
+                     help="Torch device: cpu, cuda, cuda:1, ..."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                     default="auto", show_default=True,
+                     help="Backbone precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, "
+                          "else fp32."),
+        click.option("--overwrite", is_flag=True,
+                     help="Redo videos whose outputs exist (never over a file of another kind)."),
+        click.option("--shard", default=None, metavar="I/N", help="Process only shard I of N (0-based)."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Progress bar (default: on a terminal)."),
+    )):
+        f = opt(f)
+    return f
+
+
 def scale_out_options(f):
     """``--ray [ADDRESS]``, ``--workers``, ``--gpus-per-worker``, ``--threads``."""
     f = click.option(
