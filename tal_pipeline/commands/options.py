@@ -61,3 +61,28 @@ def run_job(items, job, *, desc, progress, problems, ray_address, workers, gpus_
     opts = RayOptions(address=None if ray_address == "local" else ray_address, workers=workers,
                       threads=job.threads, gpus_per_worker=gpus_per_worker)
     return run_batch_ray(items, job, opts, desc=desc, progress=progress, problems=problems)
+
+
+def view_options(output_help: str, annotations_help: str):
+    """``tal plot`` and ``tal report``: PRED (a results file or folder), ``-o``, the ground
+    truth (``--annotations``, ``--subset``) and ``--min-score``."""
+    from pathlib import Path
+
+    def deco(f):
+        for opt in reversed((
+            click.argument("pred", type=click.Path(exists=True, path_type=str)),
+            click.option("-o", "--output", "out", required=True,
+                         type=click.Path(dir_okay=False, path_type=Path), help=output_help),
+            click.option("--annotations", "-a", default=None,
+                         type=click.Path(exists=True, dir_okay=False, path_type=str),
+                         help="Ground truth (ActivityNet/ActionFormer JSON, or .csv/.tsv "
+                              f"video_id,label,start,end): {annotations_help}."),
+            click.option("--subset", default=None, help="Only the ground-truth videos of this subset."),
+            click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                         help="Leave out detections scoring below this."),
+        )):
+            f = opt(f)
+        return f
+
+    return deco
+

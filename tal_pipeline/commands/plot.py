@@ -8,44 +8,19 @@ bar opacity = score, overlapping detections stacked in lanes; the ground truth u
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
+from tal_pipeline.commands.options import view_options
 from tal_pipeline.plot import PlotOptions
 
 
 @click.command("plot")
-@click.argument("pred", type=click.Path(exists=True, path_type=str))
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="PNG to write.",
-)
-@click.option(
-    "--annotations",
-    "-a",
-    type=click.Path(exists=True, dir_okay=False, path_type=str),
-    default=None,
-    help="Ground truth (ActivityNet/ActionFormer JSON, or .csv/.tsv video_id,label,start,end) "
-    "drawn under the detections.",
-)
-@click.option("--subset", default=None, help="Only the ground-truth videos of this subset.")
+@view_options("PNG to write.", "drawn under the detections")
 @click.option(
     "--video-id",
     "video_ids",
     multiple=True,
     help="Plot this video only (repeat for several). Default: all, up to --max-videos.",
-)
-@click.option(
-    "--min-score",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Leave out detections scoring below this.",
 )
 @click.option(
     "--max-lanes",

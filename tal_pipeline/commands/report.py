@@ -13,19 +13,13 @@ from pathlib import Path
 
 import click
 
+from tal_pipeline.commands.options import view_options
 from tal_pipeline.report import ReportOptions
 
 
 @click.command("report")
-@click.argument("pred", type=click.Path(exists=True, path_type=str))
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="HTML file to write (keep the videos where they are relative to it).",
-)
+@view_options("HTML file to write (keep the videos where they are relative to it).",
+              "drawn and scored")
 @click.option(
     "--videos",
     type=click.Path(exists=True, path_type=Path),
@@ -34,27 +28,11 @@ from tal_pipeline.report import ReportOptions
     "video file. Default: the 'path' recorded in PRED.",
 )
 @click.option(
-    "--annotations",
-    "-a",
-    type=click.Path(exists=True, dir_okay=False, path_type=str),
-    default=None,
-    help="Ground truth (ActivityNet/ActionFormer JSON, or .csv/.tsv video_id,label,start,end): "
-    "drawn and scored.",
-)
-@click.option("--subset", default=None, help="Only the ground-truth videos of this subset.")
-@click.option(
     "--top-k",
     type=click.IntRange(0),
     default=ReportOptions.top_k,
     show_default=True,
     help="Keyframe thumbnails per video (highest-scoring segments).",
-)
-@click.option(
-    "--min-score",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Leave out detections scoring below this.",
 )
 @click.option(
     "--tiou", default=None, help="tIoU thresholds for AP, as in 'tal eval' (default 0.3:0.7:0.1)."
