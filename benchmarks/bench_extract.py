@@ -165,11 +165,11 @@ def clip_features(net, x, step: int, precision: str) -> np.ndarray:
     return torch.cat(out).numpy()  # (T, 512)
 
 
-def bench_clips(frames: np.ndarray, flow: np.ndarray, seconds: float, repeats: int = 1) -> dict:
+def bench_clips(frames: np.ndarray, flow: np.ndarray, precision: str = "auto", repeats: int = 1) -> dict:
     """Ours (fully convolutional, both streams) against clip-based r3d_18, same inputs."""
     from tal_pipeline.features import FeatureExtractor
 
-    fx = FeatureExtractor(weights="seeded")
+    fx = FeatureExtractor(weights="seeded", precision=precision)
     precision = fx.options.precision
     fx.extract_frames(frames[:24], flow[:24])  # warm-up (oneDNN kernels)
     inputs = {"rgb": fx._rgb_tensor(frames), "flow": fx._flow_tensor(flow)}  # (C, N, H, W) each
@@ -227,6 +227,7 @@ def main() -> None:
     ap.add_argument("--skip-stages", action="store_true")
     ap.add_argument("--clips", type=float, default=None, metavar="SECONDS",
                     help="also compare with clip-based r3d_18 on the first SECONDS of the clip")
+    ap.add_argument("--precision", default="auto", help="--clips: backbone precision of both sides")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tal_bench"))
     ap.add_argument("--json", default=None, help="write the numbers here")
     args = ap.parse_args()
@@ -246,7 +247,7 @@ def main() -> None:
         frames = np.concatenate([c.frames for c in decode_video(clip)])[: round(args.clips * 10)]
         flow = compute_flow(rgb_to_gray(frames), backend="torch")
         flow = np.concatenate([flow, flow[-1:]])
-        results["clips"] = bench_clips(frames, flow, args.clips)
+        results["clips"] = bench_clips(frames, flow, args.precision)
     for minutes in args.rss or []:
         clip = make_clip(work / f"clip_{minutes * 60:g}s.mp4", minutes * 60)
         mb, dt = peak_rss(clip, args.device, args.rss_args.split())
