@@ -277,7 +277,9 @@ class HeadModel(nn.Module):
             for j, s in enumerate(group):
                 k = i + j
                 own0 = 0 if k == 0 else s + overlap // 2  # steps this window owns
-                own1 = t if k == len(starts) - 1 else s + hop + overlap // 2
+                # the last window owns everything after: a coarse level's last bin may be centred
+                # past the last step, and a row nobody owns would stay uninitialised
+                own1 = math.inf if k == len(starts) - 1 else s + hop + overlap // 2
                 w0 = 0
                 for level, stride in enumerate(strides):
                     # hop is a multiple of every stride: the window's level grid is the video's
