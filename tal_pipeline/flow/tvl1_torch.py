@@ -420,17 +420,6 @@ def tvl1_pairs(i0: torch.Tensor, i1: torch.Tensor, opts: TVL1Options | None = No
     return u
 
 
-def tvl1_torch(
-    gray: np.ndarray | torch.Tensor,
-    device: str | torch.device = "cpu",
-    opts: TVL1Options | None = None,
-    threads: int | None = None,
-) -> np.ndarray:
-    """Flow between consecutive frames: ``(N, H, W)`` grey in [0, 255] -> ``(N-1, 2, H, W)`` float32, pixels."""
-    frames = torch.as_tensor(gray).to(device)  # (N, H, W)
-    return tvl1_torch_pairs(frames[:-1], frames[1:], device, opts, threads)
-
-
 def tvl1_torch_pairs(
     first: np.ndarray | torch.Tensor,
     second: np.ndarray | torch.Tensor,
@@ -495,7 +484,6 @@ __all__ = [
     "median_filter",
     "options_for",
     "tvl1_pairs",
-    "tvl1_torch",
     "tvl1_torch_pairs",
     "warp",
 ]
