@@ -10,7 +10,9 @@ Streaming: frames arrive in chunks; flow keeps the previous chunk's last frame s
 continuous across chunks (only the video's last frame repeats the previous field); each stream's
 backbone runs through :class:`~tal_pipeline.backbone.StreamPipeline` (halo chunks). Memory is
 bounded by the chunk sizes whatever the video's length (plus the (T, D) output itself).
-Decoding and flow run on a background thread, overlapped with the backbone.
+Decoding and flow (:class:`~tal_pipeline.flow.stream.FlowStream`) run on a background thread
+(:func:`~tal_pipeline.prefetch.prefetch`), overlapped with the backbone; the backbone's
+BatchNorms are folded into its convolutions (:func:`~tal_pipeline.backbone.fold_batchnorm`).
 
 Precision (``precision="auto"``, :func:`auto_precision`): fp16 autocast on CUDA (with several
 chunks per forward); bf16 autocast on CPUs that compute bf16 in hardware (AVX512_BF16 or AMX on
@@ -23,17 +25,24 @@ its weights.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from tal_pipeline.backbone import BACKBONES, SPECS, StreamNet, StreamPipeline, build_stream
+from tal_pipeline.backbone import (
+    BACKBONES,
+    SPECS,
+    StreamNet,
+    StreamPipeline,
+    build_stream,
+    fold_batchnorm,
+)
 from tal_pipeline.errors import InputError, VideoTooShortError
 from tal_pipeline.featio import FeatureMeta
+from tal_pipeline.flow.stream import FlowStream
+from tal_pipeline.prefetch import prefetch
 from tal_pipeline.transforms import FPS
 from tal_pipeline.weights import LoadedWeights, flow_state_dict, load_weights
 
@@ -177,7 +186,7 @@ class FeatureExtractor:
             sd[self.spec.stem_key] = self._prepare(sd[self.spec.stem_key])
         net.body.load_state_dict(sd, strict=True, assign=True)
         net = net.eval().requires_grad_(False)
-        _fold_batchnorm(net.body, self._folded)
+        fold_batchnorm(net.body, self._folded)
         return net
 
     def _wrap(self, module: torch.nn.Module):
@@ -252,7 +261,7 @@ class FeatureExtractor:
         outs: dict[str, list[torch.Tensor]] = {s: [] for s in streams}
         n_frames = 0
         with torch.inference_mode():
-            for rgb, flow in _prefetch(self._inputs(items)):
+            for rgb, flow in prefetch(self._inputs(items)):
                 n_frames += 0 if rgb is None else len(rgb)
                 if "rgb" in pipes and rgb is not None and len(rgb):
                     _keep(outs["rgb"], pipes["rgb"].push(self._rgb_tensor(rgb)))
@@ -310,7 +319,7 @@ class FeatureExtractor:
         """(RGB chunk, flow fields for the frames whose successor is known); runs on the
         prefetch thread. Flow is continuous across chunks; the last frame repeats the last field."""
         need_flow = "flow" in self.options.streams
-        flows = _FlowStream(self.options.flow_backend, self.options.device) if need_flow else None
+        flows = FlowStream(self.options.flow_backend, self.options.device) if need_flow else None
         for rgb, given in items:
             rgb = np.asarray(rgb)
             if rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[-1] != 3:
@@ -340,75 +349,6 @@ class FeatureExtractor:
         return x.to(self.device, non_blocking=True).permute(1, 0, 2, 3)
 
 
-class _ConvNorm(torch.nn.Module):
-    """A ``Conv3d`` followed by an eval-mode ``BatchNorm3d``, as one conv with a bias.
-
-    The conv's weight tensor is kept as is (shared with the other stream and with the weights
-    cache: no second copy); in fp32 the per-channel scale is applied to a transient weight at
-    each call (a few MB), the shift is the conv's bias. Under autocast (bf16, fp16) the folded
-    weight is made once in that dtype and kept in ``folded`` (shared by both streams' modules of
-    the same conv: half the fp32 size in all), instead of a multiply and a cast per call.
-    """
-
-    def __init__(self, conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d, folded: dict | None = None):
-        super().__init__()
-        self.conv = conv
-        self.folded = {} if folded is None else folded  # (_key, dtype) -> (weight, bias)
-        # identity of (conv weight, BatchNorm): the streams share these tensors, so their
-        # modules of the same conv find one folded copy
-        self._key = (conv.weight.data_ptr(), norm.weight.data_ptr(), norm.running_var.data_ptr())
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        shift = norm.bias - norm.running_mean * scale
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        self.register_buffer("scale", scale.detach().view(-1, 1, 1, 1, 1).clone())
-        self.register_buffer("shift", shift.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-        if dtype is None or c.weight.dtype == dtype:
-            weight = c.weight * self.scale.to(c.weight.dtype)
-            return torch.nn.functional.conv3d(
-                x, weight, self.shift.to(c.weight.dtype), c.stride, c.padding, c.dilation, c.groups
-            )
-        key = (*self._key, dtype)
-        if key not in self.folded:  # once per conv and dtype (same BatchNorm -> same scale)
-            weight = (c.weight * self.scale).to(dtype)
-            self.folded[key] = (weight.contiguous(memory_format=_memory_format(c.weight)), self.shift.to(dtype))
-        weight, bias = self.folded[key]
-        with torch.autocast(x.device.type, enabled=False):
-            return torch.nn.functional.conv3d(x.to(dtype), weight, bias, c.stride, c.padding, c.dilation, c.groups)
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    cl = t.ndim == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
-    return torch.channels_last_3d if cl else torch.contiguous_format
-
-
-def _fold_batchnorm(module: torch.nn.Module, folded: dict | None = None) -> int:
-    """Fold every eval-mode ``BatchNorm3d`` that follows a ``Conv3d`` in an ``nn.Sequential``
-    into it (:class:`_ConvNorm`; the norm becomes ``Identity``); returns how many.
-
-    Frozen inference only: one pass over each activation and one activation-sized tensor less
-    per conv; results equal the unfolded net within float rounding.
-    """
-    n = 0
-    for parent in list(module.modules()):
-        if not isinstance(parent, torch.nn.Sequential):
-            continue
-        for i in range(len(parent) - 1):
-            conv, norm = parent[i], parent[i + 1]
-            if not (isinstance(conv, torch.nn.Conv3d) and isinstance(norm, torch.nn.BatchNorm3d)):
-                continue
-            if norm.training or norm.running_mean is None:
-                continue
-            parent[i] = _ConvNorm(conv, norm, folded)
-            parent[i + 1] = torch.nn.Identity()
-            n += 1
-    return n
-
-
 def _keep(out: list[torch.Tensor], y: torch.Tensor | None) -> None:
     if y is not None and y.shape[1]:
         out.append(y)
@@ -424,89 +364,3 @@ def _with_flow(pieces: Iterable[np.ndarray], flow: np.ndarray) -> Iterator[tuple
         i += n
     if flow.shape[0] != i:
         raise InputError(f"flow has {flow.shape[0]} fields for {i} frames")
-
-
-class _FlowStream:
-    """TV-L1 over a stream of RGB chunks: ``push`` returns the fields whose next frame is known
-    (field k: frame k -> k+1), ``finish`` the last frame's field (a repeat; zeros for 1 frame)."""
-
-    def __init__(self, backend: str, device: str):
-        self.backend = backend
-        self.device = device
-        self.prev: np.ndarray | None = None  # grey (H, W) of the last frame seen
-        self.last: np.ndarray | None = None  # float32 (2, H, W), the last field computed
-
-    def push(self, rgb: np.ndarray) -> np.ndarray:
-        from tal_pipeline.decode import rgb_to_gray
-        from tal_pipeline.flow import compute_flow
-
-        h, w = rgb.shape[1:3]
-        if len(rgb) == 0:
-            return np.zeros((0, 2, h, w), np.float32)
-        gray = rgb_to_gray(rgb)  # (n, H, W) uint8
-        seq = gray if self.prev is None else np.concatenate([self.prev[None], gray])
-        self.prev = gray[-1]
-        if len(seq) < 2:
-            return np.zeros((0, 2, h, w), np.float32)
-        fields = np.asarray(compute_flow(seq, backend=self.backend, device=self.device), np.float32)
-        self.last = fields[-1]
-        return fields  # (len(seq) - 1, 2, H, W)
-
-    def finish(self) -> np.ndarray:
-        if self.prev is None:
-            return np.zeros((0, 2, 1, 1), np.float32)
-        if self.last is None:
-            return np.zeros((1, 2, *self.prev.shape), np.float32)
-        return self.last[None].copy()
-
-
-_DONE = object()
-
-
-def _prefetch(gen: Iterator, depth: int = 2) -> Iterator:
-    """Run ``gen`` on a background thread, ``depth`` items ahead; errors re-raise here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in gen:
-                if not put((item, None)):
-                    return
-            put((_DONE, None))
-        except BaseException as err:  # noqa: BLE001 -- handed to the consumer
-            put((_DONE, err))
-        finally:
-            close = getattr(gen, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=work, name="tal-extract-prefetch", daemon=True)
-    thread.start()
-    interrupted = False
-    try:
-        while True:
-            item, err = q.get()  # a signal (Ctrl-C) interrupts the wait
-            if item is _DONE:
-                if err is not None:
-                    raise err
-                return
-            yield item
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
-        stop.set()  # the worker stops at its next put
-        if not interrupted:  # Ctrl-C: no wait for the decode/flow step in progress (daemon)
-            thread.join(timeout=5.0)
-
-

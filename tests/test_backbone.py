@@ -144,7 +144,9 @@ def test_batchnorm_folding_keeps_the_outputs(tmp_path):
     """The extractor folds each eval BatchNorm into its conv (20 in r3d_18): with non-trivial
     norm statistics the folded trunk gives the unfolded one's features, and the shared weight
     tensors are not copied."""
-    from tal_pipeline.features import FeatureExtractor, _ConvNorm, _fold_batchnorm
+    from tal_pipeline.backbone import ConvNorm as _ConvNorm
+    from tal_pipeline.backbone import fold_batchnorm as _fold_batchnorm
+    from tal_pipeline.features import FeatureExtractor
 
     torch.manual_seed(5)
     net = r3d_18(3).eval()

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from tal_pipeline.features import FeatureExtractor, _FlowStream
+from tal_pipeline.features import FeatureExtractor
+from tal_pipeline.flow.stream import FlowStream as _FlowStream
 from tal_pipeline.weights import SEEDED_SHA256
 
 SIZE = 32  # frame side for tests (the backbone is fully convolutional in space)
