@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-
-BACKBONES = ("r3d_18", "i3d_r50")
 
 
 @dataclass(frozen=True)
@@ -55,11 +53,13 @@ class BackboneSpec:
     receptive_field: int  # frames one feature sees (temporal)
     centre_offset: float  # frame index of feature 0's receptive-field centre (feature j: + j*stride)
     stem_key: str  # state-dict key of the first conv (its input channels differ per stream)
+    last_conv: str  # key suffix of each residual block's last conv (seeded init scales it down)
 
 
-R3D_18 = BackboneSpec("r3d_18", 512, 4, 109, 0.0, "stem.0.weight")
-I3D_R50 = BackboneSpec("i3d_r50", 2048, 2, 36, 0.5, "blocks.0.conv.weight")
-SPECS = {s.id: s for s in (R3D_18, I3D_R50)}
+R3D_18 = BackboneSpec("r3d_18", 512, 4, 109, 0.0, "stem.0.weight", ".conv2.0.weight")
+I3D_R50 = BackboneSpec("i3d_r50", 2048, 2, 36, 0.5, "blocks.0.conv.weight", "branch2.conv_c.weight")
+SPECS = {s.id: s for s in (R3D_18, I3D_R50)}  # the backbones; builders: BUILDERS below
+BACKBONES = tuple(SPECS)
 
 
 class SpatialMean(nn.Module):
@@ -136,7 +136,7 @@ def r3d_18(in_channels: int = 3, *, layer4_dilation: int = 2, device: str = "cpu
         (body.layer3, StageSpec(2, 1 + 3 * 2)),
         (nn.Sequential(body.layer4, SpatialMean()), StageSpec(1, radius4)),
     ]
-    spec = R3D_18 if layer4_dilation == 2 else BackboneSpec("r3d_18", 512, 4, 85, 0.0, R3D_18.stem_key)
+    spec = R3D_18 if layer4_dilation == 2 else replace(R3D_18, receptive_field=85)
     return StreamNet(spec, body, stages)
 
 
@@ -182,14 +182,15 @@ def _i3d_stream(body: nn.Module, in_channels: int) -> StreamNet:
     return StreamNet(I3D_R50, body, stages)
 
 
+BUILDERS: dict[str, Callable[..., StreamNet]] = {R3D_18.id: r3d_18, I3D_R50.id: i3d_r50}
+
+
 def build_stream(backbone: str, in_channels: int, *, device: str = "cpu") -> StreamNet:
-    """A stream trunk for ``backbone`` ("r3d_18" or "i3d_r50"), randomly initialised on
+    """A stream trunk for ``backbone`` (a key of ``SPECS``), randomly initialised on
     ``device``; ``device="meta"`` for shapes only (fast)."""
-    if backbone == "r3d_18":
-        return r3d_18(in_channels, device=device)
-    if backbone == "i3d_r50":
-        return i3d_r50(in_channels, device=device)
-    raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+    if backbone not in BUILDERS:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+    return BUILDERS[backbone](in_channels, device=device)
 
 
 # ----------------------------------------------------------------------------- streaming

@@ -274,9 +274,9 @@ def _uniform(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _is_last_conv_of_block(key: str, backbone: str) -> bool:
-    if backbone == "r3d_18":
-        return ".conv2.0.weight" in key
-    return key.endswith("branch2.conv_c.weight")  # pytorchvideo bottleneck
+    from tal_pipeline.backbone import SPECS
+
+    return key.endswith(SPECS[backbone].last_conv)
 
 
 def _seeded_tensors(backbone: str) -> dict[str, torch.Tensor]:
