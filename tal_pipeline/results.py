@@ -1,4 +1,4 @@
-"""File formats: ground-truth annotations in, detection results out (DESIGN.md "Files").
+"""File formats: ground-truth annotations in, detection results out (docs/design.md, "Files").
 
 Annotations are the ActivityNet / ActionFormer JSON (times in seconds)::
 

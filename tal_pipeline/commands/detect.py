@@ -4,7 +4,7 @@ INPUTs are videos (files, folders searched recursively, ``.txt`` lists), or with
 feature files from ``tal extract`` (or foreign meta-less ``.npy`` with ``--fps`` and
 ``--feature-stride``).
 
-Outputs (DESIGN.md "Files"):
+Outputs (docs/design.md, "Files"):
 
 - ``-o DIR/`` (trailing slash, or an existing folder): ``DIR/<video_id>.json`` per video.
   Resume: a video whose file exists is skipped (``--overwrite`` redoes it).
