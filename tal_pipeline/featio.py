@@ -27,6 +27,28 @@ from tal_pipeline.errors import InputError
 from tal_pipeline.fsutil import atomic_save_npy, atomic_write_json
 
 META_FORMAT = "tal-pipeline/features-1"
+UNKNOWN = "unknown"  # backbone and weights of foreign features (no meta: we cannot tell)
+
+
+@dataclass(frozen=True)
+class WeightsLabel:
+    """Which backbone weights made features: ``<id>:sha256:<checksum>`` in files and checkpoints.
+
+    ``id``: "kinetics400", "seeded" or "file" (a local state dict); ``sha256``: the checksum of
+    the trunk's tensors (``weights.state_checksum``), what identity really rests on.
+    """
+
+    id: str
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"{self.id}:sha256:{self.sha256}"
+
+    @classmethod
+    def parse(cls, label: str) -> WeightsLabel | None:
+        """The label written by ``str()``; None for ``UNKNOWN`` or anything else."""
+        wid, sep, checksum = str(label).partition(":sha256:")
+        return cls(wid, checksum) if sep and wid and checksum else None
 
 
 @dataclass(frozen=True)
@@ -96,8 +118,8 @@ def meta_from_json(d: Any, source: str = "<meta>") -> FeatureMeta:
         feature_stride=int(d["feature_stride"]),
         t0=float(d["t0"]),
         step=float(d["step"]),
-        backbone=str(d.get("backbone", "unknown")),
-        weights=str(d.get("weights", "unknown")),
+        backbone=str(d.get("backbone", UNKNOWN)),
+        weights=str(d.get("weights", UNKNOWN)),
         streams=tuple(streams),
         dim=int(d["dim"]),
         num_features=int(d["num_features"]),
@@ -225,8 +247,8 @@ def load_features(
         feature_stride=int(feature_stride),
         t0=float(t0),
         step=float(step),
-        backbone="unknown",
-        weights="unknown",
+        backbone=UNKNOWN,
+        weights=UNKNOWN,
         streams=(),
         dim=int(arr.shape[1]),
         num_features=int(num),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from tal_pipeline.errors import InputError
-from tal_pipeline.featio import FeatureMeta
+from tal_pipeline.featio import UNKNOWN, FeatureMeta, WeightsLabel
 from tal_pipeline.postprocess import PostprocessConfig, Segment
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,6 @@ def demo_checkpoint_path() -> Path:
 def resolve_model(model: str | os.PathLike) -> Path:
     """``"demo"`` -> the shipped checkpoint; anything else is a path."""
     return demo_checkpoint_path() if str(model) == DEMO_MODEL else Path(model)
-
-
-def _weights_id(label: str) -> str:
-    """``"seeded:sha256:abcd"`` -> ``"seeded"`` (``"file"`` for a local state dict)."""
-    return label.split(":", 1)[0]
 
 
 @dataclass
@@ -109,13 +104,13 @@ class Detector:
         det = cls(predictor, None, postprocess)
         det.model_sha256 = file_sha256(path)
         feats = predictor.meta["features"]
-        backbone = feats.get("backbone", "unknown")
-        label = feats.get("weights", "unknown")
+        backbone = feats.get("backbone", UNKNOWN)
+        label = WeightsLabel.parse(feats.get("weights", UNKNOWN))
         streams = tuple(feats.get("streams") or ("rgb", "flow"))
         flow_backend = flow_backend or feats.get("flow_backend") or "torch"
         det._extract_kwargs = {
             "backbone": backbone,
-            "weights": str(weights) if weights is not None else _weights_id(label),
+            "weights": str(weights) if weights is not None else (label.id if label else UNKNOWN),
             "streams": streams,
             "flow_backend": flow_backend,
             "device": device,
@@ -130,7 +125,7 @@ class Detector:
 
         kw = self._extract_kwargs
         feats = self.predictor.meta["features"]
-        if kw["backbone"] == "unknown" or feats.get("weights", "unknown") == "unknown":
+        if kw["backbone"] == UNKNOWN or WeightsLabel.parse(feats.get("weights", UNKNOWN)) is None:
             raise InputError(
                 f"{source}: the model was trained on features of an unknown backbone; "
                 "run it on pre-extracted features with --features"
@@ -149,8 +144,8 @@ class Detector:
         feats = self.predictor.meta["features"]
         want_backbone, want_weights = feats.get("backbone"), feats.get("weights", "")
         have = f"{extractor.backbone_id} {extractor.loaded.label}"
-        want_sum = want_weights.rsplit(":", 1)[-1]
-        if extractor.backbone_id != want_backbone or extractor.weights_sha256 != want_sum:
+        want = WeightsLabel.parse(want_weights)
+        if extractor.backbone_id != want_backbone or want is None or extractor.weights_sha256 != want.sha256:
             raise InputError(
                 f"{source}: backbone mismatch: the model was trained on {want_backbone} "
                 f"{want_weights}, the extractor has {have}"
@@ -168,8 +163,8 @@ class Detector:
     def external_data(self) -> dict[str, Any]:
         feats = self.predictor.meta["features"]
         return {
-            "backbone": feats.get("backbone", "unknown"),
-            "weights": feats.get("weights", "unknown"),
+            "backbone": feats.get("backbone", UNKNOWN),
+            "weights": feats.get("weights", UNKNOWN),
             "model": str(self.predictor.meta.get("path", "?")),
             "classes": self.class_names,
             **({"precision": self.extractor.options.precision} if self.extractor is not None else {}),
@@ -184,8 +179,8 @@ class Detector:
         feats = self.predictor.meta["features"]
         prov: dict[str, Any] = {
             "model_sha256": self.model_sha256,
-            "backbone": feats.get("backbone", "unknown"),
-            "weights": feats.get("weights", "unknown"),
+            "backbone": feats.get("backbone", UNKNOWN),
+            "weights": feats.get("weights", UNKNOWN),
             "inputs": inputs,
             "postprocess": asdict(self.postprocess),
         }

@@ -114,8 +114,11 @@ class LoadedWeights:
 
     @property
     def label(self) -> str:
-        """``<id>:sha256:<checksum>``: what feature meta and checkpoints record."""
-        return f"{self.spec.id}:sha256:{self.sha256}"
+        """``<id>:sha256:<checksum>`` (``featio.WeightsLabel``): what feature meta and
+        checkpoints record."""
+        from tal_pipeline.featio import WeightsLabel
+
+        return str(WeightsLabel(self.spec.id, self.sha256))
 
 
 def resolve(backbone: str, weights: str | os.PathLike) -> WeightsSpec:
