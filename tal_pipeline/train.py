@@ -44,17 +44,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from tal_pipeline.checkpoint import make_checkpoint, save_checkpoint
 from tal_pipeline.errors import InputError
+from tal_pipeline.featio import UNKNOWN
 from tal_pipeline.head.assign import AssignConfig, assign_levels, assign_window, collate_targets
 from tal_pipeline.head.losses import LossWeights, head_loss
 from tal_pipeline.head.model import HeadConfig, HeadModel
-from tal_pipeline.inference import (
-    UNKNOWN,
-    make_checkpoint,
-    predict_segments,
-    read_checkpoint,
-    save_checkpoint,
-)
+from tal_pipeline.inference import predict_segments
 
 log = logging.getLogger(__name__)
 
@@ -445,8 +441,3 @@ def train(
     save_checkpoint(out, ckpt)
     state_path.unlink(missing_ok=True)
     return ckpt
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A validated checkpoint dict (``weights_only``); see :mod:`tal_pipeline.inference`."""
-    return read_checkpoint(path)

@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from tal_pipeline import Detector
+from tal_pipeline.checkpoint import read_checkpoint, save_checkpoint
 from tal_pipeline.cli import main
 from tal_pipeline.demo import camera, footage
 from tal_pipeline.errors import InputError
-from tal_pipeline.inference import read_checkpoint, save_checkpoint
 from tal_pipeline.pipeline import demo_checkpoint_path
 
 HELDOUT = footage.find_sources("heldout")

@@ -11,10 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from benchmarks.synthetic import SyntheticConfig, make_benchmark, write_benchmark
+from tal_pipeline.checkpoint import checkpoint_bytes
 from tal_pipeline.cli import main
 from tal_pipeline.errors import InputError
 from tal_pipeline.evaluate import evaluate
-from tal_pipeline.inference import HeadPredictor, checkpoint_bytes
+from tal_pipeline.inference import HeadPredictor
 from tal_pipeline.postprocess import PostprocessConfig
 from tal_pipeline.results import load_annotations
 from tal_pipeline.train import TrainConfig, load_feature_set, train

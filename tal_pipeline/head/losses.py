@@ -1,4 +1,4 @@
-"""Losses of both stages (METHOD.md eqs. 5-6): sigmoid focal (classes), DIoU (intervals), BCE
+"""Losses of both stages (docs/method.md, eqs. 5-6): sigmoid focal (classes), DIoU (intervals), BCE
 (actionness).
 
 Per stage (stage-1 and final), over valid positions of a batch::

@@ -1,6 +1,6 @@
 """The detection head: stage-1 coarse predictions, TSA, TPP, final predictions.
 
-Architecture (METHOD.md), for features ``y (B, T, D)`` with a padding mask ``(B, T)``::
+Architecture (docs/method.md), for features ``y (B, T, D)`` with a padding mask ``(B, T)``::
 
     y ──embed──▶ x (B,H,T) ──stem──▶ x ──stage-1 heads──▶ cls1 (B,T,C), reg1 (B,T,2), act1 (B,T)
                                       │                        │
@@ -302,8 +302,3 @@ def fuse_scores(config: HeadConfig, probs, actionness):
     if config.score_fusion == "actionness":
         return probs * actionness[:, None]
     return probs
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,4 +1,4 @@
-"""TPP: temporal pyramid pooling (METHOD.md, eqs. 7-8).
+"""TPP: temporal pyramid pooling (docs/method.md, eqs. 7-8).
 
 Input: ``y_fuse``, the TSA output ``y_hat (B, H, T)`` concatenated with the stage-1 actionness
 ``y_act (B, 1, T)`` along channels. Branches, each ``Conv1d -> norm -> ReLU`` (eqs. 7-8):

@@ -1,4 +1,4 @@
-"""TSA: temporal self-attention over one window of features (METHOD.md, eqs. 1-4).
+"""TSA: temporal self-attention over one window of features (docs/method.md, eqs. 1-4).
 
 Three ``T x T`` matrices are built from the stage-1 (coarse) predictions and the features:
 
@@ -13,7 +13,7 @@ Three ``T x T`` matrices are built from the stage-1 (coarse) predictions and the
 * ``M`` (eqs. 3-4): ``Q, K, V = sigmoid(W_q y), sigmoid(W_k y), sigmoid(W_v y)``,
   ``M = softmax(Q K^T / sqrt(d))`` over the valid (unpadded) keys.
 
-Fusion (one faithful reading of the paper, the one METHOD.md gives):
+Fusion (one faithful reading of the paper, the one docs/method.md gives):
 ``G = normalise_rows(M * A * (1 - B))`` and ``y_hat = y + W_o (G V)``: attention favours other
 instances of related classes and ignores background and the position's own instance (high tIoU =
 redundant). A row whose weights are all zero (a background position among background) adds

@@ -1,0 +1,141 @@
+"""The head's checkpoint file: one ``torch.save`` file of plain data (tensors, dicts, lists, str,
+numbers), loaded with ``torch.load(weights_only=True)``, so loading never executes code::
+
+    {"format": "tal-pipeline/head", "format_version": 1,
+     "head_config": {...HeadConfig fields...},
+     "state_dict": {name: tensor},
+     "class_names": [str, ...],                 # column order of the class scores
+     "input_dim": D,
+     "features": {"step": s, "fps": f, "feature_stride": n, "window_frames": 16,
+                  "backbone": "r3d_18" | "unknown", "weights": "<id>:sha256:..." | "unknown"},
+     "training": {...epochs, seed, lr, data, final loss, validation mAP...}}
+
+Anything else (not a zip of tensors, missing keys, wrong types, shapes that do not fit the config)
+is refused with an :class:`~tal_pipeline.errors.InputError` naming the file. ``build_model``
+turns a valid checkpoint into the :class:`~tal_pipeline.head.model.HeadModel`; prediction is
+``inference.py``'s.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tal_pipeline.errors import InputError
+from tal_pipeline.head.model import HeadConfig, HeadModel
+
+CHECKPOINT_FORMAT = "tal-pipeline/head"
+CHECKPOINT_VERSION = 1
+
+
+def checkpoint_bytes(checkpoint: dict) -> bytes:
+    """Serialise a checkpoint dict (deterministic bytes for equal content)."""
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> Path:
+    """Write a checkpoint atomically (temp file + rename)."""
+    from tal_pipeline.fsutil import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, checkpoint_bytes(checkpoint))
+    return path
+
+
+def make_checkpoint(
+    model: HeadModel, class_names: list[str], features: dict[str, Any], training: dict[str, Any]
+) -> dict:
+    """The checkpoint dict of a trained model (see the module docstring)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "head_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "class_names": list(class_names),
+        "input_dim": model.config.input_dim,
+        "features": dict(features),
+        "training": dict(training),
+    }
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate a checkpoint dict (``weights_only``); :class:`InputError` if malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model checkpoint")
+    try:
+        with warnings.catch_warnings():  # torch's advice about pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling/zip error means a bad file
+        raise InputError(f"{path}: not a tal-pipeline model checkpoint ({_load_problem(path, err)})") from None
+    validate_checkpoint(ckpt, str(path))
+    return ckpt
+
+
+def _load_problem(path: Path, err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in our words (torch's own message
+    advises ``weights_only=False``, which would run code from the file: never done here)."""
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return "not a torch.save file (a zip archive of tensors)"
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds Python objects other than tensors and plain data, which are never loaded"
+    return f"unreadable: {type(err).__name__}"
+
+
+def validate_checkpoint(ckpt: Any, source: str = "<checkpoint>") -> None:
+    """Check the structure of a checkpoint dict; :class:`InputError` on the first problem."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{source}: not a tal-pipeline model checkpoint (no format '{CHECKPOINT_FORMAT}')")
+    if ckpt.get("format_version") != CHECKPOINT_VERSION:
+        raise InputError(
+            f"{source}: checkpoint format version {ckpt.get('format_version')!r} is not supported "
+            f"(this version reads {CHECKPOINT_VERSION})"
+        )
+    types = {"head_config": dict, "state_dict": dict, "class_names": list, "input_dim": int,
+             "features": dict, "training": dict}
+    for key, typ in types.items():
+        if not isinstance(ckpt.get(key), typ):
+            raise InputError(f"{source}: checkpoint field '{key}' is missing or not a {typ.__name__}")
+    names = ckpt["class_names"]
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise InputError(f"{source}: checkpoint 'class_names' must be distinct strings")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
+        raise InputError(f"{source}: checkpoint 'state_dict' holds something other than tensors")
+    try:
+        config = HeadConfig.from_dict(ckpt["head_config"])
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{source}: checkpoint 'head_config' is invalid ({err})") from None
+    if config.num_classes != len(names) or config.input_dim != ckpt["input_dim"]:
+        raise InputError(f"{source}: checkpoint head_config disagrees with class_names/input_dim")
+
+
+def build_model(ckpt: dict, source: str = "<checkpoint>") -> HeadModel:
+    """Rebuild the model of a validated checkpoint; every tensor's shape must match."""
+    model = HeadModel(HeadConfig.from_dict(ckpt["head_config"]))
+    expected = model.state_dict()
+    got = ckpt["state_dict"]
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or unexpected:
+        raise InputError(
+            f"{source}: checkpoint weights do not fit its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for k, v in expected.items():
+        if tuple(got[k].shape) != tuple(v.shape):
+            raise InputError(f"{source}: checkpoint tensor '{k}' has shape {tuple(got[k].shape)}, expected {tuple(v.shape)}")
+        if got[k].is_floating_point() and not torch.isfinite(got[k]).all():
+            raise InputError(f"{source}: checkpoint tensor '{k}' holds NaN or infinite values")
+    model.load_state_dict(got)
+    return model.eval()
