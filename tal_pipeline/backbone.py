@@ -25,8 +25,8 @@ and only the core's outputs are kept. Chaining one runner per stage gives the wh
 output (within float rounding) while each frame is computed about once and memory depends on
 the chunk, not on the video's length. The extractor's default (64 steps for the stages
 fed at the full frame rate, stem+layer1 and layer2, whose activations are the largest; 128
-steps for layer3 and layer4) recomputes ~17% of the FLOPs in halos; 128 everywhere would be
-~10%, at ~190 MB more peak memory.
+steps for layer3 and layer4) trades a little halo recompute for lower peak memory than 128
+everywhere (the measured trade-off is in BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ numbers), loaded with ``torch.load(weights_only=True)``, so loading never execut
      "state_dict": {name: tensor},
      "class_names": [str, ...],                 # column order of the class scores
      "input_dim": D,
-     "features": {"step": s, "fps": f, "feature_stride": n, "window_frames": 16,
+     "features": {"step": s, "t0": s0, "fps": f, "feature_stride": n, "window_frames": 16,
+                  "dim": D, "steps_vary": bool, "streams": [...], "flow_backend": str,
                   "backbone": "r3d_18" | "unknown", "weights": "<id>:sha256:..." | "unknown"},
      "training": {...epochs, seed, lr, data, final loss, validation mAP...}}
 

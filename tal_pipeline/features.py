@@ -84,7 +84,7 @@ class ExtractOptions:
     backbone: str = "r3d_18"  # "r3d_18" (512-d per stream) or "i3d_r50" (2048-d, optional extra)
     weights: str = "kinetics400"  # "kinetics400", "seeded" or a path to a state dict
     streams: tuple[str, ...] = STREAMS  # subset of ("rgb", "flow"), output in that order
-    flow_backend: str = "torch"  # TV-L1: "torch" (batched, 5x faster on CPU) or "opencv" (reference)
+    flow_backend: str = "torch"  # TV-L1: "torch" (batched, faster; BENCHMARKS.md) or "opencv" (reference)
     device: str = "cpu"  # torch device for the backbone (and the torch flow backend)
     chunk_frames: int = 64  # core chunk of the first backbone stage, frames (later stages: 2x)
     batch_chunks: int = 0  # chunks per forward; 0: 1 on CPU, 4 on CUDA

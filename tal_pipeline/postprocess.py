@@ -3,7 +3,8 @@
 The recipe (ActionFormer's, restated; all steps vectorised with numpy except the inherently
 sequential Soft-NMS loop, which is vectorised over the remaining candidates):
 
-1. candidates: every (position, class) pair whose class probability is above ``min_score``;
+1. candidates: every (position, class) pair whose score (the class probability, or with
+   ``score_fusion="actionness"`` the probability times the actionness) is above ``min_score``;
    keep the ``pre_nms_top_k`` best;
 2. decode each candidate to seconds with :func:`positions_to_seconds` (the one grid-to-seconds
    formula of the project);

@@ -2,7 +2,7 @@
 
 torchvision's ``R3D_18_Weights.KINETICS400_V1`` was trained on clips resized to 128x171
 (height x width) and centre-cropped to 112x112, normalised with the Kinetics mean/std below.
-The decoder (``decode.py``) applies the geometric part, the backbone (``backbone.py``) the
+The decoder (``decode.py``) applies the geometric part, the extractor (``features.py``) the
 normalisation; both read it from here (via ``weights.py``'s weight specs), so they cannot drift.
 """
 

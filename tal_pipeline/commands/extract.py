@@ -29,7 +29,7 @@ from tal_pipeline.errors import UsageError
               help="Folder for <video_id>.npy and <video_id>.json.")
 @click.option("--streams", default="rgb,flow", show_default=True, help="rgb, flow or rgb,flow.")
 @click.option("--flow", "flow_backend", type=click.Choice(["opencv", "torch"]), default="torch",
-              show_default=True, help="TV-L1 implementation: torch (batched, ~5x faster on CPU) or opencv (reference).")
+              show_default=True, help="TV-L1 implementation: torch (batched, several times faster) or opencv (reference).")
 @click.option("--weights", default="kinetics400", show_default=True,
               help="kinetics400 (torchvision's, cached by torch hub), seeded, or a .pth path.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="r3d_18", show_default=True)

@@ -75,7 +75,7 @@ CLASSES: tuple[str, ...] = ("pan_left", "pan_right", "tilt_up", "tilt_down", "zo
 STATIC = "static"
 FPS_CHOICES: tuple[float, ...] = (12.0, 15.0, 24.0, 25.0, 30000 / 1001, 30.0, 60.0)  # frames/s
 VERSION = "tal-pipeline-camera/1"
-ENCODER_PRESET = "superfast"  # libx264: 1.6x faster than veryfast, files 1.6x larger (small)
+ENCODER_PRESET = "superfast"  # libx264: fast to write; the files are small either way
 SUBSETS = {"train": "training", "heldout": "testing"}  # split -> ActivityNet subset
 
 

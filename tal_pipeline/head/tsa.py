@@ -17,7 +17,7 @@ Fusion (one faithful reading of the paper, the one docs/method.md gives):
 ``G = normalise_rows(M * A * (1 - B))`` and ``y_hat = y + W_o (G V)``: attention favours other
 instances of related classes and ignores background and the position's own instance (high tIoU =
 redundant). A row whose weights are all zero (a background position among background) adds
-nothing. ``A`` and ``B`` come from detached predictions: they steer the attention, gradients flow
+only ``W_o``'s bias. ``A`` and ``B`` come from detached predictions: they steer the attention, gradients flow
 through ``M`` and ``V`` only.
 
 Variants (ablation switch ``mode``): ``"full"`` (above), ``"plain"`` (``G = M``, ordinary
