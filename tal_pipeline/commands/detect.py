@@ -40,7 +40,7 @@ from pathlib import Path
 
 import click
 
-from tal_pipeline.commands.options import batch_options, run_job
+from tal_pipeline.commands.options import batch_options, npy_options, run_job
 from tal_pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -315,9 +315,7 @@ def provenance(det, use_features: bool) -> dict:
 @click.option("--model", default="demo", show_default=True,
               help="Checkpoint from 'tal train', or 'demo' (the shipped camera-motion detector).")
 @click.option("--features", "use_features", is_flag=True, help="INPUTs are feature files (.npy [+ .json]).")
-@click.option("--fps", type=float, default=None, help="Meta-less .npy: the video's frame rate.")
-@click.option("--feature-stride", type=int, default=None, help="Meta-less .npy: frames per feature step.")
-@click.option("--window-frames", type=int, default=16, show_default=True, help="Meta-less .npy: frames per window.")
+@npy_options
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Meta-less .npy: take each video's fps and duration from this ActivityNet JSON (or CSV: duration).")
 @click.option("--flow", "flow_backend", type=click.Choice(["opencv", "torch"]), default=None,

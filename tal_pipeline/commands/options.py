@@ -5,6 +5,24 @@ from __future__ import annotations
 import click
 
 
+def npy_options(f):
+    """``--fps``, ``--feature-stride``, ``--window-frames``: how to read time from meta-less
+    ``.npy`` features (``featio.load_features``; ActionFormer's convention: feature i is centred
+    at ``(i * stride + window / 2) / fps``). ``tal train`` and ``tal detect --features``."""
+    for opt in reversed((
+        click.option("--fps", type=float, default=None,
+                     help="Meta-less .npy only: the videos' frame rate (a per-video 'fps' in the "
+                          "annotations wins)."),
+        click.option("--feature-stride", type=int, default=None,
+                     help="Meta-less .npy only: frames per feature step."),
+        click.option("--window-frames", type=int, default=16, show_default=True,
+                     help="Meta-less .npy only: frames per backbone window (feature i is centred "
+                          "at (i*stride + frames/2)/fps)."),
+    )):
+        f = opt(f)
+    return f
+
+
 def batch_options(f):
     """The options every batch verb shares: where it runs, in what precision, which share of
     the inputs, whether to redo finished videos, the progress bar; then ``scale_out_options``."""

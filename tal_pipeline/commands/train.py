@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from tal_pipeline.commands.options import npy_options
 from tal_pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,7 @@ def _pick_subsets(ann, subset: str | None, val_subset: str | None) -> tuple[str 
 @click.option("--subset", default=None, help="Training subset(s), comma-separated [default: 'training' if present].")
 @click.option("--val-subset", default=None,
               help="Validation subset for mAP during training [default: 'validation' if present; 'none' to skip].")
-@click.option("--fps", type=float, default=None,
-              help="Meta-less .npy only: the videos' frame rate (per-video 'fps' in the annotations wins).")
-@click.option("--feature-stride", type=int, default=None, help="Meta-less .npy only: frames per feature step.")
-@click.option("--window-frames", type=int, default=16, show_default=True,
-              help="Meta-less .npy only: frames per backbone window (feature i is centred at (i*stride + frames/2)/fps).")
+@npy_options
 @click.option("--epochs", type=int, default=None, help="Epochs [default: 30].")
 @click.option("--batch-size", type=int, default=None, help="Windows per iteration [default: 4].")
 @click.option("--lr", type=float, default=None, help="Peak AdamW learning rate [default: 1e-3].")
