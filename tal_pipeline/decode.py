@@ -233,8 +233,10 @@ def _check_file(path: str | os.PathLike) -> None:
         raise VideoDecodeError(path, f"cannot open ({err.strerror or err})") from None
 
 
-def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.video.VideoStream]:
-    """Open ``path`` and return its first video stream, or raise VideoDecodeError."""
+def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.video.VideoStream]:
+    """Open ``path`` and return the container and its video stream (still pictures and cover art
+    skipped), after every check ``decode_video`` makes; VideoDecodeError otherwise. The caller
+    closes the container."""
     _check_file(path)
     p = Path(path)
     _check_y4m_header(p)
@@ -545,7 +547,7 @@ def decode_video(
         raise ValueError(f"size must be a positive integer, got {size!r}")
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    container, stream = _open(path)
+    container, stream = open_video(path)
     return _decode(path, container, stream, fps, int(size), int(chunk_size), spec, truncated)
 
 
@@ -795,7 +797,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
     ``num_frames`` is ``num_output_frames(duration, 10.0)`` when the header gives a duration.
     """
-    container, stream = _open(path)
+    container, stream = open_video(path)
     try:
         stream.thread_type = "AUTO"
         errors: list[str] = []

@@ -143,16 +143,15 @@ def keyframes(
     Returns one JPEG (bytes, at most ``width`` pixels wide, never upscaled) per time, or None
     where nothing could be decoded.
     """
-    import av
+    from tal_pipeline.decode import open_video
 
     out: list[bytes | None] = [None] * len(times)
-    try:
-        container = av.open(str(path))
+    try:  # the decoder's own checks: never a FIFO, never a cover picture taken for the video
+        container, stream = open_video(path)
     except Exception as err:  # noqa: BLE001 - any decoder failure: no thumbnails, report goes on
         log.warning("%s: no thumbnails (%s)", path, err)
         return out
     try:
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         base = stream.start_time or 0  # stream time-base units
         offset = float(base * stream.time_base)  # seconds

@@ -268,6 +268,17 @@ def test_keyframes_decode_the_right_frame(tmp_path, codec, options):
     assert keyframes(tmp_path / "nope.webm", [1.0]) == [None]
 
 
+@pytest.mark.timeout(30)
+def test_keyframes_go_through_the_decoders_checks(tmp_path):
+    """A FIFO named like a video is never opened (opening it would block for ever) and an
+    empty file is no video: no thumbnail, no exception, the report goes on."""
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    assert keyframes(fifo, [0.5]) == [None]
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert keyframes(tmp_path / "empty.mp4", [0.5, 1.0]) == [None, None]
+
+
 def test_find_videos(tmp_path, videos):
     ids = ["clip_a", "clip b", "gone"]
     found = find_videos(ids, videos)
