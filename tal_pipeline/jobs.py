@@ -82,9 +82,7 @@ class ExtractWorker:
         return list(feature_paths(self.job.out_dir, vid))
 
     def is_done(self, vid: str, path: Path) -> bool:
-        from tal_pipeline.commands.extract import _complete
-
-        return not self.job.overwrite and _complete(self.job.out_dir, vid, self.fx)
+        return not self.job.overwrite and features_complete(self.job.out_dir, vid, self.fx)
 
     def process(self, vid: str, path: Path) -> None:
         from tal_pipeline.featio import save_features
@@ -110,20 +108,20 @@ class DetectJob:
     detector: dict  # Detector.load keyword options (model, device, precision, ...)
     use_features: bool = False  # inputs are feature files
     annotations: str | None = None  # meta-less .npy: per-video fps and duration
-    fps: float | None = None  # meta-less .npy options (commands.detect.detect_features)
+    fps: float | None = None  # meta-less .npy options (detect_feature_file)
     feature_stride: int | None = None
     window_frames: int | None = None
     threads: int | None = None  # torch intra-op threads (see set_threads)
 
     def setup(self) -> DetectWorker:
-        from tal_pipeline.commands.detect import _Output
         from tal_pipeline.memory import tune_malloc
+        from tal_pipeline.outputs import DetectionOutput
         from tal_pipeline.pipeline import Detector
 
         set_threads(self.threads)
         tune_malloc()  # long videos: bounded peak memory (memory.py)
         det = Detector.load(**self.detector)
-        out = _Output(self.output_arg, self.overwrite, self.provenance, self.formats,
+        out = DetectionOutput(self.output_arg, self.overwrite, self.provenance, self.formats,
                       self.writer_options, worker=True)
         ann = None
         if self.annotations is not None:
@@ -137,7 +135,7 @@ class DetectJob:
 class DetectWorker:
     job: DetectJob
     det: Any  # pipeline.Detector
-    out: Any  # commands.detect._Output (a worker's view when on Ray)
+    out: Any  # outputs.DetectionOutput (a worker's view when on Ray)
     ann: Any = None  # annotations for meta-less features
     found: dict[str, list] = field(default_factory=dict)  # vid -> segments, done here
 
@@ -152,12 +150,11 @@ class DetectWorker:
         return self.out.is_done(vid)
 
     def process(self, vid: str, path: Path) -> None:
-        from tal_pipeline.commands.detect import detect_features
         from tal_pipeline.results import make_results
 
         j = self.job
         if j.use_features:
-            detection = detect_features(self.det, path, vid, self.ann, j.fps, j.feature_stride,
+            detection = detect_feature_file(self.det, path, vid, self.ann, j.fps, j.feature_stride,
                                         j.window_frames)
         else:
             detection = self.det.detect_video(path)
@@ -166,3 +163,62 @@ class DetectWorker:
             self.out.check_replaceable(dest)
         self.out.write(vid, results)
         self.found[vid] = detection.segments
+
+
+def extract_provenance(fx) -> dict:
+    """What makes ``tal extract``'s features: backbone, weights id and checksum, streams, the flow
+    backend when there is a flow stream, frame size, precision. Resume skips a video only if the features
+    there have an equal dict (:func:`recorded_provenance`). An option that changes the features
+    adds its key to both functions; the comparison (``batch.check_provenance``) knows no keys."""
+    streams = list(fx.options.streams)
+    return {
+        "backbone": fx.backbone_id,
+        "weights": fx.loaded.label,
+        "streams": streams,
+        "flow_backend": fx.options.flow_backend if "flow" in streams else None,
+        "size": int(fx.options.size or fx.transform.crop),
+        "precision": fx.options.precision,  # "auto" resolved: bf16 and fp32 features differ
+    }
+
+
+def recorded_provenance(meta) -> dict:
+    """The keys of :func:`provenance`, read from a feature meta (what made those features)."""
+    return {
+        "backbone": meta.backbone,
+        "weights": meta.weights,
+        "streams": list(meta.streams),
+        "flow_backend": meta.extra.get("flow_backend"),
+        "size": meta.extra.get("size"),
+        "precision": meta.extra.get("precision", "fp32"),  # features older than the key: fp32
+    }
+
+
+def features_complete(out_dir: Path, vid: str, fx) -> bool:
+    """Complete pair from the same settings -> True; from other settings -> StaleOutputError
+    (one line naming ``--overwrite``)."""
+    from tal_pipeline.batch import check_provenance
+    from tal_pipeline.featio import feature_paths, is_complete, load_features
+
+    if not is_complete(out_dir, vid):
+        return False
+    npy = feature_paths(out_dir, vid)[0]
+    _, meta = load_features(npy)
+    check_provenance(npy, extract_provenance(fx), recorded_provenance(meta))
+    return True
+
+
+def detect_feature_file(det, path: Path, vid: str, ann, fps, feature_stride, window_frames):
+    """Pre-extracted features. Meta-less ``.npy``: frame rate from the annotation file's per-video
+    ``fps`` when given (THUMOS14 mixes rates), else ``--fps``; duration from the annotation file
+    when it has the video, else from the features."""
+    from dataclasses import replace
+
+    from tal_pipeline.featio import load_features
+
+    a = ann.videos.get(vid) if ann is not None else None
+    arr, meta = load_features(path, fps=(a.fps if a and a.fps else fps),
+                              feature_stride=feature_stride, window_frames=window_frames)
+    if a is not None and a.duration > 0:
+        meta = replace(meta, duration=float(a.duration))
+    detection = det.detect_features(arr, meta, video=str(path))
+    return detection

@@ -20,9 +20,9 @@ from videogen import write_video
 from tal_pipeline import locks
 from tal_pipeline.batch import BatchReport, run_batch, write_failures
 from tal_pipeline.cli import main
-from tal_pipeline.commands.detect import _Output
 from tal_pipeline.featio import load_features
 from tal_pipeline.locks import hold_lock, lock_path, try_lock
+from tal_pipeline.outputs import DetectionOutput as _Output
 from tal_pipeline.results import load_results, make_results, write_results
 
 SUMMARY = re.compile(r"(\d+) done, (\d+) skipped, (\d+) failed(?:, (\d+) busy)?")
