@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tal_pipeline.errors import InputError
-from tal_pipeline.results import Annotations, VideoAnnotation
+from tal_pipeline.results import Annotations, VideoAnnotation, user_file
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # extension -> delimiter
 REQUIRED_COLUMNS = ("video_id", "label", "start", "end")
@@ -84,19 +84,13 @@ def read_table(path) -> Annotations:
     """Read a CSV (``.csv``) or TSV (any other name) annotation table (module docstring)."""
     path = Path(path)
     delimiter = TABLE_SUFFIXES.get(path.suffix.lower(), "\t")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: Excel's byte-order mark
+    try:  # -sig: Excel's byte-order mark
+        with user_file(path, "a CSV file"), open(path, encoding="utf-8-sig", newline="") as f:
             return _parse_rows(str(path), csv.reader(f, delimiter=delimiter, strict=True), delimiter)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, expected a CSV file") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
     except csv.Error as err:
         raise InputError(f"{path}: not a valid table: {err}") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read: {err.strerror or err}") from None
 
 
 def _header(name: str, row: list[str], delimiter: str) -> dict[str, int]:

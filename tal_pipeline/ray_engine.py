@@ -261,11 +261,3 @@ def _ray_cause(err: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     tail = [ln for ln in lines if not ln.startswith(("File ", "Traceback", "^"))]
     return (tail[-1] if tail else type(err).__name__)[:300]
-
-
-def shutdown() -> None:
-    """Disconnect (and stop a local instance this process started)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

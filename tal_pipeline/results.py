@@ -29,6 +29,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,20 +107,28 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _read_json(path: Path):
+@contextmanager
+def user_file(path: Path, what: str):
+    """Opening and reading ``path`` (``what``: "a JSON file", ...): a missing file, a folder or a
+    read error becomes one InputError line naming the file; parse errors are the caller's."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        yield
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, expected a JSON file") from None
+        raise InputError(f"{path}: is a folder, expected {what}") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def _read_json(path: Path):
+    try:
+        with user_file(path, "a JSON file"), open(path, encoding="utf-8") as f:
+            return json.load(f)
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON: line {err.lineno} column {err.colno}: {err.msg}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not valid JSON: not UTF-8 text") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read: {err.strerror or err}") from None
 
 
 def _parse_segment(name: str, where: str, seg) -> tuple[float, float]:
