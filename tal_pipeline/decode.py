@@ -631,107 +631,168 @@ class _Converter:
         self.last = None
 
 
+@dataclass(frozen=True)
+class _Clock:
+    """The stream's time base against the output rate, and the sampling limits in its ticks."""
+
+    tb: Fraction  # seconds per tick
+    fps: float  # output frames per second
+    # pts_rel ticks < k / fps seconds  <=>  pts_rel * tick_a > k * tick_b   (exact integers)
+    tick_a: int
+    tick_b: int
+    header: float | None  # the duration the header gives, seconds
+    max_ticks: int  # after t0: later timestamps are corrupt (decoding stops there)
+    nominal: int  # one frame period, ticks: from the average rate (demuxers guess one), else 1 / fps
+    hole: int  # ticks: a longer gap between frames is a hole, not video
+
+    @classmethod
+    def of(cls, container, stream, fps) -> _Clock:
+        fps_q = Fraction(fps).limit_denominator(10**6)
+        tb = stream.time_base or Fraction(1, 90000)
+        # timestamps are trusted up to MAX_DURATION_S, and, when the header gives a duration H, up
+        # to max(2 H, H + HEADER_SLACK_S): a corrupt timestamp (a flipped bit in an mp4's sample
+        # table) must not turn a 1 s file into hours of copies of one picture
+        header = _header_duration(container, stream)
+        max_ticks = int(MAX_DURATION_S / tb)
+        if header is not None:
+            max_ticks = min(max_ticks, int(max(2 * header, header + HEADER_SLACK_S) / tb))
+        rate = stream.average_rate or fps_q
+        return cls(
+            tb=tb,
+            fps=float(fps),
+            tick_a=tb.numerator * fps_q.numerator,
+            tick_b=tb.denominator * fps_q.denominator,
+            header=header,
+            max_ticks=max_ticks,
+            nominal=max(1, round(1 / (rate * tb))),
+            hole=max(1, int(HOLE_S / tb)),
+        )
+
+    def outputs_before(self, rel: int) -> int:
+        """Output frames whose time falls before ``rel`` ticks after t0: ``ceil(rel * fps)``."""
+        return -(-rel * self.tick_a // self.tick_b)
+
+
+@dataclass
+class _Shown:
+    """The decoded frames so far: the picture on screen, since when, and the video they cover."""
+
+    t0: int | None = None  # pts of the first frame, ticks
+    frame: av.VideoFrame | None = None  # the last decoded frame: on screen until the next one
+    rel: int = 0  # its pts - t0, ticks
+    gap: int = 0  # ticks between the last two frames
+    dropped: int = 0  # frames dropped for out-of-order timestamps
+    covered: int = 0  # ticks of the stream shown by decoded frames, holes left out
+
+    def pts(self, frame: av.VideoFrame, clock: _Clock) -> int:
+        """The frame's pts, ticks; without one (raw streams), one frame period after the last."""
+        if frame.pts is not None:
+            return frame.pts
+        if self.t0 is None:
+            return 0
+        return self.t0 + self.rel + (self.frame.duration or self.gap or clock.nominal)
+
+    def advance(self, frame: av.VideoFrame, rel: int, clock: _Clock) -> None:
+        """``frame`` (``rel`` ticks after t0, not before the last) is now on screen."""
+        if rel > self.rel:
+            self.gap = rel - self.rel
+            self.covered += min(self.gap, clock.hole)
+        self.frame, self.rel = frame, rel
+
+
+class _Chunks:
+    """Output frames gathered into chunks: each sampled picture written into its slots."""
+
+    def __init__(self, converter: _Converter, chunk_size: int, fps: float):
+        self.converter = converter
+        self.chunk_size = chunk_size
+        self.fps = fps
+        self.buf = np.empty((chunk_size, converter.size, converter.size, 3), np.uint8)  # (chunk, S, S, 3)
+        self.n = 0  # frames in buf
+        self.k = 0  # next output index
+
+    def show(self, frame: av.VideoFrame, count: int) -> Iterator[FrameChunk]:
+        """``frame`` as the next ``count`` output frames; yields each chunk that fills up."""
+        while count > 0:
+            take = min(count, self.chunk_size - self.n)
+            self.converter.fill(frame, self.buf[self.n : self.n + take])
+            self.n, self.k, count = self.n + take, self.k + take, count - take
+            if self.n == self.chunk_size:
+                self.converter.wait()
+                yield self._chunk(self.buf)
+                self.buf = np.empty_like(self.buf)
+                self.n = 0
+
+    def flush(self) -> Iterator[FrameChunk]:
+        """The last, partly filled chunk, once its conversions are written."""
+        self.converter.wait()
+        if self.n:
+            yield self._chunk(self.buf[: self.n])
+
+    def _chunk(self, frames: np.ndarray) -> FrameChunk:
+        times = np.arange(self.k - self.n, self.k, dtype=np.float64) / self.fps  # exactly k / fps
+        return FrameChunk(frames, times, self.k - self.n)
+
+
 def _sample(
     path, container, stream, fps, chunk_size, converter: _Converter, truncated: str = "error"
 ) -> Iterator[FrameChunk]:
     """The sampling loop (module docstring): decoded frames in, chunks of output frames out."""
     stream.thread_type = "AUTO"
-    fps_f = float(fps)
-    fps_q = Fraction(fps).limit_denominator(10**6)
-    tb = stream.time_base or Fraction(1, 90000)
-    # pts_rel ticks < k / fps seconds  <=>  pts_rel * tick_a > k * tick_b   (exact integers)
-    tick_a = tb.numerator * fps_q.numerator
-    tick_b = tb.denominator * fps_q.denominator
-    # timestamps are trusted up to MAX_DURATION_S, and, when the header gives a duration H, up
-    # to max(2 H, H + HEADER_SLACK_S): a corrupt timestamp (a flipped bit in an mp4's sample
-    # table) must not turn a 1 s file into hours of copies of one picture
-    header = _header_duration(container, stream)
-    max_ticks = int(MAX_DURATION_S / tb)
-    if header is not None:
-        max_ticks = min(max_ticks, int(max(2 * header, header + HEADER_SLACK_S) / tb))
-    # one frame period, ticks: from the average rate (demuxers guess one), else 1 / fps
-    rate = stream.average_rate or fps_q
-    nominal = max(1, round(1 / (rate * tb)))
+    clock = _Clock.of(container, stream, fps)
+    out = _Chunks(converter, chunk_size, clock.fps)
+    shown = _Shown()
     errors: list[str] = []
 
-    size = converter.size
-    buf = np.empty((chunk_size, size, size, 3), np.uint8)  # (chunk, S, S, 3)
-    n = 0  # frames in buf
-    k = 0  # next output index
-    t0 = None  # pts of the first frame, ticks
-    prev = None  # last decoded frame: on screen until the next one
-    prev_rel = 0  # its pts - t0, ticks
-    prev_gap = 0  # ticks between the last two frames
-    dropped_backwards = 0
-    hole = max(1, int(HOLE_S / tb))  # ticks: a longer gap between frames is a hole, not video
-    covered = 0  # ticks of the stream shown by decoded frames, holes left out
-
-    def emit(until_rel: int) -> Iterator[FrameChunk]:
-        """Output prev for every k with k / fps < until_rel ticks after t0."""
-        nonlocal buf, n, k
-        m = max(0, -(-until_rel * tick_a // tick_b) - k)  # ceil(until * fps) - k
-        while m:
-            take = min(m, chunk_size - n)
-            converter.fill(prev, buf[n : n + take])
-            n, k, m = n + take, k + take, m - take
-            if n == chunk_size:
-                converter.wait()
-                times = np.arange(k - n, k, dtype=np.float64) / fps_f  # exactly k / fps
-                yield FrameChunk(buf, times, k - n)
-                buf = np.empty_like(buf)
-                n = 0
-
     for frame in _frames(path, container, stream, errors):
-        pts = frame.pts
-        if pts is None:  # no timestamp (raw streams): one frame period after the previous
-            step = (prev.duration or prev_gap or nominal) if prev is not None else 0
-            pts = 0 if t0 is None else t0 + prev_rel + step
-        if t0 is None:
-            t0 = _start_pts(stream, pts)
+        pts = shown.pts(frame, clock)
+        if shown.t0 is None:  # shown from t0: the stream's first pictures, if lost
+            shown.t0 = _start_pts(stream, pts)
             converter.orient = _orientation(frame, stream)
-            prev, prev_rel = frame, pts - t0  # shown from t0: the stream's first pictures lost
+            shown.frame, shown.rel = frame, pts - shown.t0
             continue
-        rel = pts - t0
-        if rel < prev_rel:  # out of order (broken file): the picture's time has passed
-            dropped_backwards += 1
+        rel = pts - shown.t0
+        if rel < shown.rel:  # out of order (broken file): the picture's time has passed
+            shown.dropped += 1
             continue
-        if rel > max_ticks:
-            errors.append(f"timestamp {float(rel * tb):.0f} s past the start, beyond what the "
-                          f"header allows ({float(max_ticks * tb):.0f} s); stopping there")
+        if rel > clock.max_ticks:
+            errors.append(f"timestamp {float(rel * clock.tb):.0f} s past the start, beyond what the "
+                          f"header allows ({float(clock.max_ticks * clock.tb):.0f} s); stopping there")
             break
-        if rel * tick_a > k * tick_b:  # some output times fall before this frame
-            yield from emit(rel)
-        if rel > prev_rel:
-            prev_gap = rel - prev_rel
-            covered += min(prev_gap, hole)
-        prev, prev_rel = frame, rel
+        # the previous picture fills every output time before this one
+        yield from out.show(shown.frame, clock.outputs_before(rel) - out.k)
+        shown.advance(frame, rel, clock)
 
-    if prev is None:
+    if shown.frame is None:
         cause = "no decodable video frames"
         if errors:
             cause += f" ({errors[0]})"
         raise VideoDecodeError(path, cause)
+    last, end = _last_frame_span(shown, clock, errors)
+    yield from out.show(shown.frame, clock.outputs_before(end) - out.k)
+    shown.frame = None
+    yield from out.flush()
 
-    # the last frame stays on screen for its duration
-    last = prev.duration or 0
+    covered = shown.covered + min(last, clock.hole)
+    _report(path, container, stream, errors, shown.dropped, float(end * clock.tb), truncated,
+            float(covered * clock.tb))
+
+
+def _last_frame_span(shown: _Shown, clock: _Clock, errors: list[str]) -> tuple[int, int]:
+    """``(last, end)`` ticks: how long the last frame stays on screen (its duration, else the
+    gap between the last two frames, else one nominal period) and when it leaves, after t0; a
+    last frame "lasting" far past the header's end is shown until that end."""
+    last = shown.frame.duration or 0
     if last <= 0:
-        last = prev_gap if prev_gap > 0 else nominal
-    end = prev_rel + last  # ticks after t0
-    if header is not None:  # a last frame "lasting" far past the header's end: to that end
-        header_end = int(header / tb)
-        if prev_rel < header_end < end - max(TRUNCATION_WARN_S, 0.05 * header) / tb:
-            errors.append(f"the last frame lasts {float(last * tb):.0f} s, past the header's "
-                          f"{header:.2f} s; shown until then")
+        last = shown.gap if shown.gap > 0 else clock.nominal
+    end = shown.rel + last
+    if clock.header is not None:
+        header_end = int(clock.header / clock.tb)
+        if shown.rel < header_end < end - max(TRUNCATION_WARN_S, 0.05 * clock.header) / clock.tb:
+            errors.append(f"the last frame lasts {float(last * clock.tb):.0f} s, past the header's "
+                          f"{clock.header:.2f} s; shown until then")
             end = header_end
-    yield from emit(end)
-    prev = None
-    converter.wait()
-    if n:
-        yield FrameChunk(buf[:n], np.arange(k - n, k, dtype=np.float64) / fps_f, k - n)
-
-    covered += min(last, hole)
-    _report(path, container, stream, errors, dropped_backwards, float(end * tb), truncated,
-            float(covered * tb))
+    return last, end
 
 
 def _start_pts(stream, first: int) -> int:
