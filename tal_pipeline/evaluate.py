@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -238,57 +238,14 @@ def evaluate(
             + f" ({len(gt.videos)} videos): nothing to evaluate"
         )
     classes = gt.class_names
-    gt_by_class: dict[str, dict[str, list]] = {c: {} for c in classes}
-    for vid, video in gt.videos.items():
-        for label, t0, t1 in video.segments:
-            gt_by_class[label].setdefault(vid, []).append((t0, t1))
-
+    gt_by_class = _ground_truth_by_class(gt)
     pred_map = predictions.detections if isinstance(predictions, Results) else predictions
-    preds_by_class: dict[str, list[tuple[str, float, float, float]]] = {c: [] for c in classes}
-    ignored_videos: list[str] = []
-    ignored_labels: dict[str, int] = {}
-    num_ignored_video = 0
-    used = 0
-    videos_with_predictions = set()
-    for vid, segs in pred_map.items():
-        segs = list(segs)
-        if vid not in gt.videos:
-            ignored_videos.append(vid)
-            num_ignored_video += len(segs)
-            continue
-        if segs:
-            videos_with_predictions.add(vid)
-        for seg in segs:
-            label, score, t0, t1 = _unpack(seg)
-            if label not in preds_by_class:
-                ignored_labels[label] = ignored_labels.get(label, 0) + 1
-                continue
-            preds_by_class[label].append((vid, score, t0, t1))
-            used += 1
-    if ignored_videos:
-        log.warning(
-            "%d predicted videos are not in the ground truth, their %d predictions are ignored: %s",
-            len(ignored_videos), num_ignored_video, _few(ignored_videos),
-        )
-    if ignored_labels:
-        log.warning(
-            "ignored %d predictions with labels that are not ground-truth classes: %s",
-            sum(ignored_labels.values()), _few(sorted(ignored_labels)),
-        )
-    missing = [vid for vid in gt.videos if vid not in videos_with_predictions]
-    if missing:
-        hint = ""
-        if len(gt.subsets) > 1:
-            mix = ", ".join(f"{s or '(none)'}: {n} videos" for s, n in gt.subsets.items())
-            hint = f" (the ground truth mixes subsets {mix}: choose one with subset= / --subset)"
-        log.warning(
-            "%d of %d ground-truth videos have no predictions (their instances count as missed): %s%s",
-            len(missing), len(gt.videos), _few(missing), hint,
-        )
+    preds = _Predictions.sort(pred_map, gt)
+    missing = preds.warn(gt)
 
     ap = np.zeros((len(classes), thr.size))  # (C, Th)
     for i, c in enumerate(classes):
-        ap[i] = average_precision(gt_by_class[c], preds_by_class[c], thr)
+        ap[i] = average_precision(gt_by_class[c], preds.by_class[c], thr)
     m_ap = ap.mean(axis=0)  # (Th,)
     return EvalResult(
         tiou=tuple(float(t) for t in thr),
@@ -297,8 +254,75 @@ def evaluate(
         per_class={c: tuple(float(v) for v in ap[i]) for i, c in enumerate(classes)},
         num_videos=len(gt.videos),
         num_ground_truth=gt.num_instances,
-        num_predictions=used,
-        num_ignored_video=num_ignored_video,
-        num_ignored_label=sum(ignored_labels.values()),
+        num_predictions=preds.used,
+        num_ignored_video=preds.num_ignored_video,
+        num_ignored_label=sum(preds.ignored_labels.values()),
         num_videos_without_predictions=len(missing),
     )
+
+
+def _ground_truth_by_class(gt: Annotations) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """label -> video id -> that video's instances ``(start, end)`` of the label, seconds."""
+    by_class: dict[str, dict[str, list]] = {c: {} for c in gt.class_names}
+    for vid, video in gt.videos.items():
+        for label, t0, t1 in video.segments:
+            by_class[label].setdefault(vid, []).append((t0, t1))
+    return by_class
+
+
+@dataclass
+class _Predictions:
+    """The predictions sorted by ground-truth class, and those left out (with why)."""
+
+    by_class: dict[str, list[tuple[str, float, float, float]]]  # label -> (video id, score, start, end)
+    ignored_videos: list[str] = field(default_factory=list)  # predicted videos not in the ground truth
+    num_ignored_video: int = 0  # their predictions
+    ignored_labels: dict[str, int] = field(default_factory=dict)  # unknown label -> predictions
+    used: int = 0  # predictions evaluated
+    videos: set[str] = field(default_factory=set)  # ground-truth videos with at least one prediction
+
+    @classmethod
+    def sort(cls, pred_map: Mapping[str, Sequence], gt: Annotations) -> _Predictions:
+        """Each prediction to its class's list, in the order of ``pred_map`` (ties in score keep
+        it), unless its video or its label is not in ``gt``."""
+        out = cls({c: [] for c in gt.class_names})
+        for vid, segs in pred_map.items():
+            segs = list(segs)
+            if vid not in gt.videos:
+                out.ignored_videos.append(vid)
+                out.num_ignored_video += len(segs)
+                continue
+            if segs:
+                out.videos.add(vid)
+            for seg in segs:
+                label, score, t0, t1 = _unpack(seg)
+                if label not in out.by_class:
+                    out.ignored_labels[label] = out.ignored_labels.get(label, 0) + 1
+                    continue
+                out.by_class[label].append((vid, score, t0, t1))
+                out.used += 1
+        return out
+
+    def warn(self, gt: Annotations) -> list[str]:
+        """Log what was ignored and which ground-truth videos have no prediction; returns those."""
+        if self.ignored_videos:
+            log.warning(
+                "%d predicted videos are not in the ground truth, their %d predictions are ignored: %s",
+                len(self.ignored_videos), self.num_ignored_video, _few(self.ignored_videos),
+            )
+        if self.ignored_labels:
+            log.warning(
+                "ignored %d predictions with labels that are not ground-truth classes: %s",
+                sum(self.ignored_labels.values()), _few(sorted(self.ignored_labels)),
+            )
+        missing = [vid for vid in gt.videos if vid not in self.videos]
+        if missing:
+            hint = ""
+            if len(gt.subsets) > 1:
+                mix = ", ".join(f"{s or '(none)'}: {n} videos" for s, n in gt.subsets.items())
+                hint = f" (the ground truth mixes subsets {mix}: choose one with subset= / --subset)"
+            log.warning(
+                "%d of %d ground-truth videos have no predictions (their instances count as missed): %s%s",
+                len(missing), len(gt.videos), _few(missing), hint,
+            )
+        return missing
