@@ -219,23 +219,42 @@ def postprocess(
     duration = float(duration)
     if num_pos == 0 or num_cls == 0 or not duration > 0:
         return []
+    pos, cls, scores = _candidates(probs, config)  # 1.
+    segs, ok = _decode(times[pos], offs[pos], step, duration)  # 2.-3.
+    suppressed = _suppress(segs[ok], scores[ok], cls[ok], duration, config)  # 4.-5.
+    if suppressed is None:
+        return []
+    return _best(*suppressed, class_names, config.max_segments)  # 6.
 
-    # 1. candidates above min_score, best pre_nms_top_k of them
+
+def _candidates(probs: np.ndarray, config: PostprocessConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 1: the (position, class) pairs scoring above ``min_score``, the ``pre_nms_top_k``
+    best of them in (position, class) order: ``(pos (N,), cls (N,), scores (N,))``."""
+    num_cls = probs.shape[1]
     flat = np.clip(np.nan_to_num(probs, nan=0.0), 0.0, 1.0).ravel()  # (T*C,)
     cand = np.flatnonzero(flat > config.min_score)  # (N,)
     if cand.size > config.pre_nms_top_k:
         part = np.argpartition(-flat[cand], config.pre_nms_top_k - 1)[: config.pre_nms_top_k]
         cand = np.sort(cand[part])
     pos, cls = np.divmod(cand, num_cls)  # (N,), (N,)
-    scores = flat[cand]  # (N,)
+    return pos, cls, flat[cand]
 
-    # 2.-3. decode to seconds, clamp, drop empty or non-finite
-    segs = positions_to_seconds(times[pos], np.maximum(offs[pos], 0.0), step)  # (N, 2)
+
+def _decode(times: np.ndarray, offsets: np.ndarray, step: float, duration: float) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2-3: candidates ``(N,)`` centred at ``times`` with distances ``(N, 2)`` (negative
+    ones count as 0) to ``(N, 2)`` segments in seconds clamped to the video, and ``ok (N,)``:
+    finite and not empty."""
+    segs = positions_to_seconds(times, np.maximum(offsets, 0.0), step)  # (N, 2)
     segs = np.clip(segs, 0.0, duration)
     ok = np.isfinite(segs).all(axis=1) & (segs[:, 1] > segs[:, 0])
-    segs, scores, cls = segs[ok], scores[ok], cls[ok]
+    return segs, ok
 
-    # 4.-5. Soft-NMS (+ voting) per class or over all
+
+def _suppress(
+    segs: np.ndarray, scores: np.ndarray, cls: np.ndarray, duration: float, config: PostprocessConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Steps 4-5: Soft-NMS (and score voting) per class, or over all classes: the kept
+    ``(segs (M, 2), scores (M,), cls (M,))``, class after class; None when no class is left."""
     groups = [np.flatnonzero(cls == c) for c in np.unique(cls)] if config.multiclass else [
         np.arange(cls.size)
     ]
@@ -257,13 +276,15 @@ def postprocess(
         out_scores.append(new_scores)
         out_cls.append(cls[idx][keep])
     if not out_segs:
-        return []
-    segs = np.concatenate(out_segs)
-    scores = np.concatenate(out_scores)
-    cls = np.concatenate(out_cls)
+        return None
+    return np.concatenate(out_segs), np.concatenate(out_scores), np.concatenate(out_cls)
 
-    # 6. global top max_segments, by score descending (stable)
-    order = np.argsort(-scores, kind="stable")[: config.max_segments]
+
+def _best(
+    segs: np.ndarray, scores: np.ndarray, cls: np.ndarray, class_names: Sequence[str], max_segments: int
+) -> list[Segment]:
+    """Step 6: the ``max_segments`` best as :class:`Segment`s, by score descending (stable)."""
+    order = np.argsort(-scores, kind="stable")[:max_segments]
     result = []
     for k in order:
         start, end = float(segs[k, 0]), float(segs[k, 1])
