@@ -297,6 +297,140 @@ def _check_resume(state: dict, config: TrainConfig, source: str) -> None:
             )
 
 
+@dataclass
+class _Progress:
+    """Where a training run stands (what the resume state carries besides the weights)."""
+
+    epochs_done: int = 0
+    iteration: int = 0
+    history: list[dict] = field(default_factory=list)  # validation runs, in order
+    last_loss: float = float("nan")  # mean training loss of the last epoch
+    best: dict[str, Any] = field(default_factory=dict)  # {"epoch", "average_mAP", "state_dict"} of the best validation
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Iterations of one run (learning-rate schedule, progress bar)."""
+
+    per_epoch: int
+    total: int
+    warmup: int
+
+    @classmethod
+    def of(cls, videos: list[TrainVideo], config: TrainConfig) -> _Schedule:
+        windows = sum(max(1, math.ceil(v.features.shape[0] / config.window)) for v in videos)
+        per_epoch = math.ceil(max(config.min_samples_per_epoch, windows) / config.batch_size)
+        return cls(per_epoch, per_epoch * config.epochs, max(1, round(config.warmup_epochs * per_epoch)))
+
+
+def _build_model(train_data: FeatureSet, config: TrainConfig, head: dict[str, Any] | None) -> HeadModel:
+    """The seeded initial model: :data:`HEAD_DEFAULTS` under ``head``, sized by the data."""
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from tal_pipeline.errors import NotAvailableError
+
+        raise NotAvailableError(f"device {config.device!r} requested but CUDA is not available")
+    head_config = HeadConfig(
+        **{**HEAD_DEFAULTS, **(head or {}), "input_dim": train_data.info["dim"],
+           "num_classes": len(train_data.class_names)}
+    )
+    torch.manual_seed(config.seed)
+    return HeadModel(head_config).to(device)
+
+
+def _resume(state_path: Path, config: TrainConfig, model: HeadModel, optimizer, rng) -> _Progress:
+    """Load the resume state at ``state_path`` into model, optimizer and generators."""
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"{state_path}: unreadable training state ({str(err)[:200]})") from None
+    _check_resume(state, config, str(state_path))
+    model.load_state_dict(state["checkpoint"]["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["rng_numpy"]
+    torch.set_rng_state(state["rng_torch"])
+    log.info("resuming from %s after epoch %d", state_path, state["epoch"])
+    return _Progress(state["epoch"], state["iteration"], list(state["history"]),
+                     state.get("last_loss", float("nan")), state.get("best", {}))
+
+
+def _train_epoch(model: HeadModel, optimizer, data: FeatureSet, config: TrainConfig, schedule: _Schedule,
+                 run: _Progress, rng, bar) -> None:
+    """One epoch of iterations; advances ``run.iteration`` and sets ``run.last_loss``."""
+    device = torch.device(config.device)
+    model.train()
+    plan = _epoch_plan(data.videos, config, rng)
+    running = []
+    for b in range(0, len(plan), config.batch_size):
+        feats, targets, final = _make_batch(data.videos, plan[b : b + config.batch_size], config,
+                                            len(data.class_names), rng, model.config.strides)
+        feats, targets = feats.to(device), targets.to(device)
+        final = final.to(device) if final is not None else None
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(run.iteration, schedule.total, schedule.warmup, config.lr)
+        losses = head_loss(model(feats, targets.mask), targets, config.loss, final)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        run.iteration += 1
+        running.append(float(losses["loss"].detach()))
+        bar.update(1)
+        bar.set_postfix(epoch=run.epochs_done + 1, loss=f"{np.mean(running[-20:]):.3f}")
+    run.last_loss = float(np.mean(running))
+    run.epochs_done += 1
+
+
+def _maybe_validate(model: HeadModel, config: TrainConfig, run: _Progress, val_data, val_annotations) -> None:
+    """Validation mAP when due (every ``val_every`` epochs and after the last); keeps the best weights."""
+    done = run.epochs_done
+    if val_data is None or not ((config.val_every and done % config.val_every == 0) or done == config.epochs):
+        log.debug("epoch %d: loss %.4f", done, run.last_loss)
+        return
+    metrics = validate(model, val_data, val_annotations, config.device)
+    run.history.append({"epoch": done, **metrics})
+    if config.select == "best" and metrics["average_mAP"] > run.best.get("average_mAP", -1.0):
+        run.best = {"epoch": done, "average_mAP": metrics["average_mAP"],
+                    "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+    log.info("epoch %d: loss %.4f, validation mAP@0.5 %.2f %%, average mAP %.2f %%",
+             done, run.last_loss, 100 * metrics["mAP"][2], 100 * metrics["average_mAP"])
+
+
+def _checkpoint(model: HeadModel, data: FeatureSet, config: TrainConfig, run: _Progress,
+                extra_info: dict[str, Any] | None) -> dict:
+    """The model checkpoint dict of the weights ``model`` holds now."""
+    done = run.epochs_done
+    training = {
+        "config": config.to_dict(),
+        "epochs_done": done,
+        "iterations": run.iteration,
+        "num_videos": len(data.videos),
+        "num_instances": int(sum(len(v.instances) for v in data.videos)),
+        "final_loss": float(run.last_loss),
+        "validation": run.history,
+        "selected_epoch": run.best.get("epoch", done) if config.select == "best" else done,
+        **(extra_info or {}),
+    }
+    return make_checkpoint(model, data.class_names, data.info, training)
+
+
+def _save_state(state_path: Path, checkpoint: dict, optimizer, config: TrainConfig, run: _Progress, rng) -> None:
+    """The resume state after an epoch (see the module docstring)."""
+    save_checkpoint(state_path, {
+        "format": STATE_FORMAT,
+        "checkpoint": checkpoint,
+        "optimizer": optimizer.state_dict(),
+        "epoch": run.epochs_done,
+        "iteration": run.iteration,
+        "history": run.history,
+        "last_loss": run.last_loss,
+        "best": run.best,
+        "rng_numpy": rng.bit_generator.state,
+        "rng_torch": torch.get_rng_state(),
+        "train_config": config.to_dict(),
+    })
+
+
 def train(
     train_data: FeatureSet,
     out: str | os.PathLike,
@@ -326,118 +460,33 @@ def train(
     from tqdm import tqdm
 
     out = Path(out)
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from tal_pipeline.errors import NotAvailableError
-
-        raise NotAvailableError(f"device {config.device!r} requested but CUDA is not available")
-    head_config = HeadConfig(
-        **{**HEAD_DEFAULTS, **(head or {}), "input_dim": train_data.info["dim"],
-           "num_classes": len(train_data.class_names)}
-    )
-    torch.manual_seed(config.seed)
-    model = HeadModel(head_config).to(device)
+    model = _build_model(train_data, config, head)
     optimizer = _optimizer(model, config)
     rng = np.random.Generator(np.random.PCG64(config.seed))
-    iters_per_epoch = math.ceil(max(config.min_samples_per_epoch, sum(
-        max(1, math.ceil(v.features.shape[0] / config.window)) for v in train_data.videos)) / config.batch_size)
-    total_iters = iters_per_epoch * config.epochs
-    warmup = max(1, round(config.warmup_epochs * iters_per_epoch))
-    start_epoch, it, history, last_loss = 0, 0, [], float("nan")
-    best: dict[str, Any] = {}  # {"epoch", "average_mAP", "state_dict"} of the best validation run
-
+    schedule = _Schedule.of(train_data.videos, config)
     state_path = _state_path(out)
+    run = _Progress()
     if resume and state_path.is_file():
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise InputError(f"{state_path}: unreadable training state ({str(err)[:200]})") from None
-        _check_resume(state, config, str(state_path))
-        model.load_state_dict(state["checkpoint"]["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, it, history = state["epoch"], state["iteration"], list(state["history"])
-        last_loss = state.get("last_loss", last_loss)
-        best = state.get("best", best)
-        rng.bit_generator.state = state["rng_numpy"]
-        torch.set_rng_state(state["rng_torch"])
-        log.info("resuming from %s after epoch %d", state_path, start_epoch)
+        run = _resume(state_path, config, model, optimizer, rng)
     elif resume:
         log.info("no training state at %s: starting from scratch", state_path)
 
-    def checkpoint() -> dict:
-        training = {
-            "config": config.to_dict(),
-            "epochs_done": len_epochs_done,
-            "iterations": it,
-            "num_videos": len(train_data.videos),
-            "num_instances": int(sum(len(v.instances) for v in train_data.videos)),
-            "final_loss": float(last_loss),
-            "validation": history,
-            "selected_epoch": best.get("epoch", len_epochs_done) if config.select == "best" else len_epochs_done,
-            **(extra_info or {}),
-        }
-        return make_checkpoint(model, train_data.class_names, train_data.info, training)
-
-    len_epochs_done = start_epoch
     end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    bar = tqdm(total=(end_epoch - start_epoch) * iters_per_epoch, disable=not progress, desc="train", unit="it",
-               dynamic_ncols=True)
+    bar = tqdm(total=(end_epoch - run.epochs_done) * schedule.per_epoch, disable=not progress, desc="train",
+               unit="it", dynamic_ncols=True)
     try:
-        for epoch in range(start_epoch, end_epoch):
-            model.train()
-            plan = _epoch_plan(train_data.videos, config, rng)
-            running = []
-            for b in range(0, len(plan), config.batch_size):
-                feats, targets, final = _make_batch(train_data.videos, plan[b : b + config.batch_size], config,
-                                                    len(train_data.class_names), rng, head_config.strides)
-                feats, targets = feats.to(device), targets.to(device)
-                final = final.to(device) if final is not None else None
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(it, total_iters, warmup, config.lr)
-                losses = head_loss(model(feats, targets.mask), targets, config.loss, final)
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                it += 1
-                running.append(float(losses["loss"].detach()))
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(running[-20:]):.3f}")
-            last_loss = float(np.mean(running))
-            len_epochs_done = epoch + 1
-            if val_data is not None and (
-                (config.val_every and len_epochs_done % config.val_every == 0) or len_epochs_done == config.epochs
-            ):
-                metrics = validate(model, val_data, val_annotations, device)
-                history.append({"epoch": len_epochs_done, **metrics})
-                if config.select == "best" and metrics["average_mAP"] > best.get("average_mAP", -1.0):
-                    best = {"epoch": len_epochs_done, "average_mAP": metrics["average_mAP"],
-                            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-                log.info("epoch %d: loss %.4f, validation mAP@0.5 %.2f %%, average mAP %.2f %%",
-                         len_epochs_done, last_loss, 100 * metrics["mAP"][2], 100 * metrics["average_mAP"])
-            else:
-                log.debug("epoch %d: loss %.4f", len_epochs_done, last_loss)
-            state = {
-                "format": STATE_FORMAT,
-                "checkpoint": checkpoint(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": len_epochs_done,
-                "iteration": it,
-                "history": history,
-                "last_loss": last_loss,
-                "best": best,
-                "rng_numpy": rng.bit_generator.state,
-                "rng_torch": torch.get_rng_state(),
-                "train_config": config.to_dict(),
-            }
-            save_checkpoint(state_path, state)
+        while run.epochs_done < end_epoch:
+            _train_epoch(model, optimizer, train_data, config, schedule, run, rng, bar)
+            _maybe_validate(model, config, run, val_data, val_annotations)
+            _save_state(state_path, _checkpoint(model, train_data, config, run, extra_info), optimizer, config,
+                        run, rng)
     finally:
         bar.close()
-    if len_epochs_done < config.epochs:
+    if run.epochs_done < config.epochs:
         return {}
-    if best and config.select == "best":
-        model.load_state_dict(best["state_dict"])
-    ckpt = checkpoint()
+    if run.best and config.select == "best":
+        model.load_state_dict(run.best["state_dict"])
+    ckpt = _checkpoint(model, train_data, config, run, extra_info)
     save_checkpoint(out, ckpt)
     state_path.unlink(missing_ok=True)
     return ckpt
