@@ -56,7 +56,7 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}  cores {os.cpu_count()}  "
           f"native bf16: {cpu_has_native_bf16()}  videos {len(paths)}  load {os.getloadavg()[0]:.1f}")
     det = Detector.load("demo", build_extractor=False)
-    streams = tuple(det.predictor.meta["features"].get("streams") or ("flow",))
+    streams = det.meta.streams
     extractors = {p: FeatureExtractor(weights="seeded", streams=streams, precision=p) for p in PRECISIONS}
     for fx in extractors.values():
         det.check_extractor(fx)

@@ -27,7 +27,9 @@ import torch
 
 from benchmarks.head_harness import Split, score, splits
 from benchmarks.synthetic import make_benchmark, regime
-from tal_pipeline.inference import HeadPredictor, position_times, predict_arrays
+from tal_pipeline.checkpoint import load_head
+from tal_pipeline.head.model import HeadModel
+from tal_pipeline.inference import position_times
 from tal_pipeline.postprocess import PostprocessConfig, positions_to_seconds, postprocess
 
 
@@ -43,21 +45,22 @@ def _inside(v, pos: np.ndarray):
     return owner, dist
 
 
-def diagnose(pred: HeadPredictor, split: Split) -> dict:
+def diagnose(model: HeadModel, split: Split) -> dict:
     names = split.data.class_names
     runs = {k: {} for k in ("as is", "oracle boundaries", "oracle classes", "actionness fusion", "hard NMS", "score voting")}
     errs, accs, recall = [], [], {0.5: [], 0.7: []}
     hard = PostprocessConfig(nms_method="hard", iou_threshold=0.5)
     for v in split.data.videos:
-        out = predict_arrays(pred.model, v.features)
-        probs, offs, act = out["probs"], out["offsets"], out["actionness"]
-        owner, dist = _inside(v, out["positions"])
+        x = torch.from_numpy(np.array(v.features, np.float32))  # (T, D), a writable copy
+        # (N, C), (N, 2) steps, (N,), (N,) centres in steps: the head's raw outputs, not fused
+        probs, offs, act, pos = (a.numpy() for a in model.infer(x, return_positions=True))
+        owner, dist = _inside(v, pos)
         ins = owner >= 0
         gt_cls = np.where(ins, v.instances[np.maximum(owner, 0), 0], -1).astype(int)
         lengths = np.where(ins, v.instances[np.maximum(owner, 0), 2] - v.instances[np.maximum(owner, 0), 1], 0)
         errs.append(np.c_[np.abs(offs - dist)[ins].mean(1), lengths[ins]])
         accs.append(probs[ins].argmax(1) == gt_cls[ins])
-        times = position_times(out["positions"], v.times, v.step)  # (N,) s
+        times = position_times(pos, v.times, v.step)  # (N,) s
         args = (times, v.step, v.duration, names)
         runs["as is"][v.video_id] = postprocess(probs, offs, *args)
         runs["hard NMS"][v.video_id] = postprocess(probs, offs, *args, hard)
@@ -95,7 +98,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sp = splits(make_benchmark(regime(args.regime)))
-    rep = diagnose(HeadPredictor.load(args.model), sp[args.subset])
+    rep = diagnose(load_head(args.model)[0], sp[args.subset])
     for k, v in rep.items():
         if isinstance(v, dict) and "mAP" in v:
             print(f"{k:20s} " + " ".join(f"{100 * m:5.1f}" for m in v["mAP"]) + f" | avg {100 * v['average_mAP']:5.1f}")

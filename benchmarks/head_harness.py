@@ -185,7 +185,8 @@ def train_baseline(kind: str, sp: dict[str, Split], epochs: int = 40, window: in
 
 def train_head(sp: dict[str, Split], out_path, config=None, head: dict | None = None, progress: bool = False) -> dict:
     """Train the TSA/TPP head (``tal train``'s code path) and report validation and test mAP."""
-    from tal_pipeline.inference import HeadPredictor
+    from tal_pipeline.checkpoint import load_head
+    from tal_pipeline.inference import predict_segments
     from tal_pipeline.train import TrainConfig, train
 
     val = sp.get("validation")
@@ -193,8 +194,9 @@ def train_head(sp: dict[str, Split], out_path, config=None, head: dict | None = 
     ckpt = train(sp["training"].data, out_path, config or TrainConfig(), head=head,
                  val_data=val.data if val else None, val_annotations=val.gt if val else None, progress=progress)
     train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    pred = HeadPredictor.load(out_path)
+    model, meta = load_head(out_path)
     test = sp["testing"]
-    dets = {v.video_id: pred.predict(v.features, v.times, v.step, v.duration) for v in test.data.videos}
+    dets = {v.video_id: predict_segments(model, v.features, v.times, v.step, v.duration, meta.class_names)
+            for v in test.data.videos}
     return {"testing": score(test, dets), "validation": ckpt["training"]["validation"], "train_s": train_s,
             "cpu_s": cpu_s, "epochs": ckpt["training"]["epochs_done"]}

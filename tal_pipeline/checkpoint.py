@@ -12,23 +12,30 @@ numbers), loaded with ``torch.load(weights_only=True)``, so loading never execut
      "training": {...epochs, seed, lr, data, final loss, validation mAP...}}
 
 Anything else (not a zip of tensors, missing keys, wrong types, shapes that do not fit the config)
-is refused with an :class:`~tal_pipeline.errors.InputError` naming the file. ``build_model``
-turns a valid checkpoint into the :class:`~tal_pipeline.head.model.HeadModel`; prediction is
+is refused with an :class:`~tal_pipeline.errors.InputError` naming the file. ``load_head`` reads
+a file into the :class:`~tal_pipeline.head.model.HeadModel` (``build_model``) and a typed
+:class:`HeadMeta` (what the head was trained on); running the head on a video is
 ``inference.py``'s.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import math
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tal_pipeline.errors import InputError
+from tal_pipeline.featio import UNKNOWN, WeightsLabel
 from tal_pipeline.head.model import HeadConfig, HeadModel
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "tal-pipeline/head"
 CHECKPOINT_VERSION = 1
@@ -140,3 +147,79 @@ def build_model(ckpt: dict, source: str = "<checkpoint>") -> HeadModel:
             raise InputError(f"{source}: checkpoint tensor '{k}' holds NaN or infinite values")
     model.load_state_dict(got)
     return model.eval()
+
+
+@dataclass(frozen=True)
+class HeadMeta:
+    """What a checkpoint says besides its weights, typed: the classes, and the features the head
+    was trained on (the file keeps them as the plain ``features`` dict of the module docstring)."""
+
+    path: str  # the checkpoint file
+    class_names: tuple[str, ...]  # column order of the class scores
+    input_dim: int  # D, feature channels
+    backbone: str = UNKNOWN  # "r3d_18", "i3d_r50"; UNKNOWN: foreign features (e.g. THUMOS14 I3D .npy)
+    weights: str = UNKNOWN  # "<id>:sha256:<hex>" (featio.WeightsLabel); UNKNOWN if foreign
+    streams: tuple[str, ...] = ("rgb", "flow")  # the extractor's streams, RGB columns first
+    flow_backend: str | None = None  # the TV-L1 the training features used, if recorded
+    step: float | None = None  # seconds per feature step (None: not recorded)
+    training: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # options, epochs, mAP
+
+    @classmethod
+    def of(cls, ckpt: dict, path: str | os.PathLike) -> HeadMeta:
+        """The meta of a validated checkpoint dict read from ``path``."""
+        feats = ckpt["features"]
+        return cls(
+            path=str(path),
+            class_names=tuple(ckpt["class_names"]),
+            input_dim=ckpt["input_dim"],
+            backbone=feats.get("backbone", UNKNOWN),
+            weights=feats.get("weights", UNKNOWN),
+            streams=tuple(feats.get("streams") or ("rgb", "flow")),
+            flow_backend=feats.get("flow_backend"),
+            step=feats.get("step"),
+            training=dict(ckpt["training"]),
+        )
+
+    @property
+    def weights_label(self) -> WeightsLabel | None:
+        """The backbone weights' id and checksum; None when foreign or unreadable."""
+        return WeightsLabel.parse(self.weights)
+
+    def check_features(
+        self,
+        dim: int,
+        backbone: str = UNKNOWN,
+        weights: str = UNKNOWN,
+        source: str = "features",
+        step: float | None = None,
+    ) -> None:
+        """Refuse features this head was not trained for (:class:`InputError`): another width
+        ``D``, or another backbone or weights checksum when both sides know theirs. A feature
+        ``step`` (s) over 2 % away from the trained one is only warned about (foreign features
+        may round it)."""
+        if dim != self.input_dim:
+            raise InputError(f"{source}: features have {dim} channels, the model expects {self.input_dim}")
+        for key, ours, theirs in (("backbone", self.backbone, backbone), ("weights", self.weights, weights)):
+            if UNKNOWN in (ours, theirs) or not ours or not theirs:
+                continue
+            if ours != theirs:
+                raise InputError(
+                    f"{source}: features come from {key} {theirs!r}, but the model was trained on {key} {ours!r}"
+                )
+        if step is not None and self.step and not math.isclose(step, self.step, rel_tol=0.02):
+            log.warning("feature step %.4g s differs from the %.4g s the model was trained on", step, self.step)
+
+
+def load_head(path: str | os.PathLike, device: str = "cpu") -> tuple[HeadModel, HeadMeta]:
+    """The trained head of a checkpoint file, on ``device`` and in eval mode, with its meta.
+
+    Loads safely (``weights_only``); :class:`InputError` if the file is malformed,
+    :class:`~tal_pipeline.errors.NotAvailableError` for a CUDA device on a machine without one.
+    """
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        from tal_pipeline.errors import NotAvailableError
+
+        raise NotAvailableError(f"device {device!r} requested but CUDA is not available")
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt, str(path)).to(torch.device(device)).eval()
+    return model, HeadMeta.of(ckpt, path)

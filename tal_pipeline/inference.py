@@ -1,37 +1,20 @@
-"""Prediction with a trained head: a feature array in, segments in seconds out.
+"""The head on one video: a feature array in, segments in seconds out.
 
-:class:`HeadPredictor` holds a model rebuilt from its checkpoint (``checkpoint.py``): the
-windowed forward over a whole video (``predict_arrays``), positions to times, then
-post-processing (``postprocess.py``).
+:func:`predict_segments` is the one place the trained head runs on a video: ``Detector``
+(``pipeline.py``) calls it for every video, training (``train.py``) for each validation video.
+It runs :meth:`~tal_pipeline.head.model.HeadModel.infer` (windowed over the whole video), fuses
+the detection scores as the head's ``score_fusion`` says, places each output position in time
+(:func:`position_times`) and post-processes (``postprocess.py``). The model comes from a
+checkpoint file through ``checkpoint.load_head``.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-
 import numpy as np
 import torch
 
-from tal_pipeline.checkpoint import build_model, read_checkpoint
-from tal_pipeline.errors import InputError
-from tal_pipeline.featio import UNKNOWN
 from tal_pipeline.head.model import HeadModel, fuse_scores
 from tal_pipeline.postprocess import PostprocessConfig, Segment, postprocess
-
-log = logging.getLogger(__name__)
-
-
-
-def predict_arrays(model: HeadModel, features: np.ndarray, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
-    """Windowed whole-video forward: ``{"probs" (N, C), "offsets" (N, 2) steps, "actionness" (N,),
-    "positions" (N,) steps}``; ``N = T`` and ``positions = 0..T-1`` for a head with one output
-    level, the levels one after the other otherwise (:meth:`HeadModel.infer`)."""
-    x = torch.from_numpy(np.array(features, dtype=np.float32, copy=True)).to(device)
-    probs, dist, act, pos = model.infer(x, return_positions=True)
-    return {"probs": probs.cpu().numpy(), "offsets": dist.cpu().numpy(), "actionness": act.cpu().numpy(),
-            "positions": pos.numpy()}
 
 
 def position_times(positions: np.ndarray, times: np.ndarray, step: float) -> np.ndarray:
@@ -48,98 +31,28 @@ def predict_segments(
     times: np.ndarray,
     step: float,
     duration: float,
-    class_names: list[str],
+    class_names: list[str] | tuple[str, ...],
     config: PostprocessConfig | None = None,
     device: str | torch.device = "cpu",
 ) -> list[Segment]:
-    """Features ``(T, D)`` -> segments in seconds (windowed inference, merged, scores fused as
-    the head's ``score_fusion`` says, then Soft-NMS).
+    """Segments of one video, best first.
 
-    ``config`` defaults to ``PostprocessConfig()`` (ActionFormer's recipe)."""
+    Args:
+        model: the trained head, on ``device``, in eval mode.
+        features: ``(T, D)`` float32.
+        times: ``(T,)`` centre time of each feature, seconds.
+        step: seconds per feature step.
+        duration: the video's duration, seconds.
+        class_names: ``C`` names, the order of the head's class scores.
+        config: post-processing options (default ``PostprocessConfig()``, ActionFormer's recipe).
+        device: where the model is.
+    """
     if features.shape[0] == 0:
         return []
-    out = predict_arrays(model, features, device)
-    scores = fuse_scores(model.config, out["probs"], out["actionness"])  # (N, C)
-    times = position_times(out["positions"], times, step)  # (N,) s
-    return postprocess(scores, out["offsets"], times, step, duration, class_names,
-                       config or PostprocessConfig())
-
-
-class HeadPredictor:
-    """A trained head, ready to predict on feature arrays.
-
-    ``HeadPredictor.load(path, device="cpu")``; ``.class_names``; ``.meta`` (the checkpoint's
-    ``features`` and ``training`` dicts plus ``head_config``); ``.config`` (HeadConfig);
-    ``.predict(features, times, step, duration, config)``.
-    """
-
-    def __init__(self, model: HeadModel, class_names: list[str], meta: dict, device: str = "cpu"):
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.class_names = list(class_names)
-        self.meta = meta
-        self.config = model.config
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu") -> HeadPredictor:
-        """Load a checkpoint safely (``weights_only``); :class:`InputError` if malformed."""
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            from tal_pipeline.errors import NotAvailableError
-
-            raise NotAvailableError(f"device {device!r} requested but CUDA is not available")
-        ckpt = read_checkpoint(path)
-        model = build_model(ckpt, str(path))
-        meta = {"features": ckpt["features"], "training": ckpt["training"], "head_config": ckpt["head_config"],
-                "input_dim": ckpt["input_dim"], "path": str(path)}
-        return cls(model, ckpt["class_names"], meta, device)
-
-    @property
-    def input_dim(self) -> int:
-        return self.config.input_dim
-
-    @property
-    def step(self) -> float | None:
-        """Seconds per feature step the head was trained on (None if unknown)."""
-        return self.meta["features"].get("step")
-
-    def check_features(self, dim: int, backbone: str = UNKNOWN, weights: str = UNKNOWN, source: str = "features") -> None:
-        """Refuse features this head was not trained for (:class:`InputError`): wrong D, or a
-        different backbone/weights checksum when both sides know theirs."""
-        if dim != self.input_dim:
-            raise InputError(f"{source}: features have {dim} channels, the model expects {self.input_dim}")
-        mine = self.meta["features"]
-        for key, theirs in (("backbone", backbone), ("weights", weights)):
-            ours = mine.get(key, UNKNOWN)
-            if UNKNOWN in (ours, theirs) or not ours or not theirs:
-                continue
-            if ours != theirs:
-                raise InputError(
-                    f"{source}: features come from {key} {theirs!r}, but the model was trained on {key} {ours!r}"
-                )
-
-    def predict(
-        self,
-        features: np.ndarray,
-        times: np.ndarray,
-        step: float,
-        duration: float,
-        config: PostprocessConfig | None = None,
-    ) -> list[Segment]:
-        """Segments of one video.
-
-        Args:
-            features: ``(T, D)`` float32.
-            times: ``(T,)`` centre time of each position, seconds.
-            step: seconds per feature step.
-            duration: the video's duration, seconds.
-            config: post-processing options (default ``PostprocessConfig()``).
-        """
-        features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 2:
-            raise InputError(f"features must be (T, D), got shape {features.shape}")
-        self.check_features(features.shape[1])
-        trained = self.step
-        if trained and not math.isclose(step, trained, rel_tol=0.02):
-            log.warning("feature step %.4g s differs from the %.4g s the model was trained on", step, trained)
-        return predict_segments(self.model, features, np.asarray(times, np.float64), step, duration,
-                                self.class_names, config, self.device)
+    x = torch.from_numpy(np.array(features, dtype=np.float32, copy=True)).to(device)  # (T, D)
+    # N = T positions for a head with one output level; the levels one after the other otherwise
+    probs, dist, act, pos = model.infer(x, return_positions=True)  # (N, C), (N, 2) steps, (N,), (N,) steps
+    probs, dist, act = probs.cpu().numpy(), dist.cpu().numpy(), act.cpu().numpy()
+    scores = fuse_scores(model.config, probs, act)  # (N, C)
+    centres = position_times(pos.numpy(), times, step)  # (N,) s
+    return postprocess(scores, dist, centres, step, duration, class_names, config or PostprocessConfig())

@@ -1,6 +1,7 @@
 """Raw video -> segments: decode -> TV-L1 flow -> two-stream features -> TSA/TPP head -> Soft-NMS.
 
-:class:`Detector` ties a trained head checkpoint to the feature extractor it was trained on::
+:class:`Detector` ties a trained head (the model and the typed meta ``checkpoint.load_head``
+reads) to the feature extractor it was trained on::
 
     det = Detector.load("demo")            # or a path to a `tal train` checkpoint
     segments = det.detect("video.mp4")      # list[Segment(label, score, start, end)], seconds
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tal_pipeline.errors import InputError
-from tal_pipeline.featio import UNKNOWN, FeatureMeta, WeightsLabel
+from tal_pipeline.featio import UNKNOWN, FeatureMeta
 from tal_pipeline.postprocess import PostprocessConfig, Segment
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,17 @@ class Detection:
 
 
 class Detector:
-    """A trained head plus the feature extractor it needs."""
+    """A trained head plus the feature extractor it needs.
 
-    def __init__(self, predictor, extractor=None, postprocess: PostprocessConfig | None = None):
-        self.predictor = predictor  # tal_pipeline.inference.HeadPredictor
+    ``model``: the :class:`~tal_pipeline.head.model.HeadModel`, on ``device``, in eval mode;
+    ``meta``: its :class:`~tal_pipeline.checkpoint.HeadMeta` (classes, what it was trained on).
+    """
+
+    def __init__(self, model, meta, extractor=None, postprocess: PostprocessConfig | None = None,
+                 device: str = "cpu"):
+        self.model = model  # tal_pipeline.head.model.HeadModel
+        self.meta = meta  # tal_pipeline.checkpoint.HeadMeta
+        self.device = device
         self.extractor = extractor  # tal_pipeline.features.FeatureExtractor, built lazily
         self.postprocess = postprocess or PostprocessConfig()
         self._extract_kwargs: dict[str, Any] = {}
@@ -96,23 +104,19 @@ class Detector:
         ``precision``: the backbone's ("auto", "fp32", "bf16", "fp16"; ``features.auto_precision``);
         the head takes features of any precision made with its weights.
         """
-        from tal_pipeline.inference import HeadPredictor
+        from tal_pipeline.checkpoint import load_head
         from tal_pipeline.weights import file_sha256
 
         path = resolve_model(model)
-        predictor = HeadPredictor.load(path, device=device)
-        det = cls(predictor, None, postprocess)
+        head, meta = load_head(path, device=device)
+        det = cls(head, meta, None, postprocess, device)
         det.model_sha256 = file_sha256(path)
-        feats = predictor.meta["features"]
-        backbone = feats.get("backbone", UNKNOWN)
-        label = WeightsLabel.parse(feats.get("weights", UNKNOWN))
-        streams = tuple(feats.get("streams") or ("rgb", "flow"))
-        flow_backend = flow_backend or feats.get("flow_backend") or "torch"
+        label = meta.weights_label
         det._extract_kwargs = {
-            "backbone": backbone,
+            "backbone": meta.backbone,
             "weights": str(weights) if weights is not None else (label.id if label else UNKNOWN),
-            "streams": streams,
-            "flow_backend": flow_backend,
+            "streams": meta.streams,
+            "flow_backend": flow_backend or meta.flow_backend or "torch",
             "device": device,
             "precision": precision,
         }
@@ -124,8 +128,7 @@ class Detector:
         from tal_pipeline.features import FeatureExtractor
 
         kw = self._extract_kwargs
-        feats = self.predictor.meta["features"]
-        if kw["backbone"] == UNKNOWN or WeightsLabel.parse(feats.get("weights", UNKNOWN)) is None:
+        if kw["backbone"] == UNKNOWN or self.meta.weights_label is None:
             raise InputError(
                 f"{source}: the model was trained on features of an unknown backbone; "
                 "run it on pre-extracted features with --features"
@@ -141,31 +144,29 @@ class Detector:
 
     def check_extractor(self, extractor, source: str | os.PathLike = "<model>") -> None:
         """Refuse an extractor whose backbone or weights differ from the checkpoint's."""
-        feats = self.predictor.meta["features"]
-        want_backbone, want_weights = feats.get("backbone"), feats.get("weights", "")
+        meta = self.meta
         have = f"{extractor.backbone_id} {extractor.loaded.label}"
-        want = WeightsLabel.parse(want_weights)
-        if extractor.backbone_id != want_backbone or want is None or extractor.weights_sha256 != want.sha256:
+        want = meta.weights_label
+        if extractor.backbone_id != meta.backbone or want is None or extractor.weights_sha256 != want.sha256:
             raise InputError(
-                f"{source}: backbone mismatch: the model was trained on {want_backbone} "
-                f"{want_weights}, the extractor has {have}"
+                f"{source}: backbone mismatch: the model was trained on {meta.backbone} "
+                f"{meta.weights}, the extractor has {have}"
             )
-        if extractor.dim != self.predictor.input_dim:
+        if extractor.dim != meta.input_dim:
             raise InputError(
                 f"{source}: the extractor gives {extractor.dim}-d features, the model expects "
-                f"{self.predictor.input_dim}"
+                f"{meta.input_dim}"
             )
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.predictor.class_names)
+        return list(self.meta.class_names)
 
     def external_data(self) -> dict[str, Any]:
-        feats = self.predictor.meta["features"]
         return {
-            "backbone": feats.get("backbone", UNKNOWN),
-            "weights": feats.get("weights", UNKNOWN),
-            "model": str(self.predictor.meta.get("path", "?")),
+            "backbone": self.meta.backbone,
+            "weights": self.meta.weights,
+            "model": self.meta.path,
             "classes": self.class_names,
             **({"precision": self.extractor.options.precision} if self.extractor is not None else {}),
         }
@@ -176,11 +177,10 @@ class Detector:
         checksum, the backbone and its weights, the post-processing options, and for raw video
         (``inputs="video"``) the extractor's streams and flow backend. New keys may be added;
         results missing a key count as made otherwise."""
-        feats = self.predictor.meta["features"]
         prov: dict[str, Any] = {
             "model_sha256": self.model_sha256,
-            "backbone": feats.get("backbone", UNKNOWN),
-            "weights": feats.get("weights", UNKNOWN),
+            "backbone": self.meta.backbone,
+            "weights": self.meta.weights,
             "inputs": inputs,
             "postprocess": asdict(self.postprocess),
         }
@@ -207,12 +207,17 @@ class Detector:
     def detect_features(
         self, array: np.ndarray, meta: FeatureMeta, video: str | None = None
     ) -> Detection:
-        """Segments from pre-extracted features ``(T, D)`` with their meta."""
+        """Segments from pre-extracted features ``(T, D)`` with their meta: the head runs on
+        them (``inference.predict_segments``: the windowed forward, then post-processing)."""
+        from tal_pipeline.inference import predict_segments
+
         source = video or meta.video
-        self.predictor.check_features(array.shape[1], meta.backbone, meta.weights, source=source)
-        segments = self.predictor.predict(
-            array, meta.times(), meta.step, meta.duration, self.postprocess
-        )
+        array = np.asarray(array, dtype=np.float32)  # (T, D)
+        if array.ndim != 2:
+            raise InputError(f"{source}: features must be (T, D), got shape {array.shape}")
+        self.meta.check_features(array.shape[1], meta.backbone, meta.weights, source, meta.step)
+        segments = predict_segments(self.model, array, meta.times(), meta.step, meta.duration,
+                                    self.meta.class_names, self.postprocess, self.device)
         precision = meta.extra.get("precision")  # the features' (any precision is accepted)
         return Detection(source, segments, meta.duration, meta, {"precision": precision} if precision else {})
 

@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from benchmarks.synthetic import SyntheticConfig, make_benchmark, write_benchmark
-from tal_pipeline.checkpoint import checkpoint_bytes
+from tal_pipeline.checkpoint import checkpoint_bytes, load_head
 from tal_pipeline.cli import main
 from tal_pipeline.errors import InputError
 from tal_pipeline.evaluate import evaluate
-from tal_pipeline.inference import HeadPredictor
+from tal_pipeline.inference import predict_segments
 from tal_pipeline.postprocess import PostprocessConfig
 from tal_pipeline.results import load_annotations
 from tal_pipeline.train import TrainConfig, load_feature_set, train
@@ -47,9 +47,10 @@ def test_overfits_tiny_set(data, tmp_path):
     fs, gt = data
     cfg = TrainConfig(epochs=60, batch_size=6, min_samples_per_epoch=6, window=128, lr=3e-3, warmup_epochs=3, seed=0)
     ckpt = train(fs, tmp_path / "m.pt", cfg, head={**TINY_HEAD, "dropout": 0.0}, progress=False)
-    pred = HeadPredictor.load(tmp_path / "m.pt")
-    assert pred.class_names == fs.class_names and ckpt["features"]["backbone"] == "synthetic"
-    dets = {v.video_id: pred.predict(v.features, v.times, v.step, v.duration, PostprocessConfig()) for v in fs.videos}
+    model, meta = load_head(tmp_path / "m.pt")
+    assert list(meta.class_names) == fs.class_names and ckpt["features"]["backbone"] == "synthetic"
+    dets = {v.video_id: predict_segments(model, v.features, v.times, v.step, v.duration, meta.class_names,
+                                         PostprocessConfig()) for v in fs.videos}
     res = evaluate(gt, dets, (0.5,))
     assert res.mAP[0] >= 0.95, res.table()
 
@@ -79,14 +80,14 @@ def test_checkpoint_is_plain_data_and_tampering_is_refused(data, tmp_path):
     assert loaded["class_names"] == fs.class_names and loaded["input_dim"] == 16
     assert loaded["features"]["step"] == pytest.approx(0.4) and loaded["features"]["weights"] == "synthetic:seed=7"
     assert path.stat().st_size < 5e6
-    pred = HeadPredictor.load(path)
-    assert pred.meta["training"]["epochs_done"] == 3 and pred.input_dim == 16
+    _, meta = load_head(path)
+    assert meta.training["epochs_done"] == 3 and meta.input_dim == 16
 
     def refused(blob: bytes, match: str):
         bad = tmp_path / "bad.pt"
         bad.write_bytes(blob)
         with pytest.raises(InputError, match=match):
-            HeadPredictor.load(bad)
+            load_head(bad)
 
     refused(b"not a checkpoint", "not a tal-pipeline model checkpoint")
     refused(path.read_bytes()[:-100], "not a tal-pipeline model checkpoint")  # truncated
@@ -107,9 +108,9 @@ def test_checkpoint_is_plain_data_and_tampering_is_refused(data, tmp_path):
     refused(checkpoint_bytes({**ckpt, "format_version": 99}), "version")
     assert zipfile.is_zipfile(path)
     with pytest.raises(InputError, match="channels"):
-        pred.check_features(15)
+        meta.check_features(15)
     with pytest.raises(InputError, match="backbone"):
-        pred.check_features(16, backbone="r3d_18", weights="x")
+        meta.check_features(16, backbone="r3d_18", weights="x")
 
 
 def test_cli_train_detect_eval(bench_dir, tmp_path):
@@ -185,12 +186,12 @@ def test_select_best_keeps_the_best_validation_epoch(data, tmp_path):
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     best = max(hist, key=lambda h: h["average_mAP"])  # first of equal scores, as training keeps it
     assert ckpt["training"]["selected_epoch"] == best["epoch"]
-    pred = HeadPredictor.load(tmp_path / "b.pt")  # the saved weights score what that epoch scored
-    assert validate(pred.model, fs, gt)["average_mAP"] == pytest.approx(best["average_mAP"])
+    model, _ = load_head(tmp_path / "b.pt")  # the saved weights score what that epoch scored
+    assert validate(model, fs, gt)["average_mAP"] == pytest.approx(best["average_mAP"])
     last = train(fs, tmp_path / "l.pt", TrainConfig(**{**cfg.__dict__, "select": "last"}), head=TINY_HEAD,
                  val_data=fs, val_annotations=gt, progress=False)
     assert last["training"]["selected_epoch"] == 4
-    assert validate(HeadPredictor.load(tmp_path / "l.pt").model, fs, gt)["average_mAP"] == pytest.approx(
+    assert validate(load_head(tmp_path / "l.pt")[0], fs, gt)["average_mAP"] == pytest.approx(
         hist[-1]["average_mAP"])
     with pytest.raises(ValueError):
         TrainConfig(select="first")
