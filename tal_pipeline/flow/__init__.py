@@ -19,7 +19,13 @@ import torch
 
 from tal_pipeline.errors import InputError, NotAvailableError
 from tal_pipeline.flow.opencv_backend import OpenCVTVL1Options, tvl1_opencv
-from tal_pipeline.flow.tvl1_torch import CUDA_OPTIONS, TVL1Options, options_for, tvl1_torch_pairs
+from tal_pipeline.flow.tvl1_torch import (
+    CUDA_OPTIONS,
+    CPUWorkers,
+    TVL1Options,
+    options_for,
+    tvl1_torch_pairs,
+)
 
 FLOW_CLIP_PX = 20.0  # flow is clipped to ±this many pixels before the backbone, then / it
 BACKENDS = ("opencv", "torch")
@@ -68,6 +74,7 @@ def compute_flow(
     *,
     options: TVL1Options | OpenCVTVL1Options | None = None,
     threads: int | None = None,
+    workers: CPUWorkers | None = None,
 ) -> np.ndarray:
     """TV-L1 optical flow between consecutive frames.
 
@@ -81,6 +88,8 @@ def compute_flow(
             defaults when None (torch on CUDA: ``CUDA_OPTIONS``).
         threads: CPU worker threads (default: all cores for opencv, ``torch.get_num_threads()``
             for torch).
+        workers: torch backend on the CPU: the threads that run the batches
+            (:class:`~tal_pipeline.flow.tvl1_torch.CPUWorkers`; default: started for the call).
 
     Returns:
         ``(N-1, 2, H, W)`` float32 flow in pixels, (dx, dy) such that the content at (x, y) in
@@ -115,7 +124,7 @@ def compute_flow(
     if options is not None and not isinstance(options, TVL1Options):
         raise InputError("flow: the torch backend takes TVL1Options")
     frames = torch.as_tensor(gray)  # (N, H, W), shares memory with a numpy input
-    return tvl1_torch_pairs(frames[:-1], frames[1:], dev, options, threads)
+    return tvl1_torch_pairs(frames[:-1], frames[1:], dev, options, threads, workers)
 
 
 def encode_flow(flow: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from tal_pipeline.flow.tvl1_torch import CPUWorkers
 
 
 class FlowStream:
     """TV-L1 over a stream of RGB chunks: ``push`` returns the fields whose next frame is known
-    (field k: frame k -> k+1), ``finish`` the last frame's field (a repeat; zeros for 1 frame)."""
+    (field k: frame k -> k+1), ``finish`` the last frame's field (a repeat; zeros for 1 frame).
 
-    def __init__(self, backend: str, device: str):
+    It runs on the extractor's prefetch thread, so it changes no process-wide torch setting:
+    the torch backend's CPU batches run on ``workers``, which the extractor built in its own
+    thread (:class:`~tal_pipeline.flow.tvl1_torch.CPUWorkers` says why).
+    """
+
+    def __init__(self, backend: str, device: str, workers: CPUWorkers | None = None):
         self.backend = backend
         self.device = device
+        self.workers = workers  # torch backend on the CPU only
         self.prev: np.ndarray | None = None  # grey (H, W) of the last frame seen
         self.last: np.ndarray | None = None  # float32 (2, H, W), the last field computed
 
@@ -27,7 +38,8 @@ class FlowStream:
         self.prev = gray[-1]
         if len(seq) < 2:
             return np.zeros((0, 2, h, w), np.float32)
-        fields = np.asarray(compute_flow(seq, backend=self.backend, device=self.device), np.float32)
+        fields = np.asarray(compute_flow(seq, backend=self.backend, device=self.device, workers=self.workers),
+                            np.float32)
         self.last = fields[-1]
         return fields  # (len(seq) - 1, 2, H, W)
 

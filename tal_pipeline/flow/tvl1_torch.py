@@ -420,21 +420,60 @@ def tvl1_pairs(i0: torch.Tensor, i1: torch.Tensor, opts: TVL1Options | None = No
     return u
 
 
+class CPUWorkers:
+    """Threads that run TV-L1 batches on the CPU, each computing with one intra-op thread.
+
+    Why one intra-op thread each: independent batches scale better than OpenMP inside each
+    small operation, and do not collapse when other processes share the cores. Who sets it:
+    torch has no per-thread setting; a thread takes the process's intra-op thread count the
+    first time it uses torch and keeps it. So the workers start, and take a count of 1, while
+    the constructor holds the process's count at 1; it restores the count before returning.
+    Build this in the thread that owns the process's torch settings (``FeatureExtractor`` does,
+    in its constructor): batches then run on it from any thread (the extractor's prefetch
+    thread) without changing any process-wide setting.
+    """
+
+    def __init__(self, threads: int | None = None):
+        self.size = max(1, threads or torch.get_num_threads())
+        self._pool = ThreadPoolExecutor(self.size, thread_name_prefix="tal-tvl1")
+        started = threading.Barrier(self.size + 1)  # every worker has taken its count
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)  # the count the workers take (see the class docstring)
+        try:
+            for _ in range(self.size):  # each blocks a thread until all started: self.size threads
+                self._pool.submit(self._start, started)
+            started.wait()
+        finally:
+            torch.set_num_threads(previous)
+
+    @staticmethod
+    def _start(started: threading.Barrier) -> None:
+        torch.get_num_threads()  # torch sets this thread's count from the process's (1 now)
+        started.wait()
+
+    def map(self, fn, items) -> list:
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 def tvl1_torch_pairs(
     first: np.ndarray | torch.Tensor,
     second: np.ndarray | torch.Tensor,
     device: str | torch.device = "cpu",
     opts: TVL1Options | None = None,
     threads: int | None = None,
+    workers: CPUWorkers | None = None,
 ) -> np.ndarray:
     """Flow from ``first[k]`` to ``second[k]``: ``(P, H, W)`` x 2 in [0, 255] -> ``(P, 2, H, W)`` float32.
 
     Pairs run in batches of at most ``opts.batch_pairs``. On the CPU the batches run on
-    ``threads`` worker threads (default: ``torch.get_num_threads()``), each with one intra-op
-    thread: independent batches scale better than OpenMP inside each small operation, and do
-    not collapse when other processes share the cores. ``torch.set_num_threads`` is restored
-    afterwards. With a compiled inner loop the last batch is padded to the full batch size so
-    the compiler sees one shape per pyramid level.
+    ``workers`` (:class:`CPUWorkers`, one intra-op thread each); without them, on ``threads``
+    workers (default: ``torch.get_num_threads()``) started for this call, which briefly sets
+    the process's intra-op thread count in the calling thread (see :class:`CPUWorkers`). With a
+    compiled inner loop the last batch is padded to the full batch size so the compiler sees
+    one shape per pyramid level.
     """
     device = torch.device(device)
     opts = opts or options_for(device)
@@ -442,8 +481,11 @@ def tvl1_torch_pairs(
     second = torch.as_tensor(second).to(device)
     n_pairs = first.shape[0]
     out = np.empty((n_pairs, 2, *first.shape[1:]), dtype=np.float32)
-    workers = max(1, threads or torch.get_num_threads()) if device.type == "cpu" else 1
-    bs = min(opts.batch_pairs, -(-n_pairs // workers))
+    if device.type != "cpu":
+        n_workers = 1
+    else:
+        n_workers = workers.size if workers is not None else max(1, threads or torch.get_num_threads())
+    bs = min(opts.batch_pairs, -(-n_pairs // n_workers))
     chunks = [(s, min(s + bs, n_pairs)) for s in range(0, n_pairs, bs)]
     pad_last = _use_compile(device, opts) and len(chunks) > 1
 
@@ -461,21 +503,20 @@ def tvl1_torch_pairs(
         for chunk in chunks:
             run(chunk)
         return out
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # one intra-op thread per worker
+    if workers is not None:
+        workers.map(run, chunks)
+        return out
+    own = CPUWorkers(min(n_workers, len(chunks)))
     try:
-        if len(chunks) == 1:
-            run(chunks[0])
-        else:
-            with ThreadPoolExecutor(min(workers, len(chunks))) as pool:
-                list(pool.map(run, chunks))
+        own.map(run, chunks)
     finally:
-        torch.set_num_threads(previous)
+        own.close()
     return out
 
 
 __all__ = [
     "CUDA_OPTIONS",
+    "CPUWorkers",
     "TVL1Options",
     "centred_gradient",
     "divergence",
