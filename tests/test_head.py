@@ -48,9 +48,11 @@ def test_tsa_fusion_ignores_own_instance_and_background():
 
 @pytest.mark.parametrize("tsa", ["full", "plain", "none"])
 @pytest.mark.parametrize("tpp", [True, False])
-def test_padding_does_not_change_valid_outputs(tsa, tpp):
+@pytest.mark.parametrize("embed_kernel", [1, 3])
+def test_padding_does_not_change_valid_outputs(tsa, tpp, embed_kernel):
     torch.manual_seed(0)
-    model = HeadModel(HeadConfig(input_dim=12, num_classes=3, hidden_dim=16, tsa=tsa, tpp=tpp)).eval()
+    model = HeadModel(HeadConfig(input_dim=12, num_classes=3, hidden_dim=16, tsa=tsa, tpp=tpp,
+                                 embed_kernel=embed_kernel)).eval()
     x = torch.randn(1, 37, 12)
     with torch.no_grad():
         alone = model(x)
@@ -145,8 +147,8 @@ def test_output_levels_padding_and_windows(tsa):
 
 
 def test_old_checkpoint_config_loads_with_old_behaviour():
-    """A config saved before output_levels / score_fusion / stem_dilations existed means one level,
-    class scores and undilated stem layers."""
+    """A config saved before output_levels / score_fusion / stem_dilations / embed_kernel existed
+    means one level, class scores, undilated stem layers and a 1x1 embedding."""
     old = {"input_dim": 512, "num_classes": 6, "hidden_dim": 128, "stem_layers": 2, "head_layers": 1, "tsa": "full",
            "tpp": True, "tpp_dilations": [1, 2, 4], "tpp_strides": [2, 4], "reg_init": 4.0, "prior_prob": 0.01,
            "dropout": 0.3, "window": 256, "overlap": 64}
@@ -154,6 +156,9 @@ def test_old_checkpoint_config_loads_with_old_behaviour():
     assert cfg.output_levels == 1 and cfg.score_fusion == "class" and cfg.stem_dilations == ()
     model = HeadModel(cfg)
     assert all(layer.conv.dilation == (1,) for layer in model.stem) and not hasattr(model, "pyramid")
+    assert cfg.embed_kernel == 1 and model.embed.kernel_size == (1,)  # the 1x1 embedding of old weights
+    with pytest.raises(ValueError):
+        HeadConfig(input_dim=4, num_classes=2, embed_kernel=2)  # even: no centred padding
     with pytest.raises(ValueError):
         HeadConfig(input_dim=4, num_classes=2, output_levels=8, window=256, overlap=64)  # hop 192 % 128
     with pytest.raises(ValueError):

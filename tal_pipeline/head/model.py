@@ -63,6 +63,8 @@ class HeadConfig:
     score_fusion: str = "class"  # detection score: "class" (class probability) or "actionness"
     #   (class probability x actionness: the actionness head, trained at every position inside
     #   an instance, ranks boundaries and background better than centre-trained class scores)
+    embed_kernel: int = 1  # taps of the input embedding conv (odd); 3 lets the first layer
+    #   average neighbouring steps of every input channel before the D -> H compression
 
     def __post_init__(self):
         if self.score_fusion not in SCORE_FUSIONS:
@@ -75,6 +77,8 @@ class HeadConfig:
             raise ValueError("input_dim, num_classes and hidden_dim must be positive")
         if not 0 <= self.overlap < self.window:
             raise ValueError("need 0 <= overlap < window")
+        if self.embed_kernel < 1 or self.embed_kernel % 2 == 0:
+            raise ValueError("embed_kernel must be a positive odd number")
         if self.output_levels < 1:
             raise ValueError("output_levels must be >= 1")
         multiple = math.lcm(max(self.tpp_strides, default=1) if self.tpp else 1, 2 ** (self.output_levels - 1))
@@ -163,7 +167,7 @@ class HeadModel(nn.Module):
         super().__init__()
         self.config = config
         h = config.hidden_dim
-        self.embed = nn.Conv1d(config.input_dim, h, 1)
+        self.embed = nn.Conv1d(config.input_dim, h, config.embed_kernel, padding=config.embed_kernel // 2)
         self.embed_norm = ChannelNorm(h)
         self.dropout = nn.Dropout(config.dropout)
         rates = config.stem_dilations or (1,) * config.stem_layers
