@@ -37,6 +37,7 @@ from tal_pipeline.flow import (
 from tal_pipeline.flow.tvl1_torch import (
     divergence,
     forward_gradient,
+    gain_ratio,
     gaussian_blur,
     median_filter,
     tvl1_pairs,
@@ -182,6 +183,32 @@ def test_sign_and_axis_convention(still, backend):
     assert abs(np.median(flow_right[1][inner])) < 0.1
     assert abs(np.median(flow_down[1][inner]) - shift) < 0.1  # dy > 0 for downward motion
     assert abs(np.median(flow_down[0][inner])) < 0.1
+
+
+def test_exposure_step_is_not_taken_for_motion(still):
+    """A 25 % brighter second frame (auto-exposure, a light switched on) with a 1 px shift: the
+    gain match finds the shift; without it TV-L1 answers with pixels of spurious flow. Gains
+    within ``GAIN_MIN_CHANGE`` (content moving in or out) are left alone: the same flow."""
+    top, left, shift = 8, 60, 1
+    f0 = still[top : top + SIZE, left : left + SIZE].astype(np.float32)
+    f1 = still[top : top + SIZE, left - shift : left - shift + SIZE].astype(np.float32)
+    inner = (slice(10, -10), slice(10, -10))
+    truth = np.zeros((2, SIZE, SIZE), np.float32)
+    truth[0] = shift
+    brighter = np.clip(f1 * 1.25, 0, 255)
+    on = tvl1_pairs(torch.from_numpy(f0[None]), torch.from_numpy(brighter[None]))[0].numpy()
+    off = tvl1_pairs(torch.from_numpy(f0[None]), torch.from_numpy(brighter[None]),
+                     TVL1Options(match_gain=False))[0].numpy()
+    err_on = np.linalg.norm(on - truth, axis=0)[inner].mean()
+    err_off = np.linalg.norm(off - truth, axis=0)[inner].mean()
+    assert err_on < 0.15 and err_off > 1.0, (err_on, err_off)  # measured: 0.03 vs 6.7 px
+    g = gain_ratio(torch.from_numpy(np.stack([f0, f0])), torch.from_numpy(np.stack([brighter, f1])))
+    assert abs(g[0].item() - 1 / 1.25) < 0.05 and g[1].item() == 1.0
+    slightly = f1 * 1.04  # within the dead band: exactly the uncorrected result
+    a = tvl1_pairs(torch.from_numpy(f0[None]), torch.from_numpy(slightly[None]))
+    b = tvl1_pairs(torch.from_numpy(f0[None]), torch.from_numpy(slightly[None]),
+                   TVL1Options(match_gain=False))
+    assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------
