@@ -11,11 +11,17 @@ In one run, on the same clips (bench_extract's textured panning clip, copied und
 2. ``ray``: ``tal extract DIR -o B --ray --workers W`` with the same threads per worker, so the
    outputs must be bitwise identical to ``local`` (checked);
 3. ``local-1t`` / ``ray-1t``: both with ``--threads 1`` (one thread per worker: the setting that
-   fits W workers on W cores without oversubscription).
+   fits W workers on W cores without oversubscription);
+4. ``floor``: ``tal extract`` on one corrupt file: the process builds the extractor, fails the
+   file at once and exits, so its peak RSS is the local process's floor (imports and weights)
+   before any video.
 
-Each run is a fresh process (start-up included); wall time, the driver's peak RSS and, for Ray,
-each worker's peak RSS (read from ``TAL_WORKER_LOG``). Ray binds to every interface, so unless
-``--no-netns`` the script re-runs itself in a private network namespace with only loopback up
+Each run is a fresh process (start-up included); wall time, the driver's peak RSS (read inside
+the process before it shuts down, as a worker's is: see ``TAL``) and, for Ray, each worker's
+peak RSS and its floor, the peak it had when its first video started (both read from
+``TAL_WORKER_LOG``). Peak minus floor is what the videos themselves cost, on either side.
+
+Ray binds to every interface, so unless ``--no-netns`` the script re-runs itself in a private network namespace with only loopback up
 (``unshare --net``, needs root): all traffic stays on 127.0.0.1.
 """
 
@@ -36,30 +42,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import cpu_model
 from bench_extract import make_clip
 
-TAL = str(Path(sys.executable).with_name("tal"))
+# ``tal`` itself (its console script's code) with its peak RSS read inside the process once the
+# command is over, before the interpreter shuts down: with torch imported, the shutdown alone
+# touches ~125 MB more, which wait4 counts on the local side and never on a worker's (read
+# after each video); reading both sides inside the process compares like with like
+TAL = [sys.executable, "-c", (
+       "import atexit, os, resource, sys\n"
+       "atexit.register(lambda: open(os.environ['TAL_BENCH_PEAK'], 'w').write("
+       "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+       "from tal_pipeline.cli import main\n"
+       "sys.argv[0] = 'tal'\n"
+       "sys.exit(main())\n")]
 
 
-def run(cmd: list[str], env: dict | None = None) -> tuple[float, float, int]:
-    """(wall s, peak RSS MB of the process, exit status) of a fresh ``tal`` process."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    err = proc.stderr.read() if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        print(err, file=sys.stderr)
-    return wall, usage.ru_maxrss / 1024, code
+def run(args: list[str], env: dict | None = None, expect: int = 0) -> tuple[float, float, float, int]:
+    """(wall s, peak RSS MB before shut-down, peak RSS MB with it, exit status) of a fresh
+    ``tal ARGS`` process."""
+    with tempfile.NamedTemporaryFile(suffix=".peak") as peak, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen([*TAL, *args], stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, **(env or {}), "TAL_BENCH_PEAK": peak.name})
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+        kib = int(Path(peak.name).read_text() or 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != expect:
+            err.seek(0)
+            print(err.read(), file=sys.stderr)
+    return wall, kib / 1024, usage.ru_maxrss / 1024, code
 
 
-def worker_peaks(log: Path) -> dict[str, float]:
-    """pid -> peak RSS MB over its videos (``TAL_WORKER_LOG`` lines)."""
-    peaks: dict[str, float] = {}
+def worker_memory(log: Path) -> dict[str, tuple[float, float]]:
+    """pid -> (floor, peak) RSS MB from ``TAL_WORKER_LOG`` lines: the peak when its first video
+    started (the extractor built, no video yet) and over all its videos."""
+    mem: dict[str, tuple[float, float]] = {}
     for line in log.read_text().splitlines():
         pid, _, _, kib = line.split()
-        peaks[pid] = max(peaks.get(pid, 0.0), int(kib) / 1024)
-    return peaks
+        mb = int(kib) / 1024
+        floor, peak = mem.get(pid, (mb, 0.0))
+        mem[pid] = (floor, max(peak, mb))
+    return mem
 
 
 def same_outputs(a: Path, b: Path) -> bool:
@@ -77,8 +99,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--gpus-per-worker", type=float, default=0.0)
     ap.add_argument("--weights", default="seeded")
-    ap.add_argument("--runs", default="local,ray,local-1t,ray-1t",
-                    help="which of local, ray, local-1t, ray-1t to run (comma-separated)")
+    ap.add_argument("--runs", default="floor,local,ray,local-1t,ray-1t",
+                    help="which of floor, local, ray, local-1t, ray-1t to run (comma-separated)")
     ap.add_argument("--no-netns", action="store_true", help="do not enter a private network namespace")
     args = ap.parse_args()
     if not args.no_netns and os.environ.get("TAL_BENCH_NETNS") != "1":
@@ -94,8 +116,7 @@ def main() -> None:
     src = make_clip(cache / f"pan_{args.seconds:g}s.mp4", args.seconds)
     for i in range(args.clips):
         shutil.copyfile(src, clips / f"clip{i:02d}.mp4")
-    common = [TAL, "extract", str(clips), "--weights", args.weights, "--device", args.device,
-              "--no-progress"]
+    opts = ["--weights", args.weights, "--device", args.device, "--no-progress"]
     ray = ["--ray", *([args.address] if args.address else []), "--workers", str(args.workers),
            "--gpus-per-worker", str(args.gpus_per_worker)]
     video_s = args.clips * args.seconds
@@ -104,19 +125,31 @@ def main() -> None:
     print(f"# {res['cpu']}; {args.clips} clips x {args.seconds:g} s; {args.workers} Ray workers",
           flush=True)
     wanted = set(args.runs.split(","))
+    if "floor" in wanted:
+        broken = root / "broken.mp4"  # not a video: the file fails as soon as it is opened
+        broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+        _, rss, _, code = run(["extract", str(broken), *opts, "-o", str(root / "floor")], expect=1)
+        res["local_floor_mb"] = round(rss)
+        print(f"floor     the local process with the extractor built, no video: {rss:.0f} MB",
+              flush=True)
     for name, extra in (("local", []), ("ray", ray), ("local-1t", ["--threads", "1"]),
                         ("ray-1t", [*ray, "--threads", "1"])):
         if name not in wanted:
             continue
         out, log = root / name, root / f"{name}.log"
-        wall, rss, code = run([*common, "-o", str(out), *extra], {"TAL_WORKER_LOG": str(log)})
+        wall, rss, exit_rss, code = run(["extract", str(clips), *opts, "-o", str(out), *extra],
+                                        {"TAL_WORKER_LOG": str(log)})
         row = {"wall_s": round(wall, 2), "x_realtime": round(video_s / wall, 3),
-               "driver_peak_mb": round(rss), "exit": code}
+               "driver_peak_mb": round(rss), "driver_peak_with_exit_mb": round(exit_rss),
+               "exit": code}
         if log.exists():
-            row["worker_peak_mb"] = sorted(round(v) for v in worker_peaks(log).values())
+            mem = sorted(worker_memory(log).values(), key=lambda m: m[1])
+            row["worker_peak_mb"] = [round(peak) for _, peak in mem]
+            row["worker_floor_mb"] = [round(floor) for floor, _ in mem]
         res["runs"][name] = row
         print(f"{name:9s} {wall:7.1f} s  {video_s / wall:5.2f}x real time  driver peak {rss:6.0f} MB"
-              + (f"  workers peak {row['worker_peak_mb']} MB" if "worker_peak_mb" in row else ""),
+              + (f"  workers peak {row['worker_peak_mb']} MB, floor {row['worker_floor_mb']} MB"
+                 if "worker_peak_mb" in row else ""),
               flush=True)
         if args.address is None and name.startswith("ray"):
             subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
