@@ -21,8 +21,9 @@ the process before it shuts down, as a worker's is: see ``TAL``) and, for Ray, e
 peak RSS and its floor, the peak it had when its first video started (both read from
 ``TAL_WORKER_LOG``). Peak minus floor is what the videos themselves cost, on either side.
 
-Ray binds to every interface, so unless ``--no-netns`` the script re-runs itself in a private network namespace with only loopback up
-(``unshare --net``, needs root): all traffic stays on 127.0.0.1.
+Ray binds to every interface, so unless ``--no-netns`` the script re-runs itself in a private
+network namespace with only loopback up (``unshare --net``, needs root): all traffic stays on
+127.0.0.1.
 """
 
 from __future__ import annotations
