@@ -18,8 +18,9 @@ Recipe (defaults in :class:`TrainConfig`):
    default) the weights of the validation run with the best average mAP are saved (early
    stopping by model selection: small training sets overfit late in the schedule); with
    ``"last"``, or without validation videos, the last epoch's.
-6. Head options: :data:`HEAD_DEFAULTS` under the caller's overrides (``tal train``'s defaults;
-   :class:`HeadConfig`'s own defaults are the earlier behaviour old checkpoints rely on).
+6. Head options: :func:`head_defaults` (:data:`HEAD_DEFAULTS`, plus :data:`WIDE_DEFAULTS` for
+   features of at least :data:`WIDE_DIM` channels) under the caller's overrides (``tal train``'s
+   defaults; :class:`HeadConfig`'s own defaults are the earlier behaviour old checkpoints rely on).
 
 Reproducibility: everything random comes from ``seed`` (torch for the initial weights, a numpy
 PCG64 generator for windows and order); on CPU the same seed gives a bit-identical checkpoint
@@ -72,6 +73,19 @@ HEAD_DEFAULTS: dict[str, Any] = {
     "output_levels": 5,
     "score_fusion": "actionness",
 }
+# Wide features (D >= WIDE_DIM) also get a 3-tap embedding (``embed_kernel``). On the synthetic
+# long regime (D = 2048, 50 training videos) the 1x1 embedding memorised the training videos
+# (training loss fell while validation mAP fell, and class accuracy inside held-out instances
+# was at chance); three taps let the first layer filter each of the D input channels in time
+# before the compression to H. On the hard regime (D = 128) the same change lost 11 points of
+# validation mAP, so narrow features keep the 1x1 embedding. BENCHMARKS.md, "Head".
+WIDE_DIM = 1024
+WIDE_DEFAULTS: dict[str, Any] = {"embed_kernel": 3}
+
+
+def head_defaults(dim: int) -> dict[str, Any]:
+    """``tal train``'s head options for ``dim``-channel features (before the caller's overrides)."""
+    return {**HEAD_DEFAULTS, **(WIDE_DEFAULTS if dim >= WIDE_DIM else {})}
 
 
 @dataclass(frozen=True)
@@ -324,14 +338,14 @@ class _Schedule:
 
 
 def _build_model(train_data: FeatureSet, config: TrainConfig, head: dict[str, Any] | None) -> HeadModel:
-    """The seeded initial model: :data:`HEAD_DEFAULTS` under ``head``, sized by the data."""
+    """The seeded initial model: :func:`head_defaults` under ``head``, sized by the data."""
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         from tal_pipeline.errors import NotAvailableError
 
         raise NotAvailableError(f"device {config.device!r} requested but CUDA is not available")
     head_config = HeadConfig(
-        **{**HEAD_DEFAULTS, **(head or {}), "input_dim": train_data.info["dim"],
+        **{**head_defaults(train_data.info["dim"]), **(head or {}), "input_dim": train_data.info["dim"],
            "num_classes": len(train_data.class_names)}
     )
     torch.manual_seed(config.seed)

@@ -43,6 +43,13 @@ def data(bench_dir):
     return load_feature_set(feats, gt), gt
 
 
+def test_head_defaults_by_feature_width():
+    from tal_pipeline.train import HEAD_DEFAULTS, WIDE_DIM, head_defaults
+
+    assert head_defaults(128).get("embed_kernel", 1) == 1 and head_defaults(WIDE_DIM - 1) == HEAD_DEFAULTS
+    assert head_defaults(WIDE_DIM)["embed_kernel"] == 3 and head_defaults(2048)["output_levels"] == 5
+
+
 def test_overfits_tiny_set(data, tmp_path):
     fs, gt = data
     cfg = TrainConfig(epochs=60, batch_size=6, min_samples_per_epoch=6, window=128, lr=3e-3, warmup_epochs=3, seed=0)
