@@ -23,6 +23,12 @@ sampled frames inside zooms, near the crop's centre (< 24 px) and near its edge 
 
 If ``true`` separates zoom in from zoom out and TV-L1 does not, the flow loses them; if none
 does, the trunk (or the probe's protocol) does.
+
+    python benchmarks/zoom_probe.py --clean-epe 10       # TV-L1 on zooms only, no probe
+
+``--clean-epe N`` measures TV-L1 alone on N videos of a still scene (photographs, no moving
+objects: the camera's field is then the whole truth), each a 5 s zoom in and a 5 s zoom out:
+EPE centre / edge for OpenCV, torch, and torch without the gain match.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from bench_decode import cpu_model
 from tal_pipeline.decode import decode_video, rgb_to_gray
 from tal_pipeline.demo import camera, footage
 from tal_pipeline.features import FeatureExtractor
-from tal_pipeline.flow import compute_flow
+from tal_pipeline.flow import TVL1Options, compute_flow
 
 CLASSES = ["background", *camera.CLASSES]
 CROP = 112  # the crop the decoder gives (pixels)
@@ -173,13 +179,51 @@ def split_videos(ids: list[str], labels: dict, test_share: float = 0.3, tries: i
     return best
 
 
+def clean_zoom_epe(n_videos: int, seed: int) -> dict:
+    """TV-L1's EPE on the sampled zoom frames of ``n_videos`` still scenes (see the docstring)."""
+    sources = footage.find_sources("train")
+    script = [("static", 1.0), ("zoom_in", 5.0), ("static", 1.0), ("zoom_out", 5.0), ("static", 1.0)]
+    flows = {"opencv": ("opencv", None), "torch": ("torch", None),
+             "torch, no gain match": ("torch", TVL1Options(match_gain=False))}
+    truth, est = [], {k: [] for k in flows}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n_videos):
+            opt = camera.CameraOptions(objects=False, scene_kind=("photo", "mosaic")[i % 2])
+            plan = camera.plan_video(f"z{i}", (seed, 77, i), sources, opt, script=script)
+            path = camera.write_video(plan, Path(tmp) / "z.mp4", sources)
+            chunks = list(decode_video(path))
+            t = np.concatenate([c.times for c in chunks])
+            gray = rgb_to_gray(np.concatenate([c.frames for c in chunks]))
+            y = labels_at(plan, t[:-1])
+            zoom = np.isin(y, [CLASSES.index("zoom_in"), CLASSES.index("zoom_out")])
+            truth.append(camera_flow(plan, t)[zoom])
+            for name, (backend, options) in flows.items():
+                est[name].append(compute_flow(gray, backend=backend, options=options)[zoom])
+    tz = np.concatenate(truth)
+    res = {"pairs": len(tz)}
+    for name, parts in est.items():
+        e = res[name] = epe_zoom(tz, np.concatenate(parts), np.ones(len(tz), bool))
+        print(f"{name:22s} EPE centre {e['centre']['epe_mean']:.3f} px (median "
+              f"{e['centre']['epe_median']:.3f}), edge {e['edge']['epe_mean']:.3f} px (median "
+              f"{e['edge']['epe_median']:.3f}); true |flow| {e['centre']['true_mag_mean']:.2f} / "
+              f"{e['edge']['true_mag_mean']:.2f} px; {len(tz)} pairs")
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clean-epe", type=int, default=0, metavar="N",
+                    help="only TV-L1's EPE on N still-scene zoom videos (no probe)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.clean_epe:
+        res = {"cpu": cpu_model(), "clean_zoom_epe": clean_zoom_epe(args.clean_epe, args.seed)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        return
     opts = camera.CameraOptions(duration_s=(30.0, 45.0))
     sources = footage.find_sources("train")
     plans = camera.plan_dataset("train", args.videos, args.seed, opts, sources=sources)
