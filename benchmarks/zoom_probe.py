@@ -189,7 +189,7 @@ def clean_zoom_epe(n_videos: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n_videos):
             opt = camera.CameraOptions(objects=False, scene_kind=("photo", "mosaic")[i % 2])
-            plan = camera.plan_video(f"z{i}", (seed, 77, i), sources, opt, script=script)
+            plan = camera.plan_video(f"z{i}", (77, seed, i), sources, opt, script=script)
             path = camera.write_video(plan, Path(tmp) / "z.mp4", sources)
             chunks = list(decode_video(path))
             t = np.concatenate([c.times for c in chunks])
