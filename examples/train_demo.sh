@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates the camera-motion data set and retrains the demo detector (weights/demo.pt).
+# Regenerates the camera-motion data set and trains a demo detector into $DATA/demo.pt.
+# It does not overwrite the shipped weights/demo.pt unless asked (OUT=weights/demo.pt): this recipe
+# makes issue #12's candidate, which weights/README.md compares with the shipped model.
 #
 #   bash examples/train_demo.sh              # needs: pip install -e '.[camera]'
 #   DATA=/tmp/demo N_TRAIN=20 bash examples/train_demo.sh   # fewer training videos
@@ -17,7 +19,7 @@ DATA=${DATA:-data/demo}
 N_TRAIN=${N_TRAIN:-40}          # videos of the train sources (32 training + 8 validation)
 VAL_FRACTION=${VAL_FRACTION:-0.2}
 N_HELDOUT=${N_HELDOUT:-12}      # videos of the held-out sources
-OUT=${OUT:-weights/demo.pt}
+OUT=${OUT:-$DATA/demo.pt}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the shipped model was trained with one thread
 
 python -m tal_pipeline.demo.camera --out "$DATA/train" --split train --videos "$N_TRAIN" --seed 0 \
