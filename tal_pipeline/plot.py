@@ -9,7 +9,8 @@ Each panel stacks, top to bottom:
 * a strip of actionness over time when the results carry one for the video (optional key of
   the results file, see below).
 
-Optional per-video curve in a results file (``tal detect`` may write it; other tools may too)::
+Optional per-video curve in a results file (``tal detect`` does not write one; results made by
+other tools, or a user's own scoring, may carry it)::
 
     "videos": {"<video_id>": {..., "actionness": {"t0": 0.8, "step": 0.4, "values": [0.1, ...]}}}
 
