@@ -25,6 +25,7 @@ its weights.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -147,6 +148,8 @@ class FeatureExtractor:
             from tal_pipeline.flow.tvl1_torch import CPUWorkers
 
             self._flow_workers = CPUWorkers()
+            # idle threads end with the extractor (no wait: the collector may run on any thread)
+            weakref.finalize(self, self._flow_workers.close, False)
         # keep the identity, not a second copy of the tensors (the nets hold them)
         self.loaded: LoadedWeights = replace(loaded, state_dict={})
 

@@ -182,7 +182,7 @@ def extract_provenance(fx) -> dict:
 
 
 def recorded_provenance(meta) -> dict:
-    """The keys of :func:`provenance`, read from a feature meta (what made those features)."""
+    """The keys of :func:`extract_provenance`, read from a feature meta (what made those features)."""
     return {
         "backbone": meta.backbone,
         "weights": meta.weights,
@@ -220,5 +220,4 @@ def detect_feature_file(det, path: Path, vid: str, ann, fps, feature_stride, win
                               feature_stride=feature_stride, window_frames=window_frames)
     if a is not None and a.duration > 0:
         meta = replace(meta, duration=float(a.duration))
-    detection = det.detect_features(arr, meta, video=str(path))
-    return detection
+    return det.detect_features(arr, meta, video=str(path))

@@ -480,8 +480,8 @@ class CPUWorkers:
     def map(self, fn, items) -> list:
         return list(self._pool.map(fn, items))
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait)
 
 
 def tvl1_torch_pairs(
