@@ -187,6 +187,17 @@ def _active_cues(b: HeadlessChromium, t: float, expect: list[str] | None = None)
     return b.evaluate(js % (want, repr(float(t))), await_promise=True)
 
 
+def _after_click(b: HeadlessChromium) -> None:
+    """Wait until the seek and play() a click started are over (not seeking, playing or paused
+    for 200 ms), so that a seek of ours does not race them."""
+    b.evaluate(
+        "new Promise(function(res){var v=document.querySelector('video'),t0=Date.now(),calm=0;"
+        "(function poll(){calm=v.seeking?0:calm+1;"
+        "if(calm>=10||Date.now()-t0>3000)return res(1);setTimeout(poll,20);})();})",
+        await_promise=True,
+    )
+
+
 def test_captions_track_shows_active_cue(browser, report):
     """The player's WebVTT track (a data: URI in the page) loads in Chromium's own parser, is
     shown by default, and at a known time its active cue is that segment's ``label (score)``;
@@ -221,9 +232,11 @@ def test_captions_track_shows_active_cue(browser, report):
     # clicking the 'idle' row (4th by start) puts its label on the picture as well
     x, y = _center(b, "table.segments tbody tr:nth-child(4)")
     b.click(x, y)
+    _after_click(b)
     assert _active_cues(b, 5.2, ["idle (0.10)", "run (0.80)"]) == ["idle (0.10)", "run (0.80)"]
     x, y = _center(b, "table.segments tbody tr:nth-child(1)")  # another click drops that cue
     b.click(x, y)
+    _after_click(b)
     assert _active_cues(b, 5.2, ["run (0.80)"]) == ["run (0.80)"]
 
 
