@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import typing
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -34,6 +37,67 @@ def _pick_subsets(ann, subset: str | None, val_subset: str | None) -> tuple[str 
     return subset, val_subset
 
 
+# HeadConfig fields that come from the data, never from the command line
+_FROM_DATA = ("input_dim", "num_classes")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _parse_value(text: str, kind) -> Any:
+    """``text`` as a value of the type ``kind`` (int, float, bool, str or tuple[int, ...]);
+    ValueError when it is not one."""
+    if kind is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError("expected true or false")
+    if typing.get_origin(kind) is tuple:  # "1,2,4" -> (1, 2, 4); "" -> ()
+        item = typing.get_args(kind)[0]
+        parts = [p.strip() for p in text.strip("()[] ").split(",") if p.strip()]
+        return tuple(_parse_value(p, item) for p in parts)
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    return text
+
+
+def parse_head_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``--head KEY=VALUE`` pairs -> :class:`~tal_pipeline.head.model.HeadConfig` overrides.
+
+    Each value is parsed into its field's type: ``hidden_dim=64``, ``dropout=0.5``,
+    ``tpp=false``, ``stem_dilations=1,2,4,8`` (a tuple; empty: ``stem_dilations=``). Unknown
+    keys, the fields the data sets (``input_dim``, ``num_classes``), a key given twice and
+    values of the wrong type are an InputError of one line. The values themselves are checked
+    by HeadConfig when the model is built.
+    """
+    from tal_pipeline.head.model import HeadConfig
+
+    types = typing.get_type_hints(HeadConfig)
+    known = [f.name for f in fields(HeadConfig) if f.name not in _FROM_DATA]
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InputError(f"--head {pair!r}: expected KEY=VALUE, e.g. --head hidden_dim=64")
+        if key in _FROM_DATA:
+            raise InputError(f"--head {key}: set by the features and annotations, not on the command line")
+        if key not in known:
+            raise InputError(f"--head {key}: unknown head option (known: {', '.join(known)})")
+        if key in out:
+            raise InputError(f"--head {key}: given twice")
+        try:
+            out[key] = _parse_value(text.strip(), types[key])
+        except ValueError as err:
+            raise InputError(f"--head {pair}: {err}") from None
+    return out
+
+
 @click.command("train")
 @click.argument("features_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--annotations", "annotations", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -52,6 +116,9 @@ def _pick_subsets(ann, subset: str | None, val_subset: str | None) -> tuple[str 
 @click.option("--tsa", type=click.Choice(["full", "plain", "none"]), default="full", show_default=True,
               help="TSA variant (ablation).")
 @click.option("--tpp/--no-tpp", default=True, show_default=True, help="Temporal pyramid pooling (ablation).")
+@click.option("--head", "head_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Any head option (HeadConfig field), repeatable: --head dropout=0.5 --head "
+                   "stem_dilations=1,2,4,8. Wins over tal train's defaults; see docs/method.md.")
 @click.option("--val-every", type=int, default=None, help="Epochs between validation runs [default: 5].")
 @click.option("--select", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Weights to save: the best validation average mAP, or the last epoch's. Use 'last' when the "
@@ -61,7 +128,7 @@ def _pick_subsets(ann, subset: str | None, val_subset: str | None) -> tuple[str 
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(features_dir, annotations, output, subset, val_subset, fps, feature_stride, window_frames, epochs,
-            batch_size, lr, window, hidden_dim, tsa, tpp, val_every, select, device, seed, resume, quiet):
+            batch_size, lr, window, hidden_dim, tsa, tpp, head_pairs, val_every, select, device, seed, resume, quiet):
     """Train the TSA/TPP head on FEATURES_DIR (<id>.npy [+ <id>.json]) and ANNOTATIONS.
 
     Foreign meta-less features (e.g. ActionFormer's THUMOS14 I3D .npy) need --feature-stride and
@@ -72,6 +139,7 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
     from tal_pipeline.annotations import load_annotations
     from tal_pipeline.train import TrainConfig, load_feature_set, train
 
+    extra_head = parse_head_options(head_pairs)  # checked before any file is read
     ann = load_annotations(annotations)
     subset, val_subset = _pick_subsets(ann, subset, val_subset)
     train_ann = ann.select(subset)
@@ -98,6 +166,14 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
     if window is not None:
         head["window"] = window
         head["overlap"] = window // 4 - (window // 4) % 16  # hop: a multiple of the coarsest stride
+    # --tsa and --tpp always have a value; only one given on the command line can clash
+    ctx = click.get_current_context()
+    given = {k: v for k, v in head.items()
+             if k not in ("tsa", "tpp") or ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+    clash = sorted(k for k in extra_head if k in given and given[k] != extra_head[k])
+    if clash:
+        raise InputError(f"--head {clash[0]}: also set by its own option with another value")
+    head.update(extra_head)
     log.info("training on %d videos (%s), %d classes, D=%d; validation: %s",
              len(data.videos), subset or "all subsets", len(data.class_names), data.info["dim"],
              f"{len(val_data.videos)} videos ({val_subset})" if val_data else "none")
@@ -110,6 +186,10 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
         raise InputError(str(err)) from None
     msg = f"wrote {output}: {len(data.class_names)} classes, loss {ckpt['training']['final_loss']:.4f}"
     if ckpt["training"]["validation"]:
-        last = ckpt["training"]["validation"][-1]
-        msg += f", validation mAP@0.5 {100 * last['mAP'][2]:.2f} %, average {100 * last['average_mAP']:.2f} %"
+        # the scores of the weights written: the selected epoch's (select best), else the last
+        epoch = ckpt["training"]["selected_epoch"]
+        saved = next((r for r in ckpt["training"]["validation"] if r["epoch"] == epoch),
+                     ckpt["training"]["validation"][-1])
+        msg += (f", validation mAP@0.5 {100 * saved['mAP'][2]:.2f} %, average {100 * saved['average_mAP']:.2f} %"
+                f" (epoch {saved['epoch']})")
     click.echo(msg, err=True)
