@@ -4,14 +4,17 @@ video's features (T = 9000 at 0.4 s, D = 1024).
 
     python benchmarks/bench_head.py                                  # all regimes, all methods
     python benchmarks/bench_head.py --regimes hard --methods dilated,head
+    python benchmarks/bench_head.py --seeds 0,1,2          # every method with 3 training seeds
     python benchmarks/bench_head.py --infer-only
 
-Regimes: ``benchmarks/synthetic.py`` (``easy``, ``hard``, ``long``). Methods
+Regimes: ``benchmarks/synthetic.py`` (``easy``, ``hard``, ``long``, ``recur``). Methods
 (``benchmarks/head_harness.py``): ``linear`` (per-position linear probe + runs), ``dilated``
 (5-layer dilated conv per-position classifier, 40 epochs, 5-step moving average + runs),
 ``head-bare`` (the head with TSA off and TPP off), ``head`` (``tal train``'s defaults), and the
-ablations ``head-noTSA``, ``head-noTPP``, ``head-plain``. Every (regime, method) trains in its own
-process with one intra-op thread, ``--jobs`` at a time.
+ablations ``head-noTSA``, ``head-noTPP``, ``head-plain``. Every (regime, method, seed) trains in its
+own process with one intra-op thread, ``--jobs`` at a time. ``--seeds`` are *training* seeds (initial
+weights, window order); the data of a regime is fixed by its own seed. With several seeds the
+table adds each method's mean row: one seed of the head moves its mAP by a few points.
 
 Inference is timed with ``--infer-threads`` torch threads (default 1: on a busy 2-core machine
 one thread beat two by 2.5x) in a fresh process per T; peak memory is the growth of the
@@ -62,7 +65,8 @@ def run_method(regime_name: str, method: str, epochs: int | None, seed: int) -> 
     else:
         r = train_baseline(method, sp, seed=seed, **({} if epochs is None else {"epochs": epochs}))
         val = r["validation"]
-    return {"regime": regime_name, "method": method, "test": r["testing"], "val": val, "train_s": r["train_s"],
+    return {"regime": regime_name, "method": method, "seed": seed, "test": r["testing"], "val": val,
+            "train_s": r["train_s"],
             "videos": {k: len(v.data.videos) for k, v in sp.items()}}
 
 
@@ -113,21 +117,32 @@ def run_train_time(threads: int, seed: int) -> dict:
 
 
 def _table(rows: list[dict]) -> None:
-    print("| regime | method | mAP@0.3 | 0.4 | 0.5 | 0.6 | 0.7 | avg | val avg | train (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| regime | method | seed | mAP@0.3 | 0.4 | 0.5 | 0.6 | 0.7 | avg | val avg | train (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        cells = " | ".join(f"{100 * m:.1f}" for m in r["test"]["mAP"])
-        val = f"{100 * r['val']['average_mAP']:.1f}" if r["val"] else "-"
-        print(f"| {r['regime']} | {r['method']} | {cells} | {100 * r['test']['average_mAP']:.1f} | {val} | "
-              f"{r['train_s']:.0f} |", flush=True)
+        groups.setdefault((r["regime"], r["method"]), []).append(r)
+    for (regime_name, method), group in groups.items():
+        for r in group:
+            cells = " | ".join(f"{100 * m:.1f}" for m in r["test"]["mAP"])
+            val = f"{100 * r['val']['average_mAP']:.1f}" if r["val"] else "-"
+            print(f"| {regime_name} | {method} | {r['seed']} | {cells} | {100 * r['test']['average_mAP']:.1f} | "
+                  f"{val} | {r['train_s']:.0f} |", flush=True)
+        if len(group) > 1:  # the mean over training seeds
+            mean = [100 * sum(r["test"]["mAP"][k] for r in group) / len(group) for k in range(5)]
+            avg = 100 * sum(r["test"]["average_mAP"] for r in group) / len(group)
+            vals = [r["val"]["average_mAP"] for r in group if r["val"]]
+            val = f"{100 * sum(vals) / len(vals):.1f}" if vals else "-"
+            print(f"| {regime_name} | **{method}** | mean | " + " | ".join(f"{m:.1f}" for m in mean)
+                  + f" | **{avg:.1f}** | {val} | - |", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--regimes", default="easy,hard,long")
+    p.add_argument("--regimes", default="easy,hard,long,recur")
     p.add_argument("--methods", default="linear,dilated,head-bare,head")
     p.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated (mean row when several)")
     p.add_argument("--jobs", type=int, default=2, help="methods trained at the same time")
     p.add_argument("--infer-only", action="store_true")
     p.add_argument("--no-infer", action="store_true")
@@ -139,14 +154,14 @@ def main() -> None:
     args = p.parse_args()
     if args._run:
         regime_name, method = args._run.split(":")
-        print(json.dumps(run_method(regime_name, method, args.epochs, args.seed)))
+        print(json.dumps(run_method(regime_name, method, args.epochs, int(args.seeds))))
         return
     if args._infer:
         print(json.dumps(run_inference(args._infer, 1024, args.infer_threads)))
         return
 
     if args.train_time:
-        print(json.dumps(run_train_time(args.train_time, args.seed)))
+        print(json.dumps(run_train_time(args.train_time, int(args.seeds.split(",")[0]))))
         return
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()}")
@@ -157,14 +172,16 @@ def main() -> None:
         unknown = set(methods) - set(METHODS)
         if unknown:
             sys.exit(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
-        jobs = [f"{r.strip()}:{m}" for r in args.regimes.split(",") for m in methods]
-        common = ["--seed", str(args.seed)] + (["--epochs", str(args.epochs)] if args.epochs else [])
+        seeds = [s.strip() for s in args.seeds.split(",")]
+        jobs = [(f"{r.strip()}:{m}", s) for r in args.regimes.split(",") for m in methods for s in seeds]
+        common = ["--epochs", str(args.epochs)] if args.epochs else []
         with ThreadPoolExecutor(args.jobs) as pool:
-            rows = list(pool.map(lambda j: _child(["--_run", j, *common]), jobs))
+            rows = list(pool.map(lambda j: _child(["--_run", j[0], "--seeds", j[1], *common]), jobs))
         print()
         _table(rows)
         print("\ntest = held-out testing videos; val avg = validation average mAP (the head: of the selected "
-              "epoch); videos per split: " + ", ".join(f"{r['regime']} {r['videos']}" for r in rows[::len(methods)]))
+              "epoch); videos per split: " + ", ".join(f"{r['regime']} {r['videos']}"
+                                                  for r in rows[::len(methods) * len(seeds)]))
     if args.no_infer:
         return
     print("\n| T (steps) | D | threads | inference (s) | peak RSS growth (MB) |")

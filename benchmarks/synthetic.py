@@ -73,6 +73,9 @@ class SyntheticConfig:
     scene: float = 0.3  # per-video constant offset amplitude per channel
     distractors: int = 2  # distractor segments per video: 0..distractors
     distractor_gain: float = 0.5  # "pairs": distractor amplitude relative to ``signal``
+    classes_per_video: int = 0  # "pairs": each video draws this many classes and its instances
+    #   come from them (ActivityNet has one class per video, most THUMOS14 videos one or two);
+    #   0 = every instance draws any class (no class recurs within a video more than by chance)
     fps: float = 10.0  # sampled frames per second (as our backbone)
     feature_stride: int = 4  # frames per feature step -> step = 0.4 s
     seed: int = 0
@@ -82,6 +85,10 @@ class SyntheticConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "pairs" and self.num_classes % 2:
             raise ValueError("kind 'pairs' needs an even number of classes")
+        if not 0 <= self.classes_per_video <= self.num_classes:
+            raise ValueError("classes_per_video must be in 0..num_classes")
+        if self.classes_per_video and self.kind != "pairs":
+            raise ValueError("classes_per_video is for kind 'pairs'")
 
     @property
     def step(self) -> float:
@@ -107,6 +114,13 @@ REGIMES: dict[str, SyntheticConfig] = {
                             min_steps=300, max_steps=900, max_instances=6, steps_per_instance=150,
                             min_len=2.5, max_len=150.0, signal=0.1, cue=0.1, noise_corr=0.85, scene=0.5,
                             period_range=(5.0, 10.0), distractors=2, seed=21),
+    # the hard regime's features and noise, but each video shows ONE class, several times (the
+    # ActivityNet / most-THUMOS14 case): the situation the paper's TSA is built for (attention to
+    # other instances of related classes in the same window); own seed
+    "recur": SyntheticConfig(kind="pairs", num_classes=6, dim=128, num_train=80, num_test=30, num_val=20,
+                             min_steps=200, max_steps=600, max_instances=8, steps_per_instance=100,
+                             min_len=4.0, max_len=70.0, signal=0.4, cue=0.5, noise_corr=0.9, scene=0.5,
+                             distractors=3, classes_per_video=1, seed=31),
 }
 
 
@@ -214,13 +228,16 @@ def _video_pairs(rng: np.random.Generator, cfg: SyntheticConfig, protos: np.ndar
     least = t // cfg.steps_per_instance if cfg.steps_per_instance else 1
     n_inst = int(rng.integers(max(1, least), max(least, cfg.max_instances) + 1))
     n_inst, lens, starts = _layout(rng, cfg, t, n_inst)
+    allowed = None  # drawn only when asked, so the other regimes' random streams stay as they were
+    if cfg.classes_per_video:
+        allowed = rng.choice(cfg.num_classes, cfg.classes_per_video, replace=False)
     instances = []
     for k, (s, length) in enumerate(zip(starts, lens)):
         e = s + length
         # soft edges (a ramp of ~1 step) so a boundary is not one sample's jump
         inside = np.clip(np.minimum(pos - s, e - pos) + 0.5, 0.0, 1.0)[:, None]  # (T, 1)
         if k < n_inst:
-            c = int(rng.integers(cfg.num_classes))
+            c = int(rng.integers(cfg.num_classes)) if allowed is None else int(rng.choice(allowed))
             amp = np.ones(t)
             if c % 2:
                 period = rng.uniform(*cfg.period_range)

@@ -108,3 +108,16 @@ def test_regimes_have_fixed_seeds_and_named_sizes():
         regime("nope")
     with pytest.raises(ValueError):
         SyntheticConfig(kind="pairs", num_classes=3)
+
+
+def test_classes_per_video_limits_each_video_to_its_classes():
+    """``classes_per_video`` draws a video's classes once; 0 leaves every instance free."""
+    one = make_benchmark(regime("recur", num_train=12, num_test=0, num_val=0))
+    labels = [{a["label"] for a in v["annotations"]} for v in one.annotations["database"].values()]
+    assert all(len(s) == 1 for s in labels) and len(set().union(*labels)) > 2  # one each, not all the same
+    free = make_benchmark(regime("hard", num_train=12, num_test=0, num_val=0))
+    assert any(len({a["label"] for a in v["annotations"]}) > 1 for v in free.annotations["database"].values())
+    with pytest.raises(ValueError):
+        SyntheticConfig(kind="pairs", num_classes=6, classes_per_video=7)
+    with pytest.raises(ValueError):
+        SyntheticConfig(classes_per_video=1)  # the phases kind has no such option
