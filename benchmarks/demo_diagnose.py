@@ -16,7 +16,8 @@ features.
 ``models``: for each trained head, on ``validation`` and on ``training`` (the gap says whether
 it memorised the training videos): mAP, AP@0.5 per class, :func:`benchmarks.head_diagnose.diagnose`'s
 oracles (exact boundaries, true classes: which of the two would lift the score), the
-per-position class confusion inside instances, and the validation curve stored in the checkpoint.
+per-position class confusion inside instances, the validation curve stored in the checkpoint,
+and validation mAP per kind of scene when the annotation file records it (the generator does).
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ def _confusion(model, split: Split) -> np.ndarray:
     return conf
 
 
-def run_models(sp: dict[str, Split], paths: list[str]) -> dict:
-    """Scores, oracles, confusion and curves of trained heads (see the module docstring)."""
+def run_models(sp: dict[str, Split], paths: list[str], scenes: dict[str, str] | None = None) -> dict:
+    """Scores, oracles, confusion and curves of trained heads (see the module docstring);
+    ``scenes`` (video id -> scene kind) adds validation mAP per kind of scene."""
     report = {}
     for path in paths:
         model, meta = load_head(path)
@@ -99,6 +101,13 @@ def run_models(sp: dict[str, Split], paths: list[str]) -> dict:
                      for v in split.data.videos}
             res = evaluate(split.gt, preds)
             entry[name] = {"result": res, "oracles": diagnose(model, split) if name == "validation" else None}
+            if name == "validation" and scenes:
+                entry["by scene"] = {}
+                for kind in sorted(set(scenes.values())):
+                    ids = [v for v in preds if scenes.get(v) == kind]
+                    gt = type(split.gt)({v: split.gt.videos[v] for v in ids}, split.gt.source)
+                    if gt.num_instances:
+                        entry["by scene"][f"{kind} ({len(ids)} videos)"] = evaluate(gt, {v: preds[v] for v in ids})
         entry["confusion"] = _confusion(model, sp["validation"])
         report[path] = entry
     return report
@@ -130,7 +139,11 @@ def main(argv=None) -> None:
         if args.json:
             args.json.write_text(json.dumps(rep, indent=1))
         return
-    rep = run_models(sp, args.models)
+    # the generator records each video's scene kind in its annotation file (a looping video
+    # shot, a photo, a mosaic, a video inset in a photo); other annotation files have none
+    database = json.loads(args.annotations.read_text()).get("database", {})
+    scenes = {k: v["scene"] for k, v in database.items() if isinstance(v, dict) and "scene" in v}
+    rep = run_models(sp, args.models, scenes)
     out = {}
     for path, e in rep.items():
         print(f"== {path}: selected epoch {e['selected_epoch']}")
@@ -138,6 +151,8 @@ def main(argv=None) -> None:
               + ", ".join(f"({a}, {100 * b:.1f}, {100 * c:.1f})" for a, b, c in e["curve"]))
         for name in ("training", "validation"):
             print(_row(f"  {name}", e[name]["result"]))
+        for kind, res in e.get("by scene", {}).items():
+            print(_row(f"  val {kind}", res))
         for k, v in e["validation"]["oracles"].items():
             if isinstance(v, dict) and "mAP" in v:
                 print(f"  val {k:22s} " + " ".join(f"{100 * m:5.1f}" for m in v["mAP"])
@@ -149,6 +164,7 @@ def main(argv=None) -> None:
             print(f"    {names[k]:10s} " + " ".join(f"{n:4d}" for n in row))
         out[path] = {"selected_epoch": e["selected_epoch"], "curve": e["curve"],
                      **{n: e[n]["result"].to_dict() for n in ("training", "validation")},
+                     "by scene": {k: r.to_dict() for k, r in e.get("by scene", {}).items()},
                      "oracles": {k: v for k, v in e["validation"]["oracles"].items()},
                      "confusion": e["confusion"].tolist()}
     if args.json:
