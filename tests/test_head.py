@@ -46,6 +46,27 @@ def test_tsa_fusion_ignores_own_instance_and_background():
     assert g[3, 3] == 0 and (g[3, :3] > 0).all()
 
 
+def test_tsa_without_row_normalisation_keeps_the_weights_of_eq1():
+    """``normalise=False``: G = M * A * (1 - B) as is, so a background step gives its actions
+    weight 0.1 x M (not all of its attention) and an action step at most 0.5 in all."""
+    torch.manual_seed(0)
+    full = TemporalSelfAttention(8, "full")
+    raw = TemporalSelfAttention(8, "full", normalise=False)
+    raw.load_state_dict(full.state_dict())
+    y, mask = torch.randn(1, 8, 4), torch.ones(1, 4, dtype=torch.bool)
+    cls = torch.tensor([[[5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 0.0]]])
+    act = torch.tensor([[5.0, 5.0, 5.0, -5.0]])
+    dist = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.5, 0.5]]])
+    g_norm, v = full.fusion(y, mask, cls, dist, act)
+    g_raw, v_raw = raw.fusion(y, mask, cls, dist, act)
+    m = torch.softmax(torch.bmm(torch.sigmoid(full.query(y)).transpose(1, 2), torch.sigmoid(full.key(y))) / 8**0.5, -1)
+    assert torch.allclose(g_raw[0, 3, :3], 0.1 * m[0, 3, :3]) and g_raw[0, 3, 3] == 0  # background row
+    assert torch.allclose(g_raw[0, 2, :2], 0.4 * m[0, 2, :2])  # other class, other instance
+    assert (g_raw.sum(-1) <= 0.5 + 1e-6).all() and torch.equal(v, v_raw)
+    rows = g_raw.sum(-1, keepdim=True)
+    assert torch.allclose(g_norm, g_raw / rows.clamp(min=1e-6))  # the normalised G is the same, rescaled
+
+
 @pytest.mark.parametrize("tsa", ["full", "plain", "none"])
 @pytest.mark.parametrize("tpp", [True, False])
 @pytest.mark.parametrize("embed_kernel", [1, 3])

@@ -65,6 +65,8 @@ class HeadConfig:
     #   an instance, ranks boundaries and background better than centre-trained class scores)
     embed_kernel: int = 1  # taps of the input embedding conv (odd); 3 lets the first layer
     #   average neighbouring steps of every input channel before the D -> H compression
+    tsa_normalise: bool = True  # TSA "full": rows of G = M * A * (1 - B) rescaled to sum 1 (True,
+    #   the earlier behaviour) or used as they are (tsa.py)
 
     def __post_init__(self):
         if self.score_fusion not in SCORE_FUSIONS:
@@ -173,7 +175,7 @@ class HeadModel(nn.Module):
         rates = config.stem_dilations or (1,) * config.stem_layers
         self.stem = nn.ModuleList(ConvNormReLU(h, h, 3, r) for r in rates)
         self.stage1 = PredictionHeads(h, config.num_classes, config.head_layers, config.reg_init, config.prior_prob)
-        self.tsa = TemporalSelfAttention(h, config.tsa)
+        self.tsa = TemporalSelfAttention(h, config.tsa, config.tsa_normalise)
         self.tpp = TemporalPyramidPooling(h, config.tpp_dilations, config.tpp_strides) if config.tpp else None
         self.final = PredictionHeads(h, config.num_classes, config.head_layers, config.reg_init, config.prior_prob)
         if config.output_levels > 1:  # downsampling chain: level l+1 = conv(maxpool2(level l))

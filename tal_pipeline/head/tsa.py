@@ -14,7 +14,8 @@ Three ``T x T`` matrices are built from the stage-1 (coarse) predictions and the
   ``M = softmax(Q K^T / sqrt(d))`` over the valid (unpadded) keys.
 
 Fusion (one faithful reading of the paper, the one docs/method.md gives):
-``G = normalise_rows(M * A * (1 - B))`` and ``y_hat = y + W_o (G V)``: attention favours other
+``G = normalise_rows(M * A * (1 - B))`` and ``y_hat = y + W_o (G V)``; ``normalise=False`` reads
+it without the row normalisation, ``G = M * A * (1 - B)`` (the paper does not say which): attention favours other
 instances of related classes and ignores background and the position's own instance (high tIoU =
 redundant). A row whose weights are all zero (a background position among background) adds
 only ``W_o``'s bias. ``A`` and ``B`` come from detached predictions: they steer the attention, gradients flow
@@ -91,12 +92,13 @@ def interval_tiou_matrix(distances: torch.Tensor) -> torch.Tensor:
 class TemporalSelfAttention(nn.Module):
     """TSA block: ``y (B, H, T) -> y_hat (B, H, T)``, steered by the coarse predictions."""
 
-    def __init__(self, dim: int, mode: str = "full"):
+    def __init__(self, dim: int, mode: str = "full", normalise: bool = True):
         super().__init__()
         if mode not in TSA_MODES:
             raise ValueError(f"tsa mode must be one of {TSA_MODES}, got {mode!r}")
         self.mode = mode
         self.dim = dim
+        self.normalise = normalise  # "full" only: rescale G's rows to sum 1 (see fusion)
         if mode != "none":
             self.query = nn.Conv1d(dim, dim, 1)
             self.key = nn.Conv1d(dim, dim, 1)
@@ -127,7 +129,11 @@ class TemporalSelfAttention(nn.Module):
             b = interval_tiou_matrix(distances)  # (B, T, T): eq. 2
             keep = a * (1.0 - b) * mask[:, None, :]
         g = m * keep  # (B, T, T)
-        g = g / g.sum(dim=-1, keepdim=True).clamp(min=1e-6)  # normalise rows (zero rows stay 0)
+        if self.normalise:  # rows sum to 1 (zero rows stay 0): a background position among
+            # background then takes all of its attention from the few action keys it weights 0.1
+            g = g / g.sum(dim=-1, keepdim=True).clamp(min=1e-6)
+        # else rows sum to at most 0.5: how much attention a position gives to related instances
+        # (and how little a background one gives to actions) survives into y_hat
         return g, v
 
     def forward(
