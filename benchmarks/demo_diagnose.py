@@ -2,6 +2,7 @@
 
     python -m benchmarks.demo_diagnose baselines FEATURES --annotations ANN.json
     python -m benchmarks.demo_diagnose models FEATURES --annotations ANN.json MODEL.pt [MODEL.pt ...]
+    python -m benchmarks.demo_diagnose probe FEATURES --annotations ANN.json
 
 ``FEATURES`` is a folder of ``tal extract`` features of the demo's train footage and ``ANN.json``
 marks its videos ``training`` and ``validation`` (``examples/train_demo.sh`` makes both). Only
@@ -12,6 +13,13 @@ with runs of the arg-max class; 5 dilated conv layers with 5-step smoothing) tra
 ``training`` and scored on ``validation`` (mAP 0.3..0.7 and AP@0.5 per class). When a
 per-position classifier reaches what the head does not, the head's training loses, not the
 features.
+
+``probe``: what the features allow one position at a time: a multinomial logistic regression
+(``zoom_probe.fit_probe``, standardised features) on the training positions, accuracy on the
+validation positions (positions next to a label change left out), per class and per kind of
+scene; features averaged over 1, 3 and 7 positions; with 8, 16, 24 and all training videos
+(a learning curve: is the training set the limit?); and with each video's median feature
+subtracted (does removing the footage's own steady motion help?).
 
 ``models``: for each trained head, on ``validation`` and on ``training`` (the gap says whether
 it memorised the training videos): mAP, AP@0.5 per class, :func:`benchmarks.head_diagnose.diagnose`'s
@@ -31,12 +39,15 @@ import numpy as np
 import torch
 
 from benchmarks.head_diagnose import diagnose
-from benchmarks.head_harness import Split, train_baseline
+from benchmarks.head_harness import Split, frame_labels, train_baseline
+from benchmarks.zoom_probe import fit_probe, pooled
 from tal_pipeline.annotations import load_annotations
 from tal_pipeline.checkpoint import load_head
 from tal_pipeline.evaluate import evaluate
 from tal_pipeline.inference import predict_segments
 from tal_pipeline.train import load_feature_set
+
+NUM_CLASSES = 6  # the camera motions (background is one more label for the probe)
 
 
 def demo_splits(features: Path, annotations: Path) -> dict[str, Split]:
@@ -68,6 +79,44 @@ def run_baselines(sp: dict[str, Split], epochs: int, seed: int) -> dict:
         res = train_baseline(kind, harness, epochs=epochs, seed=seed)
         out[kind] = {"validation": res["testing"], "train_s": time.perf_counter() - t0}
     return out
+
+
+def _positions(videos, transform, pool: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Features ``(N, D)``, labels ``(N,)`` (background = C) and video ids of the positions of
+    ``videos``, leaving out the two positions around each label change."""
+    xs, ys, ids = [], [], []
+    for v in videos:
+        y = frame_labels(v, NUM_CLASSES)  # (T,)
+        keep = np.ones(len(y), bool)
+        change = np.flatnonzero(np.diff(y))  # position k differs from k + 1
+        keep[change] = keep[np.minimum(change + 1, len(y) - 1)] = False
+        xs.append(pooled(transform(v.features), pool)[keep])
+        ys.append(y[keep])
+        ids += [v.video_id] * int(keep.sum())
+    return np.concatenate(xs), np.concatenate(ys), ids
+
+
+def run_probe(sp: dict[str, Split], scenes: dict[str, str], l2: float = 1e-4) -> list[dict]:
+    """Per-position probe rows (see the module docstring)."""
+    train, val = sp["training"].data.videos, sp["validation"].data.videos
+    same = {"as extracted": lambda a: a}
+    median = {"minus the video's median": lambda a: a - np.median(a, axis=0)}
+    plan = [(name, f, pool, len(train)) for name, f in same.items() for pool in (1, 3, 7)]
+    plan += [("as extracted", same["as extracted"], 3, n) for n in (8, 16, 24) if n < len(train)]
+    plan += [(name, f, 3, len(train)) for name, f in median.items()]
+    rows = []
+    for name, transform, pool, n in plan:
+        xtr, ytr, _ = _positions(train[:n], transform, pool)
+        xva, yva, ids = _positions(val, transform, pool)
+        mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+        lin = fit_probe(((xtr - mu) / sd).astype(np.float32), ytr, l2)
+        with torch.no_grad():
+            pred = lin(torch.from_numpy(((xva - mu) / sd).astype(np.float32))).argmax(1).numpy()
+        kinds = np.array([scenes.get(i, "?") for i in ids])
+        rows.append({"features": name, "pool": pool, "train_videos": n, "accuracy": float(np.mean(pred == yva)),
+                     "recall": [float(np.mean(pred[yva == c] == c)) for c in range(NUM_CLASSES + 1)],
+                     "by_scene": {k: float(np.mean(pred[kinds == k] == yva[kinds == k])) for k in sorted(set(kinds))}})
+    return rows
 
 
 def _confusion(model, split: Split) -> np.ndarray:
@@ -115,7 +164,7 @@ def run_models(sp: dict[str, Split], paths: list[str], scenes: dict[str, str] | 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["baselines", "models"])
+    p.add_argument("what", choices=["baselines", "models", "probe"])
     p.add_argument("features", type=Path)
     p.add_argument("--annotations", type=Path, required=True)
     p.add_argument("models", nargs="*", help="checkpoints (for 'models')")
@@ -126,6 +175,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     sp = demo_splits(args.features, args.annotations)
     names = sp["training"].data.class_names
+    # the generator records each video's scene kind in its annotation file (a looping video
+    # shot, a photo, a mosaic, a video inset in a photo); other annotation files have none
+    database = json.loads(args.annotations.read_text()).get("database", {})
+    scenes = {k: v["scene"] for k, v in database.items() if isinstance(v, dict) and "scene" in v}
     print(f"{len(sp['training'].data.videos)} training / {len(sp['validation'].data.videos)} validation videos, "
           f"{sp['validation'].gt.num_instances} validation instances; columns: mAP at tIoU 0.3..0.7")
     if args.what == "baselines":
@@ -139,10 +192,17 @@ def main(argv=None) -> None:
         if args.json:
             args.json.write_text(json.dumps(rep, indent=1))
         return
-    # the generator records each video's scene kind in its annotation file (a looping video
-    # shot, a photo, a mosaic, a video inset in a photo); other annotation files have none
-    database = json.loads(args.annotations.read_text()).get("database", {})
-    scenes = {k: v["scene"] for k, v in database.items() if isinstance(v, dict) and "scene" in v}
+    if args.what == "probe":
+        rows = run_probe(sp, scenes)
+        print("per-position probe on validation: features, pool, training videos: accuracy | recall "
+              f"({', '.join(names)}, background) | accuracy by scene")
+        for r in rows:
+            print(f"{r['features']:26s} {r['pool']} {r['train_videos']:3d}: {r['accuracy']:.3f} | "
+                  + " ".join(f"{x:.2f}" for x in r["recall"]) + " | "
+                  + " ".join(f"{k} {v:.2f}" for k, v in r["by_scene"].items()))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
     rep = run_models(sp, args.models, scenes)
     out = {}
     for path, e in rep.items():
