@@ -28,7 +28,7 @@ library user who embeds :class:`~tal_pipeline.features.FeatureExtractor` can cal
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -40,14 +40,23 @@ M_ARENA_MAX = -8
 EXTRACT_MMAP_THRESHOLD = 1 << 20  # bytes: what ``tal extract`` uses (module docstring)
 
 
+@functools.lru_cache(maxsize=1)
+def _glibc_mallopt():
+    """glibc's ``mallopt``, or None. Looked up once per process: ``platform.libc_ver`` reads the
+    interpreter's binary, and ``ctypes.util.find_library`` would run ``ldconfig -p`` every call;
+    glibc's soname is fixed, so the library is opened by it."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
 def tune_malloc(mmap_threshold: int = 16 << 20, arenas: int = 2) -> bool:
     """Apply the settings above on glibc; returns True if both were applied (False elsewhere)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
         return False
     ok = True
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:

@@ -144,3 +144,23 @@ def test_flow_features_of_a_long_stream_in_bounded_memory(tmp_path, request):
     output_mb = (long["bytes"] - short["bytes"]) / 2**20  # 5.3 MB
     bound = 3 * output_mb + 2 * GROWTH_BOUND_MB
     assert long["peak_mb"] - short["peak_mb"] < bound, (short, long)
+
+
+def test_tune_malloc_starts_no_process(monkeypatch):
+    """Every job setup calls tune_malloc: it must not shell out (``find_library`` runs ldconfig)."""
+    import subprocess
+
+    from tal_pipeline import memory
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"tune_malloc started a process: {args}")
+
+    memory._glibc_mallopt.cache_clear()
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # leave this process's settings as they are
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(16 << 20))
+    import platform
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert memory.tune_malloc() is expected  # both settings left to the environment: "applied"
+    assert memory.tune_malloc() is expected  # cached
