@@ -184,3 +184,22 @@ def test_old_checkpoint_config_loads_with_old_behaviour():
         HeadConfig(input_dim=4, num_classes=2, output_levels=8, window=256, overlap=64)  # hop 192 % 128
     with pytest.raises(ValueError):
         HeadConfig(input_dim=4, num_classes=2, score_fusion="max")
+
+
+def test_input_dropout_drops_whole_channels_in_training_only():
+    torch.manual_seed(0)
+    model = HeadModel(HeadConfig(input_dim=64, num_classes=2, hidden_dim=16, input_dropout=0.5))
+    seen = []
+    model.embed.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach().clone()))
+    x = torch.randn(2, 40, 64)
+    model.train()
+    model(x)
+    kept = seen[-1][..., :40]  # (B, D, T) as the embedding saw it (the head pads T)
+    zero = (kept == 0).all(dim=-1)  # (B, D): channels dropped for the whole window
+    assert 0.2 < zero.float().mean() < 0.8
+    scaled = kept[~zero] / x.transpose(1, 2)[~zero]  # the kept channels, scaled by 1 / (1 - p)
+    assert torch.allclose(scaled, torch.full_like(scaled, 2.0))
+    model.eval()
+    model(x)
+    assert torch.equal(seen[-1][..., :40], x.transpose(1, 2))
+    assert isinstance(HeadModel(HeadConfig(input_dim=4, num_classes=2)).input_dropout, torch.nn.Identity)

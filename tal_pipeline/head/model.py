@@ -65,6 +65,9 @@ class HeadConfig:
     #   an instance, ranks boundaries and background better than centre-trained class scores)
     embed_kernel: int = 1  # taps of the input embedding conv (odd); 3 lets the first layer
     #   average neighbouring steps of every input channel before the D -> H compression
+    input_dropout: float = 0.0  # while training, drop whole input channels (all steps of a window)
+    #   with this probability before the embedding: wide features on few videos let the head
+    #   memorise a handful of channels (BENCHMARKS.md, "Head", long regime)
     tsa_normalise: bool = True  # TSA "full": rows of G = M * A * (1 - B) rescaled to sum 1 (True,
     #   the earlier behaviour) or used as they are (tsa.py)
 
@@ -83,6 +86,8 @@ class HeadConfig:
             raise ValueError("embed_kernel must be a positive odd number")
         if self.output_levels < 1:
             raise ValueError("output_levels must be >= 1")
+        if not 0.0 <= self.input_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout and input_dropout must be in [0, 1)")
         multiple = math.lcm(max(self.tpp_strides, default=1) if self.tpp else 1, 2 ** (self.output_levels - 1))
         if (self.window - self.overlap) % multiple:
             raise ValueError(f"window - overlap must be a multiple of {multiple} (TPP pooling)")
@@ -172,6 +177,9 @@ class HeadModel(nn.Module):
         self.embed = nn.Conv1d(config.input_dim, h, config.embed_kernel, padding=config.embed_kernel // 2)
         self.embed_norm = ChannelNorm(h)
         self.dropout = nn.Dropout(config.dropout)
+        # (B, D, T): whole channels; Identity when off, so a model without it draws the same
+        # random numbers in training as before the option existed (same seed, same checkpoint)
+        self.input_dropout = nn.Dropout1d(config.input_dropout) if config.input_dropout else nn.Identity()
         rates = config.stem_dilations or (1,) * config.stem_layers
         self.stem = nn.ModuleList(ConvNormReLU(h, h, 3, r) for r in rates)
         self.stage1 = PredictionHeads(h, config.num_classes, config.head_layers, config.reg_init, config.prior_prob)
@@ -203,7 +211,7 @@ class HeadModel(nn.Module):
             mask = F.pad(mask, (0, pad), value=False)
         fmask = mask[:, None, :].to(features.dtype)  # (B, 1, T')
 
-        x = self.embed(features.transpose(1, 2) * fmask)  # (B, D, T') -> (B, H, T')
+        x = self.embed(self.input_dropout(features.transpose(1, 2)) * fmask)  # (B, D, T') -> (B, H, T')
         x = self.dropout(torch.relu(self.embed_norm(x))) * fmask
         for layer in self.stem:
             x = layer(x, mask)  # (B, H, T')
