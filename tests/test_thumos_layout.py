@@ -61,6 +61,7 @@ def test_thumos14_layout_trains_and_detects(thumos, tmp_path):
     ck = torch.load(model, weights_only=True)
     assert ck["input_dim"] == 2048 and ck["features"]["backbone"] == "unknown"
     assert ck["head_config"]["embed_kernel"] == 3  # wide features get tal train's 3-tap embedding
+    assert ck["head_config"]["input_dropout"] == 0.5  # ... and input-channel dropout
     assert ck["features"]["step"] == pytest.approx(4 / 30) and ck["features"]["t0"] == pytest.approx(8 / 30)
     assert ck["class_names"] == ["BaseballPitch", "BasketballDunk"] and ck["training"]["num_videos"] == 3
     out = tmp_path / "thumos14_test.json"

@@ -48,6 +48,7 @@ def test_head_defaults_by_feature_width():
 
     assert head_defaults(128).get("embed_kernel", 1) == 1 and head_defaults(WIDE_DIM - 1) == HEAD_DEFAULTS
     assert head_defaults(WIDE_DIM)["embed_kernel"] == 3 and head_defaults(2048)["output_levels"] == 5
+    assert head_defaults(WIDE_DIM)["input_dropout"] == 0.5 and head_defaults(128).get("input_dropout", 0) == 0
 
 
 def test_overfits_tiny_set(data, tmp_path):
