@@ -1,9 +1,10 @@
 """Make ``examples/timeline.png`` (``tal plot``) and ``examples/report.png`` (a headless-Chromium
 screenshot of ``tal report``) for the README.
 
-With ``examples/camera_demo.mp4`` and its results ``examples/camera_demo.json`` present (what
-``tal detect examples/camera_demo.mp4 -o examples/camera_demo.json`` writes), it uses them
-(and ``--annotations`` if given). Otherwise it makes a synthetic 40 s camera-motion clip (a
+With ``examples/camera_demo.mp4`` present it runs the demo detector on it (``tal detect``, into a
+temporary folder) and shows those results against the clip's ground truth
+``examples/camera_demo.json``; ``--results`` (and ``--annotations``) use a results file of your
+own instead. Otherwise it makes a synthetic 40 s camera-motion clip (a
 picture panned, tilted and zoomed; VP9/WebM written with PyAV), ground truth for it, and noisy
 "detections" around that ground truth, plus a synthetic 2-hour video with 300 detections to show
 how the timeline stacks a long video.
@@ -21,6 +22,7 @@ import io
 import math
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -248,7 +250,7 @@ def screenshot(html: Path, png: Path, row: int = 3, width: int = 1280, height: i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--results", type=Path, help="results JSON (default: examples/camera_demo.json if present)"
+        "--results", type=Path, help="results JSON (default: tal detect on examples/camera_demo.mp4)"
     )
     ap.add_argument("--videos", type=Path, help="video folder or file (default: examples/)")
     ap.add_argument("--annotations", type=Path, help="ground truth JSON, optional")
@@ -257,10 +259,16 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="tal-screens-"))
     try:
-        demo = (HERE / "camera_demo.json").is_file() and (HERE / "camera_demo.mp4").is_file()
+        demo = (HERE / "camera_demo.mp4").is_file()
         if args.results is not None or demo:
-            results = args.results or HERE / "camera_demo.json"
-            videos, gt = args.videos or HERE, args.annotations
+            results, gt = args.results, args.annotations
+            if results is None:  # camera_demo.json is the clip's ground truth, not detections
+                results = work / "camera_demo.json"
+                subprocess.run([sys.executable, "-m", "tal_pipeline", "detect", str(HERE / "camera_demo.mp4"),
+                                "-o", str(results), "-q", "--no-progress"], check=True)
+                if gt is None and (HERE / "camera_demo.json").is_file():
+                    gt = HERE / "camera_demo.json"
+            videos = args.videos or HERE
             timeline_src = results
             html_dir = HERE  # the page must sit where relative paths to the videos hold
         else:
