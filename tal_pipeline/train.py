@@ -81,7 +81,8 @@ HEAD_DEFAULTS: dict[str, Any] = {
 # validation mAP, so narrow features keep the 1x1 embedding. The memorising was not over:
 # with 3 taps two training seeds still ended 16 validation points apart; dropping whole input
 # channels while training (``input_dropout`` 0.5: the head cannot lean on a few of the 2048)
-# raised validation avg mAP from 61.7 / 45.3 to 87.3 / 75.6 (seeds 0 / 1). BENCHMARKS.md, "Head".
+# raised validation avg mAP from 61.7 / 45.3 to 87.3 / 75.6 (seeds 0 / 1). Not for narrow features:
+# on the easy regime (D = 64) it fell to 33.5 (from 96.2). BENCHMARKS.md, "Head".
 WIDE_DIM = 1024
 WIDE_DEFAULTS: dict[str, Any] = {"embed_kernel": 3, "input_dropout": 0.5}
 
