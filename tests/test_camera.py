@@ -199,6 +199,28 @@ def test_low_texture_options(train_sources):
     assert abs(float(fb.mean()) - (0.4 * float(fa.mean()) + 0.6 * 128)) < 3.0  # around grey
     assert grad_energy(b) < 0.16 * grad_energy(a)  # contrast alone: 0.4^2
 
+def test_soft_fraction_changes_only_the_drawn_videos_softness(train_sources):
+    """``soft_fraction``: a share of the videos gets a defocus and a contrast drawn from the
+    option's ranges; everything else about every plan (scene, timeline, sensor) is what it is
+    without, so a data set grown with it keeps its other videos' bytes."""
+    opt = replace(SMALL, soft_fraction=0.5)
+    sharp = camera.plan_dataset("train", 24, 5, SMALL, sources=train_sources)
+    soft = camera.plan_dataset("train", 24, 5, opt, sources=train_sources)
+    changed = [b for a, b in zip(sharp, soft, strict=True) if a != b]
+    for a, b in zip(sharp, soft, strict=True):
+        assert replace(b, contrast=1.0, blur_px=0.0) == a
+    assert 6 <= len(changed) <= 18  # ~half of 24
+    for p in changed:
+        assert opt.soft_blur_px[0] <= p.blur_px <= opt.soft_blur_px[1]
+        assert opt.soft_contrast[0] <= p.contrast <= opt.soft_contrast[1]
+        assert p.database_entry()["blur_px"] == p.blur_px
+    # the same videos are soft in a longer data set of the same seed
+    longer = camera.plan_dataset("train", 40, 5, opt, sources=train_sources)[:24]
+    assert [(p.contrast, p.blur_px) for p in longer] == [(p.contrast, p.blur_px) for p in soft]
+    with pytest.raises(SystemExit):
+        camera.main(["--out", "x", "--soft-fraction", "1.5", "-q"])
+
+
 def test_move_progress_eases():
     m = camera.Move("pan_left", 2.0, 5.0, 0.4, -100.0, 0.0, 0.0)
     t = np.linspace(0, 7, 7001)

@@ -114,6 +114,12 @@ class CameraOptions:
     scene_kind: str | None = None  # force a footage.SCENE_KINDS kind (None: sampled)
     contrast: float = 1.0  # picture contrast around mid-grey; < 1 with blur_px: low texture
     blur_px: float = 0.0  # Gaussian defocus of the picture (sigma, output pixels); 0: none
+    # Training data for soft footage (held-out video footage is 176x144, upscaled 2-4x): this
+    # fraction of videos gets a defocus and a contrast drawn from the ranges below, from a random
+    # stream of its own, so that every other video stays the same bytes as with 0.
+    soft_fraction: float = 0.0
+    soft_blur_px: tuple[float, float] = (0.6, 3.0)  # sigma, output pixels (log-uniform)
+    soft_contrast: tuple[float, float] = (0.3, 0.9)  # contrast around mid-grey (uniform)
 
 
 @dataclass(frozen=True)
@@ -326,8 +332,21 @@ def plan_video(video_id: str, seed: Sequence[int], sources: Sequence[Source],
         video_id=video_id, seed=tuple(int(s) for s in seed), split="+".join(sorted(split)),
         subset=subset, fps=fps, num_frames=num_frames, width=opt.width, height=opt.height,
         scene=scene, start=path.start, moves=tuple(moves), cuts=tuple(path.cuts),
-        sources=scene.source_ids(), contrast=opt.contrast, blur_px=opt.blur_px,
+        sources=scene.source_ids(), **_sample_softness(seed, opt),
         **_sample_sensor(rng, opt, duration))
+
+
+def _sample_softness(seed: Sequence[int], opt: CameraOptions) -> dict:
+    """The ``VideoPlan`` fields contrast and blur_px: the options', or for a ``soft_fraction``
+    of videos drawn from ``soft_blur_px`` and ``soft_contrast``. Own stream (seed + (3,)): the
+    plan's other draws do not depend on it."""
+    if opt.soft_fraction <= 0.0:
+        return {"contrast": opt.contrast, "blur_px": opt.blur_px}
+    rng = _rng((*seed, 3))  # (seed, 1) and (seed, 2) are the renderer's
+    if rng.random() >= opt.soft_fraction:
+        return {"contrast": opt.contrast, "blur_px": opt.blur_px}
+    return {"blur_px": _loguniform(rng, *opt.soft_blur_px),
+            "contrast": float(rng.uniform(*opt.soft_contrast))}
 
 
 class _CameraPath:
@@ -666,6 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="force one kind of scene (default: drawn)")
     ap.add_argument("--contrast", type=float, default=1.0,
                     help="picture contrast around mid-grey (low-texture scenes: e.g. 0.4)")
+    ap.add_argument("--soft-fraction", type=float, default=0.0,
+                    help="fraction of videos with a defocus and contrast drawn per video "
+                         "(training data for soft, low-resolution footage; default 0)")
     ap.add_argument("--blur", type=float, default=0.0,
                     help="Gaussian defocus sigma in output pixels (low-texture scenes: e.g. 1.5)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
@@ -684,9 +706,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("need 0 < --min-duration <= --max-duration")
     if not 0 < a.contrast <= 1 or a.blur < 0 or (a.fps is not None and a.fps <= 0):
         ap.error("need 0 < --contrast <= 1, --blur >= 0, --fps > 0")
+    if not 0 <= a.soft_fraction <= 1:
+        ap.error("need 0 <= --soft-fraction <= 1")
     opt = replace(CameraOptions(), width=a.width, height=a.height,
                   duration_s=(a.min_duration, a.max_duration), scene_kind=a.scene_kind,
-                  contrast=a.contrast, blur_px=a.blur)
+                  contrast=a.contrast, blur_px=a.blur, soft_fraction=a.soft_fraction)
     if a.fps is not None:
         opt = replace(opt, fps=a.fps)
     ann = generate(a.out, a.split, a.videos, a.seed, opt, val_fraction=a.val_fraction,
