@@ -37,7 +37,8 @@ How a video is made (``plan_video`` then ``render_frames`` / ``write_video``):
    size with ``cv2.warpAffine`` (bilinear); outside the canvas the picture is mirrored, so the
    longest pans never run out of room (the window is partly outside ~8 % of the time).
    Hand shake: a sum of three sinusoids (0.5-4 Hz), 0-0.5 px. Optional, for low-texture test
-   sets: Gaussian defocus (``blur_px``) and contrast reduced around mid-grey (``contrast``).
+   sets: Gaussian defocus (``blur_px``) and contrast reduced around mid-grey (``contrast``);
+   for training data, ``soft_fraction`` of the videos get both drawn per video.
 5. Sensor: global gain (slow exposure drift, per-frame flicker, up to two lighting steps),
    white balance, Gaussian noise (sigma 0-4 grey levels, fresh every frame), h264 (libx264,
    CRF 23-32, preset superfast) at a frame rate from ``FPS_CHOICES`` (12 to 60 fps).
