@@ -243,7 +243,7 @@ def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av
     try:
         container = av.open(str(p), "r")
     except av.FFmpegError as err:
-        cause = f"not a readable video file ({_why(err)}){_mp4_hint(p)}"
+        cause = f"not a readable video file ({_why(err)}){_mp4_hint(p) or _list_hint(p)}"
         raise VideoDecodeError(path, cause) from err
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise VideoDecodeError(path, f"cannot open ({err})") from err
@@ -318,6 +318,25 @@ def _check_size(path, width: int, height: int) -> None:
             f"picture size {width}x{height} exceeds the limit "
             f"({MAX_SIDE} px a side, {MAX_PIXELS} px in all)",
         )
+
+
+def _list_hint(path: Path) -> str:
+    """A text file whose first line names an existing file (from here or from the file's
+    folder) is a list of videos without the ``.txt`` that makes it one: say so; else ""."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        first = next((ln.strip() for ln in head.decode("utf-8-sig").splitlines() if ln.strip()), "")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    if not first or len(first) > 1024 or "\0" in first:
+        return ""
+    try:
+        named = Path(first)
+        found = named.is_file() or (not named.is_absolute() and (path.parent / named).is_file())
+    except (OSError, ValueError):
+        return ""
+    return "; it looks like a list of paths: lists need the .txt extension" if found else ""
 
 
 def _mp4_hint(path: Path) -> str:

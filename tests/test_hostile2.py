@@ -372,6 +372,24 @@ def test_list_files(tmp_path):
     assert [(p.name, "names itself" in c) for p, c in problems] == [("me.txt", True)]
 
 
+def test_a_list_without_txt_is_refused_with_the_reason(tmp_path):
+    """A list of videos named ``videos.lst`` is opened as a video: the one error line says
+    that lists need ``.txt``; a text file that lists nothing gets no such hint."""
+    from tal_pipeline.decode import open_video
+
+    (tmp_path / "a.mp4").write_bytes(b"\0" * 64)
+    lst = tmp_path / "videos.lst"
+    lst.write_text("a.mp4\nb.mp4\n")
+    with pytest.raises(VideoDecodeError, match=r"videos\.lst: not a readable video file .*"
+                                               r"lists need the \.txt extension"):
+        open_video(lst)
+    prose = tmp_path / "notes.lst"
+    prose.write_text("this is not a video\n" * 50)
+    with pytest.raises(VideoDecodeError) as info:
+        open_video(prose)
+    assert "not a readable video" in str(info.value) and ".txt" not in str(info.value)
+
+
 def test_empty_folder_and_list_are_named(tmp_path):
     (tmp_path / "nothing").mkdir()
     (tmp_path / "empty.txt").write_text("# no videos yet\n")
