@@ -192,13 +192,19 @@ def _read_list(path: Path) -> list[Path]:
         text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not a path
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the list file ({err})") from None
+    return list_entries(text, path.parent)
+
+
+def list_entries(text: str, folder: Path) -> list[Path]:
+    """The paths a list file's ``text`` names: one per line, blank lines and ``#`` comments
+    skipped, relative paths taken from ``folder`` (the list's own)."""
     paths = []
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         p = Path(line).expanduser()
-        paths.append(p if p.is_absolute() else path.parent / p)
+        paths.append(p if p.is_absolute() else folder / p)
     return paths
 
 

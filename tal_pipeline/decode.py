@@ -321,20 +321,16 @@ def _check_size(path, width: int, height: int) -> None:
 
 
 def _list_hint(path: Path) -> str:
-    """A text file whose first line names an existing file (from here or from the file's
-    folder) is a list of videos without the ``.txt`` that makes it one: say so; else ""."""
+    """A text file whose first entry (read as ``batch`` reads a list) is an existing file is a
+    list of videos without the ``.txt`` that makes it one: say so; else "". Reads 4 KB only."""
+    from tal_pipeline.batch import list_entries
+
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
-        first = next((ln.strip() for ln in head.decode("utf-8-sig").splitlines() if ln.strip()), "")
-    except (OSError, UnicodeDecodeError):
-        return ""
-    if not first or len(first) > 1024 or "\0" in first:
-        return ""
-    try:
-        named = Path(first)
-        found = named.is_file() or (not named.is_absolute() and (path.parent / named).is_file())
-    except (OSError, ValueError):
+        entries = list_entries(head.decode("utf-8-sig"), path.parent)
+        found = bool(entries) and entries[0].is_file()
+    except (OSError, UnicodeDecodeError, ValueError):  # ValueError: a NUL in the "path"
         return ""
     return "; it looks like a list of paths: lists need the .txt extension" if found else ""
 

@@ -199,6 +199,7 @@ def test_low_texture_options(train_sources):
     assert abs(float(fb.mean()) - (0.4 * float(fa.mean()) + 0.6 * 128)) < 3.0  # around grey
     assert grad_energy(b) < 0.16 * grad_energy(a)  # contrast alone: 0.4^2
 
+
 def test_soft_fraction_changes_only_the_drawn_videos_softness(train_sources):
     """``soft_fraction``: a share of the videos gets a defocus and a contrast drawn from the
     option's ranges; everything else about every plan (scene, timeline, sensor) is what it is

@@ -341,10 +341,8 @@ def _sample_softness(seed: Sequence[int], opt: CameraOptions) -> dict:
     """The ``VideoPlan`` fields contrast and blur_px: the options', or for a ``soft_fraction``
     of videos drawn from ``soft_blur_px`` and ``soft_contrast``. Own stream (seed + (3,)): the
     plan's other draws do not depend on it."""
-    if opt.soft_fraction <= 0.0:
-        return {"contrast": opt.contrast, "blur_px": opt.blur_px}
     rng = _rng((*seed, 3))  # (seed, 1) and (seed, 2) are the renderer's
-    if rng.random() >= opt.soft_fraction:
+    if opt.soft_fraction <= 0.0 or rng.random() >= opt.soft_fraction:
         return {"contrast": opt.contrast, "blur_px": opt.blur_px}
     return {"blur_px": _loguniform(rng, *opt.soft_blur_px),
             "contrast": float(rng.uniform(*opt.soft_contrast))}
