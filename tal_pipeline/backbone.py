@@ -9,6 +9,12 @@ The r3d_18 trunk (torchvision ``r3d_18`` without ``avgpool``/``fc``):
     layer4   *temporal stride 1, dilation 2*         -> (B, 512, N/4, 7, 7)
     mean over H, W                                   -> (B, 512, N/4)
 
+``r3d_18_grid`` is the same trunk and weights with a wider last step: the global mean followed by
+the means of a 2 x 2 grid of the picture, ``(B, 5 * 512, N/4)`` (global, then top-left,
+top-right, bottom-left, bottom-right). Its first 512 channels equal ``r3d_18``'s; the grid tells
+motion everywhere in the picture (a camera move) from motion in one part (an object crossing),
+which a global mean can give alike.
+
 Output step: **4 frames** (0.4 s at 10 fps). torchvision's layer4 halves time again (step 8);
 we give its first conv and its shortcut temporal stride 1 and its three later convs temporal
 dilation 2 ("a trous"), so every even output position equals torchvision's layer4 output exactly
@@ -34,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -54,11 +61,19 @@ class BackboneSpec:
     centre_offset: float  # frame index of feature 0's receptive-field centre (feature j: + j*stride)
     stem_key: str  # state-dict key of the first conv (its input channels differ per stream)
     last_conv: str  # key suffix of each residual block's last conv (seeded init scales it down)
+    grid: int = 0  # spatial pooling: 0 global mean only; g: global mean, then a g x g grid's means
+    trunk: str = ""  # the backbone whose weights (and state-dict keys) it uses; "": its own id
+
+    @property
+    def weights_of(self) -> str:
+        """The backbone id its weights are resolved and checksummed under."""
+        return self.trunk or self.id
 
 
 R3D_18 = BackboneSpec("r3d_18", 512, 4, 109, 0.0, "stem.0.weight", ".conv2.0.weight")
+R3D_18_GRID = replace(R3D_18, id="r3d_18_grid", dim=512 * (1 + 2 * 2), grid=2, trunk="r3d_18")
 I3D_R50 = BackboneSpec("i3d_r50", 2048, 2, 36, 0.5, "blocks.0.conv.weight", "branch2.conv_c.weight")
-SPECS = {s.id: s for s in (R3D_18, I3D_R50)}  # the backbones; builders: BUILDERS below
+SPECS = {s.id: s for s in (R3D_18, R3D_18_GRID, I3D_R50)}  # the backbones; builders: BUILDERS below
 BACKBONES = tuple(SPECS)
 
 
@@ -67,6 +82,27 @@ class SpatialMean(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(3, 4))
+
+
+class SpatialGrid(nn.Module):
+    """(B, C, T, H, W) -> (B, (1 + g^2) C, T): the global mean, then each cell's of a g x g grid.
+
+    Cells in row-major order (top-left, top-right, ... for g = 2), C channels each. Cells are
+    ``adaptive_avg_pool3d``'s: on r3d_18's 7 x 7 map, rows/columns 0-3 and 3-6 (the middle one is
+    in both). The global mean is computed as :class:`SpatialMean` does, so those C channels are
+    bit-identical to the mean-pooled trunk's.
+    """
+
+    def __init__(self, grid: int):
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t = x.shape[:3]
+        g = self.grid
+        cells = torch.nn.functional.adaptive_avg_pool3d(x, (t, g, g))  # (B, C, T, g, g)
+        cells = cells.permute(0, 3, 4, 1, 2).reshape(b, g * g * c, t)  # cell-major
+        return torch.cat([x.mean(dim=(3, 4)), cells], dim=1)
 
 
 class StreamNet(nn.Module):
@@ -106,17 +142,22 @@ class StreamNet(nn.Module):
         return x
 
 
-def r3d_18(in_channels: int = 3, *, layer4_dilation: int = 2, device: str = "cpu") -> StreamNet:
+def r3d_18(
+    in_channels: int = 3, *, layer4_dilation: int = 2, grid: int = 0, device: str = "cpu"
+) -> StreamNet:
     """torchvision r3d_18 as a stream trunk (torchvision's random init; load weights after).
 
     ``in_channels``: 3 for RGB, 2 for flow (a 2-channel stem). ``layer4_dilation``: 2 keeps the
-    pretrained receptive field (see the module docstring), 1 is plain stride 1. ``device="meta"``
-    builds shapes only (instant): ``to_empty`` then ``load_state_dict`` before use.
+    pretrained receptive field (see the module docstring), 1 is plain stride 1. ``grid``: 0 pools
+    with the global mean (``r3d_18``), 2 with :class:`SpatialGrid` (``r3d_18_grid``).
+    ``device="meta"`` builds shapes only (instant): ``to_empty`` then ``load_state_dict`` before use.
     """
     from torchvision.models.video import r3d_18 as tv_r3d_18
 
     if layer4_dilation not in (1, 2):
         raise ValueError(f"layer4_dilation must be 1 or 2, got {layer4_dilation}")
+    if grid not in (0, R3D_18_GRID.grid):
+        raise ValueError(f"grid must be 0 or {R3D_18_GRID.grid}, got {grid}")
     with torch.device(device):
         body = tv_r3d_18(weights=None)
         if in_channels != 3:
@@ -134,9 +175,10 @@ def r3d_18(in_channels: int = 3, *, layer4_dilation: int = 2, device: str = "cpu
         (nn.Sequential(body.stem, body.layer1), StageSpec(1, 1 + 4)),  # stem + 4 convs, +-1 each
         (body.layer2, StageSpec(2, 1 + 3 * 2)),  # strided conv +-1, 3 convs at output jump 2
         (body.layer3, StageSpec(2, 1 + 3 * 2)),
-        (nn.Sequential(body.layer4, SpatialMean()), StageSpec(1, radius4)),
+        (nn.Sequential(body.layer4, SpatialGrid(grid) if grid else SpatialMean()), StageSpec(1, radius4)),
     ]
-    spec = R3D_18 if layer4_dilation == 2 else replace(R3D_18, receptive_field=85)
+    spec = R3D_18_GRID if grid else R3D_18
+    spec = spec if layer4_dilation == 2 else replace(spec, receptive_field=85)
     return StreamNet(spec, body, stages)
 
 
@@ -182,7 +224,11 @@ def _i3d_stream(body: nn.Module, in_channels: int) -> StreamNet:
     return StreamNet(I3D_R50, body, stages)
 
 
-BUILDERS: dict[str, Callable[..., StreamNet]] = {R3D_18.id: r3d_18, I3D_R50.id: i3d_r50}
+BUILDERS: dict[str, Callable[..., StreamNet]] = {
+    R3D_18.id: r3d_18,
+    R3D_18_GRID.id: partial(r3d_18, grid=R3D_18_GRID.grid),
+    I3D_R50.id: i3d_r50,
+}
 
 
 def build_stream(backbone: str, in_channels: int, *, device: str = "cpu") -> StreamNet:

@@ -82,7 +82,7 @@ def auto_precision(device: str | torch.device) -> str:
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    backbone: str = "r3d_18"  # "r3d_18" (512-d per stream) or "i3d_r50" (2048-d, optional extra)
+    backbone: str = "r3d_18"  # "r3d_18" (512-d per stream), "r3d_18_grid" (2560) or "i3d_r50" (2048, extra)
     weights: str = "kinetics400"  # "kinetics400", "seeded" or a path to a state dict
     streams: tuple[str, ...] = STREAMS  # subset of ("rgb", "flow"), output in that order
     flow_backend: str = "torch"  # TV-L1: "torch" (batched, faster; BENCHMARKS.md) or "opencv" (reference)
@@ -135,7 +135,7 @@ class FeatureExtractor:
         self.options = replace(opts, streams=streams, precision=precision, batch_chunks=batch)
         self.device = device
         self.spec = SPECS[opts.backbone]
-        loaded = load_weights(opts.backbone, opts.weights, check_hash=opts.check_hash, progress=opts.progress)
+        loaded = load_weights(self.spec.weights_of, opts.weights, check_hash=opts.check_hash, progress=opts.progress)
         self.transform = loaded.spec.transform
         shared = {k: self._prepare(v) for k, v in loaded.state_dict.items()}
         self._seeded = loaded.spec.id == "seeded"  # flow stem: own seeded filters (weights.py)

@@ -125,6 +125,41 @@ def test_seeded_flow_stem_sees_the_motion_axis():
     assert not torch.allclose(conv(pan, own), conv(tilt, own), atol=1e-3)
 
 
+def test_grid_pooling_is_the_global_mean_then_four_cells():
+    """SpatialGrid on a 7 x 7 map: the global mean, then the means of rows/columns 0-3 and 3-6
+    (top-left, top-right, bottom-left, bottom-right), C channels each."""
+    from tal_pipeline.backbone import SpatialGrid, SpatialMean
+
+    x = torch.randn(2, 3, 5, 7, 7, generator=torch.Generator().manual_seed(0))
+    y = SpatialGrid(2)(x)
+    assert y.shape == (2, 5 * 3, 5)
+    assert torch.equal(y[:, :3], SpatialMean()(x))
+    cells = [(slice(0, 4), slice(0, 4)), (slice(0, 4), slice(3, 7)), (slice(3, 7), slice(0, 4)), (slice(3, 7), slice(3, 7))]
+    for k, (rows, cols) in enumerate(cells):
+        want = x[:, :, :, rows, cols].mean(dim=(3, 4))
+        assert torch.allclose(y[:, 3 * (k + 1) : 3 * (k + 2)], want, atol=1e-6), k
+
+
+def test_grid_backbone_shares_the_trunk_and_its_first_channels(net):
+    """``r3d_18_grid`` is r3d_18's trunk and weights: same state-dict keys, same step and
+    receptive field, D = 5 x 512, and its first 512 channels are r3d_18's bit for bit;
+    chunked still equals whole."""
+    from tal_pipeline.backbone import R3D_18_GRID, SPECS, build_stream
+
+    assert R3D_18_GRID.dim == 2560 and R3D_18_GRID.weights_of == "r3d_18" == R3D_18.weights_of
+    grid = build_stream("r3d_18_grid", 3)
+    assert list(grid.body.state_dict()) == list(net.body.state_dict())
+    grid.body.load_state_dict(net.body.state_dict())
+    grid.eval()
+    assert (grid.stride, 2 * grid.radius + 1) == (4, SPECS["r3d_18_grid"].receptive_field)
+    x = torch.randn(3, 13, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        whole, plain = grid(x[None])[0], net(x[None])[0]
+    assert whole.shape == (2560, 4) and torch.equal(whole[:512], plain)
+    assert not torch.allclose(whole[512:1024], plain, atol=1e-3)  # a cell is not the picture
+    assert torch.allclose(forward_chunked(grid, x, 8, 3), whole, atol=1e-4, rtol=0)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pytorchvideo") is None, reason="pytorchvideo extra not installed")
 def test_i3d_r50_random_weights_chunked_equals_whole():
     from tal_pipeline.backbone import I3D_R50, i3d_r50

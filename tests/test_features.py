@@ -58,6 +58,26 @@ def test_single_stream_and_single_frame():
     assert g.array.shape == (2, 512) and g.meta.streams == ("flow",)
 
 
+def test_grid_backbone_tells_where_the_motion_is():
+    """``r3d_18_grid`` (flow only, as the demo model uses it): D = 2560, the first 512 columns
+    are r3d_18's features bit for bit, the weights label is r3d_18's, and motion in the top-left
+    quarter only moves the top-left cell's features far more than the bottom-right cell's."""
+    size, n = 64, 12
+    grid = FeatureExtractor(backbone="r3d_18_grid", weights="seeded", streams=("flow",), size=size)
+    plain = FeatureExtractor(weights="seeded", streams=("flow",), size=size)
+    frames = np.zeros((n, size, size, 3), np.uint8)
+    still = np.zeros((n, 2, size, size), np.float32)
+    corner = still.copy()
+    corner[:, 0, : size // 2, : size // 2] = 8.0  # 8 px/frame to the right, top-left quarter only
+    f = grid.extract_frames(frames, corner)
+    assert f.array.shape == (3, 2560) and f.meta.backbone == "r3d_18_grid" and f.meta.dim == 2560
+    assert f.meta.weights == f"seeded:sha256:{SEEDED_SHA256['r3d_18']}"
+    assert np.array_equal(f.array[:, :512], plain.extract_frames(frames, corner).array)
+    base = grid.extract_frames(frames, still).array
+    moved = np.abs(f.array - base).reshape(3, 5, 512).mean(axis=(0, 2))  # per pool: global, 4 cells
+    assert moved[1] > 2 * moved[4], moved  # top-left vs bottom-right
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pytorchvideo") is None, reason="pytorchvideo extra not installed")
 def test_i3d_r50_seeded_two_streams():
     fx = FeatureExtractor(backbone="i3d_r50", weights="seeded", chunk_frames=8)
