@@ -12,11 +12,13 @@ import torch
 from click.testing import CliRunner
 
 from tal_pipeline import Detector
+from tal_pipeline.backbone import SPECS
 from tal_pipeline.checkpoint import read_checkpoint, save_checkpoint
 from tal_pipeline.cli import main
 from tal_pipeline.demo import camera, footage
 from tal_pipeline.errors import InputError
 from tal_pipeline.pipeline import demo_checkpoint_path
+from tal_pipeline.weights import SEEDED_SHA256
 
 HELDOUT = footage.find_sources("heldout")
 OPTS = camera.CameraOptions(width=192, height=144)
@@ -65,14 +67,14 @@ def test_cli_video_and_features_paths_agree(pan_clip, tmp_path):
     res = json.loads(out.read_text())
     assert set(res) >= {"version", "results", "external_data", "videos"}
     assert res["videos"]["pan_clip"]["duration"] == pytest.approx(10.0, abs=0.05)
-    assert res["external_data"]["backbone"] == "r3d_18"
+    ckpt = read_checkpoint(demo_checkpoint_path())
+    assert res["external_data"]["backbone"] == ckpt["features"]["backbone"]
     assert not (tmp_path / "out.json.parts").exists()
     # the same features through `tal extract` + `tal detect --features`
     feats = tmp_path / "feats"
-    ckpt = read_checkpoint(demo_checkpoint_path())
     streams = ",".join(ckpt["features"].get("streams") or ["rgb", "flow"])
     r = runner.invoke(main, ["extract", str(path), "-o", str(feats), "--weights", "seeded",
-                             "--streams", streams, "--flow", ckpt["features"].get("flow_backend", "torch"),
+                             "--backbone", ckpt["features"]["backbone"], "--streams", streams, "--flow", ckpt["features"].get("flow_backend", "torch"),
                              "--no-progress"])
     assert r.exit_code == 0, r.output
     out2 = tmp_path / "out2.json"
@@ -127,6 +129,7 @@ def test_demo_checkpoint_is_small_and_plain():
     assert path.stat().st_size < 8 * 2**20
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["class_names"] == list(camera.CLASSES) or set(ckpt["class_names"]) == set(camera.CLASSES)
-    assert ckpt["features"]["backbone"] == "r3d_18"
-    assert ckpt["features"]["weights"].startswith("seeded:sha256:")
+    spec = SPECS[ckpt["features"]["backbone"]]  # one of ours: tal detect builds its extractor
+    assert ckpt["input_dim"] == spec.dim * len(ckpt["features"]["streams"])
+    assert ckpt["features"]["weights"] == f"seeded:sha256:{SEEDED_SHA256[spec.weights_of]}"
     assert math.isclose(ckpt["features"]["step"], 0.4)

@@ -76,7 +76,9 @@ def test_detector_takes_features_of_any_precision(clip):
     det = Detector.load("demo", build_extractor=False)
     found = {}
     for p in ("fp32", "bf16"):
-        fx = FeatureExtractor(weights="seeded", streams=("flow",), precision=p, size=SIZE, chunk_frames=8)
+        fx = FeatureExtractor(
+            backbone=det.meta.backbone, weights="seeded", streams=("flow",), precision=p, size=SIZE, chunk_frames=8
+        )
         det.check_extractor(fx)  # same weights checksum whatever the precision
         feats = fx.extract_frames(frames, flow)
         found[p] = det.detect_features(feats.array, feats.meta, video="clip")
