@@ -57,7 +57,10 @@ def main() -> None:
           f"native bf16: {cpu_has_native_bf16()}  videos {len(paths)}  load {os.getloadavg()[0]:.1f}")
     det = Detector.load("demo", build_extractor=False)
     streams = det.meta.streams
-    extractors = {p: FeatureExtractor(weights="seeded", streams=streams, precision=p) for p in PRECISIONS}
+    extractors = {
+        p: FeatureExtractor(backbone=det.meta.backbone, weights="seeded", streams=streams, precision=p)
+        for p in PRECISIONS
+    }
     for fx in extractors.values():
         det.check_extractor(fx)
     found = {p: {} for p in PRECISIONS}
