@@ -9,6 +9,14 @@ FAST = ["--weights", "seeded", "--size", "32", "--chunk-frames", "16", "--stream
         "--no-progress"]
 
 
+def demo_dim() -> int:
+    """D of the feature files the shipped demo model takes (``tal detect --features`` tests)."""
+    from tal_pipeline.checkpoint import read_checkpoint
+    from tal_pipeline.pipeline import demo_checkpoint_path
+
+    return int(read_checkpoint(demo_checkpoint_path())["input_dim"])
+
+
 def hidden(folder: Path) -> list[str]:
     """Names of the hidden files under ``folder`` (locks, temps), sorted."""
     return sorted(p.name for p in folder.rglob(".*"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from batchrun import FAST, hidden
+from batchrun import FAST, demo_dim, hidden
 from click.testing import CliRunner
 from videogen import write_video
 
@@ -25,6 +25,7 @@ from tal_pipeline.locks import hold_lock, lock_path, try_lock
 from tal_pipeline.outputs import DetectionOutput as _Output
 from tal_pipeline.results import load_results, make_results, write_results
 
+DEMO_DIM = demo_dim()  # D of the feature files the demo model takes
 SUMMARY = re.compile(r"(\d+) done, (\d+) skipped, (\d+) failed(?:, (\d+) busy)?")
 
 
@@ -243,7 +244,7 @@ def test_two_detect_shards_merge_into_one_file(tmp_path):
     feats.mkdir()
     rng = np.random.default_rng(0)
     for k in range(8):  # ~0.5 s of work each
-        np.save(feats / f"f{k:02d}.npy", rng.standard_normal((48, 512)).astype(np.float32))
+        np.save(feats / f"f{k:02d}.npy", rng.standard_normal((48, DEMO_DIM)).astype(np.float32))
     x = tmp_path / "out.json"
     args = ["detect", str(feats), "--features", "--fps", "10", "--feature-stride", "4",
             "-o", str(x), "--no-progress"]
@@ -280,7 +281,7 @@ def test_detect_shards_keep_their_own_failure_lists(tmp_path):
     feats.mkdir()
     rng = np.random.default_rng(0)
     for k in range(3):
-        np.save(feats / f"f{k:02d}.npy", rng.standard_normal((16, 512)).astype(np.float32))
+        np.save(feats / f"f{k:02d}.npy", rng.standard_normal((16, DEMO_DIM)).astype(np.float32))
     (feats / "a_bad.npy").write_text("not an array\n")  # sorted first: shard 0 of 2
     x = tmp_path / "out.json"
     args = ["detect", str(feats), "--features", "--fps", "10", "--feature-stride", "4",

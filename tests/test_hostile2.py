@@ -28,6 +28,7 @@ from badfiles import (
     write_multi_stream,
     write_offset_clip,
 )
+from batchrun import demo_dim
 from click.testing import CliRunner
 from videogen import read_code
 
@@ -42,6 +43,7 @@ from tal_pipeline.pipeline import demo_checkpoint_path
 from tal_pipeline.results import load_annotations, load_results
 
 FEATS = ["--features", "--fps", "10", "--feature-stride", "4", "--no-progress"]
+DEMO_DIM = demo_dim()  # D of the feature files the demo model takes
 
 
 def _tal(*args):
@@ -52,7 +54,7 @@ def _feats(folder: Path, names=("f0", "f1"), rows: int = 24) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for n in names:
-        np.save(folder / f"{n}.npy", rng.standard_normal((rows, 512)).astype(np.float32))
+        np.save(folder / f"{n}.npy", rng.standard_normal((rows, DEMO_DIM)).astype(np.float32))
     return folder
 
 

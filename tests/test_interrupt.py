@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from batchrun import FAST, hidden
+from batchrun import FAST, demo_dim, hidden
 from click.testing import CliRunner
 from videogen import write_video
 
@@ -21,8 +21,9 @@ from tal_pipeline.featio import is_complete, load_features
 from tal_pipeline.fsutil import temp_target
 from tal_pipeline.results import load_results
 
+DEMO_DIM = demo_dim()  # D of the feature files the demo model takes
 N_VIDEOS = 3
-N_FEATURES = 6  # detect --features: files of (64, 512) features, ~0.5 s of work each
+N_FEATURES = 6  # detect --features: files of (64, D) features (the demo model's D), ~0.5 s of work each
 PROMPT_S = 2.5  # a stopped run ends within this (~0.2 s; 2-9 s if it waits for flow workers)
 DETECT = ["--features", "--fps", "10", "--feature-stride", "4", "--no-progress"]
 
@@ -57,7 +58,7 @@ def features(tmp_path_factory):
     root = tmp_path_factory.mktemp("features")
     rng = np.random.default_rng(0)
     for k in range(N_FEATURES):
-        np.save(root / f"f{k:02d}.npy", rng.standard_normal((64, 512)).astype(np.float32))
+        np.save(root / f"f{k:02d}.npy", rng.standard_normal((64, DEMO_DIM)).astype(np.float32))
     return root
 
 
