@@ -7,7 +7,7 @@
 Generates the clip (bench_extract's textured panning clip, cached in /tmp/tal_bench), then, in
 one run: a bare PyAV decode loop of the file (the reference), each stage of the demo detector
 alone (decode, TV-L1 flow, backbone over the streams the model uses, head + Soft-NMS), and
-`tal detect` end to end in a fresh subprocess (wall time and peak RSS from ``os.wait4``).
+`tal detect` end to end in a fresh subprocess (wall time and its own peak RSS, ``run_tal``).
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import bare_decode
-from bench_extract import CPU_S, line, make_clip, timed
+from bench_extract import CPU_S, line, make_clip, run_tal, timed
 
 
 def stages(clip: Path, seconds: float, model: str, device: str) -> dict:
@@ -59,17 +57,10 @@ def stages(clip: Path, seconds: float, model: str, device: str) -> dict:
 
 
 def end_to_end(clip: Path, model: str, device: str) -> tuple[float, float]:
-    """(wall s, peak RSS MB) of ``tal detect clip`` in a fresh process."""
+    """(wall s, peak RSS MB) of ``tal detect clip`` in a fresh process (its own peak: ``run_tal``)."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "tal_pipeline", "detect", str(clip), "-o", f"{out}/o.json",
-               "--model", model, "--device", device, "--no-progress"]
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        dt = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"tal detect failed: {' '.join(cmd)}")
-    return dt, usage.ru_maxrss / 1024.0
+        return run_tal(["detect", str(clip), "-o", f"{out}/o.json", "--model", model, "--device", device,
+                        "--no-progress"], quiet=True)
 
 
 def main() -> None:

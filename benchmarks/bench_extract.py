@@ -9,7 +9,7 @@ video-seconds processed per wall-second ("x real time") for: decode (10 fps, 112
 flow (each backend asked for), the backbone (both streams, on precomputed inputs), and end to
 end (``FeatureExtractor.extract`` with the CLI's default settings; ``--weights seeded`` has the
 same cost as kinetics400 and needs no download). ``--rss`` runs ``tal extract`` on each clip
-length in a subprocess and reads its peak RSS (``ru_maxrss``).
+length in a subprocess and reads its own peak RSS (``memory.peak_rss_kib``).
 
 ``--clips`` adds the side-by-side with the extraction peers do (video_features, mmaction2's
 tools): torchvision's ``r3d_18`` as published (temporal stride 2 in layer4, global average
@@ -201,19 +201,39 @@ def bench_clips(frames: np.ndarray, flow: np.ndarray, precision: str = "auto", r
     return res
 
 
-def peak_rss(clip: Path, device: str, extra: list[str]) -> tuple[float, float]:
-    """(peak RSS in MB, wall s) of ``tal extract clip`` in a fresh subprocess (``os.wait4``)."""
-    with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "tal_pipeline", "extract", str(clip), "-o", out,
-               "--weights", "seeded", "--device", device, "--no-progress", *extra]
+# ``tal`` itself (its console script's code), writing its own peak RSS (``memory.peak_rss_kib``,
+# KiB) to $TAL_BENCH_PEAK once the command is over. Not wait4's ru_maxrss: Linux keeps the
+# high-water mark across exec and subprocess starts children with vfork, so a child's ru_maxrss
+# is at least this benchmark's own peak (the in-process stages run before it).
+TAL_OWN_PEAK = [sys.executable, "-c", (
+    "import atexit, os, sys\n"
+    "from tal_pipeline.memory import peak_rss_kib\n"
+    "atexit.register(lambda: open(os.environ['TAL_BENCH_PEAK'], 'w').write(str(peak_rss_kib())))\n"
+    "from tal_pipeline.cli import main\n"
+    "sys.argv[0] = 'tal'\n"
+    "sys.exit(main())\n")]
+
+
+def run_tal(args: list[str], quiet: bool = False) -> tuple[float, float]:
+    """(wall s, the process's own peak RSS in MB) of a fresh ``tal ARGS`` process."""
+    with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen([*TAL_OWN_PEAK, *args], stdout=subprocess.DEVNULL if quiet else None,
+                                env={**os.environ, "TAL_BENCH_PEAK": peak.name})
+        code = proc.wait()
         dt = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"tal extract failed ({proc.returncode}): {' '.join(cmd)}")
-    return usage.ru_maxrss / 1024.0, dt  # ru_maxrss: KiB on Linux
+        kib = int(Path(peak.name).read_text() or 0)
+    if code != 0:
+        raise SystemExit(f"tal failed ({code}): tal {' '.join(args)}")
+    return dt, kib / 1024.0
+
+
+def peak_rss(clip: Path, device: str, extra: list[str]) -> tuple[float, float]:
+    """(peak RSS in MB, wall s) of ``tal extract clip`` in a fresh subprocess (``run_tal``)."""
+    with tempfile.TemporaryDirectory() as out:
+        dt, mb = run_tal(["extract", str(clip), "-o", out, "--weights", "seeded", "--device", device,
+                          "--no-progress", *extra])
+    return mb, dt
 
 
 def main() -> None:

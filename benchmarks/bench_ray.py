@@ -48,9 +48,9 @@ from bench_extract import make_clip
 # touches ~125 MB more, which wait4 counts on the local side and never on a worker's (read
 # after each video); reading both sides inside the process compares like with like
 TAL = [sys.executable, "-c", (
-       "import atexit, os, resource, sys\n"
-       "atexit.register(lambda: open(os.environ['TAL_BENCH_PEAK'], 'w').write("
-       "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+       "import atexit, os, sys\n"
+       "from tal_pipeline.memory import peak_rss_kib\n"
+       "atexit.register(lambda: open(os.environ['TAL_BENCH_PEAK'], 'w').write(str(peak_rss_kib())))\n"
        "from tal_pipeline.cli import main\n"
        "sys.argv[0] = 'tal'\n"
        "sys.exit(main())\n")]

@@ -65,3 +65,25 @@ def tune_malloc(mmap_threshold: int = 16 << 20, arenas: int = 2) -> bool:
         ok &= bool(mallopt(M_ARENA_MAX, int(arenas)))
     log.debug("malloc tuned: mmap threshold %d, arenas %d (%s)", mmap_threshold, arenas, ok)
     return ok
+
+
+def peak_rss_kib() -> int:
+    """This process's own peak resident set size, KiB: ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: on Linux, ``exec`` keeps the high-water mark of the
+    address space it replaces, and Python's ``subprocess`` starts children with ``vfork``, whose
+    address space is the parent's, so a child's ``ru_maxrss`` (and ``wait4``'s) is at least its
+    parent's peak (a child of a 3 GB process reads 3 GB for ``/bin/true``). ``VmHWM`` belongs to
+    the process's own address space. Falls back to ``ru_maxrss`` where there is no ``/proc``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])  # "VmHWM:  123456 kB"
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+

@@ -185,9 +185,9 @@ def _note_worker(pid: int, vid: str, event: str) -> None:
     """``TAL_WORKER_LOG``: ``<pid> <video_id> <event> <peak RSS in KiB>`` (tests, benchmarks)."""
     path = os.environ.get("TAL_WORKER_LOG")
     if path:
-        import resource
+        from tal_pipeline.memory import peak_rss_kib
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = peak_rss_kib()
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"{pid} {vid} {event} {peak}\n")
 
