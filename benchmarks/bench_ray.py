@@ -41,19 +41,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import cpu_model
-from bench_extract import make_clip
+from bench_extract import TAL_OWN_PEAK, make_clip
 
-# ``tal`` itself (its console script's code) with its peak RSS read inside the process once the
-# command is over, before the interpreter shuts down: with torch imported, the shutdown alone
+# ``tal`` itself, its own peak RSS read inside the process once the command is over, before the
+# interpreter shuts down (bench_extract.TAL_OWN_PEAK): with torch imported, the shutdown alone
 # touches ~125 MB more, which wait4 counts on the local side and never on a worker's (read
 # after each video); reading both sides inside the process compares like with like
-TAL = [sys.executable, "-c", (
-       "import atexit, os, sys\n"
-       "from tal_pipeline.memory import peak_rss_kib\n"
-       "atexit.register(lambda: open(os.environ['TAL_BENCH_PEAK'], 'w').write(str(peak_rss_kib())))\n"
-       "from tal_pipeline.cli import main\n"
-       "sys.argv[0] = 'tal'\n"
-       "sys.exit(main())\n")]
+TAL = TAL_OWN_PEAK
 
 
 def run(args: list[str], env: dict | None = None, expect: int = 0) -> tuple[float, float, float, int]:

@@ -86,4 +86,3 @@ def peak_rss_kib() -> int:
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
