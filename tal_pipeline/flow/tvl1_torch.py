@@ -4,11 +4,14 @@ The method is Zach, Pock and Bischof (2007), in the form of Sánchez Pérez, Mei
 and Facciolo, "TV-L1 Optical Flow Estimation" (IPOL 2013): the second frame's brightness
 matched to the first's when their means differ by more than ~10 % (an exposure step would
 otherwise be read as motion: ``gain_ratio``), both frames pre-smoothed (IPOL's Gaussian,
-sigma 0.8), a pyramid of bilinear, antialiased downscaling by ``scale_step``:
+sigma 0.8), a pyramid of bilinear, antialiased downscaling by ``scale_step``, and a global
+gain of I1 re-estimated on the aligned frames at every warp (flicker and drift of a few
+percent: ``aligned_gain``):
 
     for each level, coarsest first (flow upsampled from the level below, dual variables reset):
         for each warp:
             warp I1 and its centred gradient by the current flow (bicubic or bilinear)
+            scale both by the gain: median of log I0 - log I1w where the sample is inside
             rho_c = I1w - ∇I1w·u0 - I0                      (linearised data term)
             optionally median-filter u (OpenCV filters before each outer iteration)
             repeat until mean |u - u_prev|² < epsilon² or the iteration cap:
@@ -74,6 +77,7 @@ class TVL1Options:
     presmooth: float = 0.8  # Gaussian sigma (pixels) applied to both frames first (IPOL's); 0: none
     antialias: bool = True  # low-pass the pyramid's downscaling (bilinear with antialias)
     match_gain: bool = True  # scale I1 to I0's mean brightness if > ~10 % apart (exposure steps)
+    warp_gain: bool = True  # re-estimate I1's gain on the aligned frames at every warp (flicker)
 
     def __post_init__(self) -> None:
         if not 0 < self.tau <= 0.25:
@@ -159,6 +163,30 @@ def gain_ratio(i0: torch.Tensor, i1: torch.Tensor) -> torch.Tensor:
     m0, m1 = i0.mean((1, 2)), i1.mean((1, 2))
     r = (m0 / m1.clamp_min(1.0)).clamp(*GAIN_RANGE)
     return torch.where((r.log().abs() > GAIN_MIN_CHANGE), r, torch.ones_like(r))
+
+
+def aligned_gain(i0: torch.Tensor, i1w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """I0's brightness over I1's where the current flow aligns them: ``(B, 1, h, w)`` frame 0,
+    frame 1 warped by ``u (B, 2, h, w)`` -> ``(B, 1, 1, 1)``, clamped to ``GAIN_RANGE``.
+
+    Why: a brightness change of a few percent (flicker, auto-exposure drifting) is below
+    ``gain_ratio``'s dead band, yet TV-L1's data term reads it as motion, and the more so the
+    weaker the gradient (low contrast, defocus; BENCHMARKS.md, "Flow" and issue #12, round 8).
+    Frame means cannot tell a gain from content entering or leaving, but the warped frames
+    can: once aligned, the same scene points face each other, and the median of their log
+    ratio is the gain (moving objects, disocclusions and the border strip where the sample
+    falls outside the frame are a minority, or left out). Re-estimated at every warp: the flow
+    is better each time, so the alignment is.
+    """
+    h, w = i0.shape[-2:]
+    ys = torch.arange(h, dtype=u.dtype, device=u.device).view(1, h, 1)
+    xs = torch.arange(w, dtype=u.dtype, device=u.device).view(1, 1, w)
+    x1, y1 = xs + u[:, 0], ys + u[:, 1]  # (B, h, w): where each pixel's sample comes from
+    inside = ((x1 >= 1) & (x1 <= w - 2) & (y1 >= 1) & (y1 <= h - 2)).unsqueeze(1)
+    log_ratio = i0.clamp_min(1.0).log() - i1w.clamp_min(1.0).log()  # (B, 1, h, w)
+    log_ratio = torch.where(inside, log_ratio, torch.full_like(log_ratio, math.nan)).flatten(1)
+    log_gain = torch.nan_to_num(log_ratio.nanmedian(1).values, nan=0.0)  # no pixel inside: 1
+    return log_gain.exp().clamp(*GAIN_RANGE).view(-1, 1, 1, 1)
 
 
 def centred_gradient(img: torch.Tensor) -> torch.Tensor:
@@ -437,6 +465,8 @@ def tvl1_pairs(i0: torch.Tensor, i1: torch.Tensor, opts: TVL1Options | None = No
         iterations = (opts.finest_iterations or opts.iterations) if finest else opts.iterations
         for _ in range(warps):
             warped = warp(stack1, u, opts.interpolation)  # (B, 3, h, w)
+            if opts.warp_gain:  # I1 and its gradient scale together
+                warped = warped * aligned_gain(img0, warped[:, 0:1], u)
             g = warped[:, 1:3].contiguous()  # (B, 2, h, w)
             rho_c = (warped[:, 0:1] - (g * u).sum(1, keepdim=True) - img0).contiguous()
             inv_g2 = 1.0 / (g.square().sum(1, keepdim=True) + _TINY_GRAD2)
@@ -544,6 +574,7 @@ __all__ = [
     "CUDA_OPTIONS",
     "CPUWorkers",
     "TVL1Options",
+    "aligned_gain",
     "centred_gradient",
     "divergence",
     "forward_gradient",
