@@ -23,6 +23,7 @@ DATA=${DATA:-data/demo}
 N_TRAIN=${N_TRAIN:-400}         # videos of the train sources (320 training + 80 validation)
 VAL_FRACTION=${VAL_FRACTION:-0.2}
 SOFT_FRACTION=${SOFT_FRACTION:-0.3}
+TRAIN_USED=${TRAIN_USED:-320}   # of the training videos, the first this many are extracted and used
 N_HELDOUT=${N_HELDOUT:-12}      # videos of the held-out sources
 OUT=${OUT:-$DATA/demo.pt}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the shipped model was made with one thread
@@ -33,7 +34,14 @@ python -m tal_pipeline.demo.camera --out "$DATA/heldout" --split heldout --video
     --seed 1 --min-duration 30 --max-duration 60 --jobs 2
 
 abs=$(cd "$DATA" && pwd)  # list files: paths relative to the list's folder or absolute
-ls "$abs"/train/*.mp4 | sort > "$DATA/train.txt"
+# the first TRAIN_USED training videos and all validation ones (subset from annotations.json)
+python - "$DATA/train/annotations.json" "$TRAIN_USED" "$abs/train" > "$DATA/train.txt" <<'PY'
+import json, sys
+db = json.load(open(sys.argv[1]))["database"]
+train = sorted(k for k, v in db.items() if v["subset"] == "training")[: int(sys.argv[2])]
+val = sorted(k for k, v in db.items() if v["subset"] == "validation")
+print("\n".join(f"{sys.argv[3]}/{k}.mp4" for k in train + val))
+PY
 ls "$abs"/heldout/*.mp4 | sort > "$DATA/heldout.txt"
 FEATURES="--backbone r3d_18_grid --weights seeded --streams flow --flow torch"
 tal extract "$DATA/train.txt" -o "$DATA/feat_train" $FEATURES

@@ -161,6 +161,7 @@ class HeadMeta:
     weights: str = UNKNOWN  # "<id>:sha256:<hex>" (featio.WeightsLabel); UNKNOWN if foreign
     streams: tuple[str, ...] = ("rgb", "flow")  # the extractor's streams, RGB columns first
     flow_backend: str | None = None  # the TV-L1 the training features used, if recorded
+    flow_version: int | None = None  # its version (flow.FLOW_VERSIONS), if recorded
     step: float | None = None  # seconds per feature step (None: not recorded)
     training: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # options, epochs, mAP
 
@@ -176,6 +177,7 @@ class HeadMeta:
             weights=feats.get("weights", UNKNOWN),
             streams=tuple(feats.get("streams") or ("rgb", "flow")),
             flow_backend=feats.get("flow_backend"),
+            flow_version=feats.get("flow_version"),
             step=feats.get("step"),
             training=dict(ckpt["training"]),
         )

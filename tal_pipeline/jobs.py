@@ -170,12 +170,15 @@ def extract_provenance(fx) -> dict:
     backend when there is a flow stream, frame size, precision. Resume skips a video only if the features
     there have an equal dict (:func:`recorded_provenance`). An option that changes the features
     adds its key to both functions; the comparison (``batch.check_provenance``) knows no keys."""
+    from tal_pipeline.flow import FLOW_VERSIONS
+
     streams = list(fx.options.streams)
     return {
         "backbone": fx.backbone_id,
         "weights": fx.loaded.label,
         "streams": streams,
         "flow_backend": fx.options.flow_backend if "flow" in streams else None,
+        "flow_version": FLOW_VERSIONS[fx.options.flow_backend] if "flow" in streams else None,
         "size": int(fx.options.size or fx.transform.crop),
         "precision": fx.options.precision,  # "auto" resolved: bf16 and fp32 features differ
     }
@@ -188,9 +191,17 @@ def recorded_provenance(meta) -> dict:
         "weights": meta.weights,
         "streams": list(meta.streams),
         "flow_backend": meta.extra.get("flow_backend"),
+        "flow_version": recorded_flow_version(meta.extra),
         "size": meta.extra.get("size"),
         "precision": meta.extra.get("precision", "fp32"),  # features older than the key: fp32
     }
+
+
+def recorded_flow_version(extra: dict) -> int | None:
+    """A feature meta's ``flow_version``: 1 for flow features made before the key existed."""
+    if extra.get("flow_backend") is None:
+        return None
+    return extra.get("flow_version", 1)
 
 
 def features_complete(out_dir: Path, vid: str, fx) -> bool:

@@ -120,6 +120,14 @@ class Detector:
             "device": device,
             "precision": precision,
         }
+        backend = det._extract_kwargs["flow_backend"]
+        if "flow" in meta.streams and meta.flow_backend == backend and meta.flow_version is not None:
+            from tal_pipeline.flow import FLOW_VERSIONS
+
+            if meta.flow_version != FLOW_VERSIONS[backend]:
+                log.warning("%s: trained on %s flow version %d, this tal computes version %d: "
+                            "detections on videos may be worse than the model's own scores",
+                            path, backend, meta.flow_version, FLOW_VERSIONS[backend])
         if build_extractor:
             det._build_extractor(path)
         return det
@@ -185,10 +193,13 @@ class Detector:
             "postprocess": asdict(self.postprocess),
         }
         if inputs == "video":
+            from tal_pipeline.flow import FLOW_VERSIONS
+
             kw = self._extract_kwargs
             streams = list(kw.get("streams") or ())
             prov["streams"] = streams
             prov["flow_backend"] = kw.get("flow_backend") if "flow" in streams else None
+            prov["flow_version"] = FLOW_VERSIONS[kw["flow_backend"]] if "flow" in streams else None
             if self.extractor is not None:  # the backbone's precision ("auto" resolved)
                 prov["precision"] = self.extractor.options.precision
         return prov

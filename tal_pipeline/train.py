@@ -52,6 +52,7 @@ from tal_pipeline.head.assign import AssignConfig, assign_levels, assign_window,
 from tal_pipeline.head.losses import LossWeights, head_loss
 from tal_pipeline.head.model import HeadConfig, HeadModel
 from tal_pipeline.inference import predict_segments
+from tal_pipeline.jobs import recorded_flow_version
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def load_feature_set(
         "streams": list(common([tuple(m.streams) for m in metas])),
         # the TV-L1 implementation of the flow stream: the detector builds the same one
         "flow_backend": common([m.extra.get("flow_backend") for m in metas]),
+        "flow_version": common([recorded_flow_version(m.extra) for m in metas]),
     }
     return FeatureSet(videos, names, info)
 

@@ -78,6 +78,27 @@ def test_resume_refuses_features_of_another_precision(videos, tmp_path):
     assert res.exit_code == 0 and "0 done, 1 skipped" in res.stderr
 
 
+def test_resume_refuses_flow_features_of_an_older_flow_version(videos, tmp_path):
+    """Features from before the torch TV-L1's per-warp gain (meta without ``flow_version``)
+    are not silently mixed with new ones: resume refuses them by name, ``--overwrite`` redoes
+    them, and the new meta records the version."""
+    from tal_pipeline.flow import FLOW_VERSIONS
+
+    out = tmp_path / "feats"
+    args = [videos / "alpha.mp4", "-o", out, *FAST, "--streams", "flow", "--precision", "fp32"]
+    assert run(*args).exit_code == 0
+    meta_path = out / "alpha.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["extra"]["flow_version"] == FLOW_VERSIONS["torch"] == 2
+    assert run(*args).exit_code == 0  # same version: skipped
+    del meta["extra"]["flow_version"]  # as written before the key existed (version 1)
+    meta_path.write_text(json.dumps(meta))
+    res = run(*args)
+    assert res.exit_code == 1 and "--overwrite" in res.stderr and "flow_version" in res.stderr
+    res = run(*args, "--overwrite")
+    assert res.exit_code == 0 and json.loads(meta_path.read_text())["extra"]["flow_version"] == 2
+
+
 def test_shards_cover_each_video_once(videos, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"{videos / 'alpha.mp4'}\n{videos / 'sub' / 'beta.mp4'}\n")

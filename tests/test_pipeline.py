@@ -124,6 +124,24 @@ def test_checkpoint_for_another_backbone_is_refused(tmp_path):
         Detector.load(bad)
 
 
+def test_model_of_another_flow_version_is_named_in_a_warning(tmp_path, caplog):
+    """A model trained on the torch TV-L1 before its per-warp gain (flow version 1) still
+    loads, with one warning naming the versions; the shipped demo model gets none."""
+    from tal_pipeline.flow import FLOW_VERSIONS
+
+    ckpt = read_checkpoint(demo_checkpoint_path())
+    assert ckpt["features"]["flow_version"] == FLOW_VERSIONS["torch"]
+    with caplog.at_level("WARNING", logger="tal_pipeline.pipeline"):
+        Detector.load(demo_checkpoint_path(), build_extractor=False)
+    assert not caplog.records
+    ckpt["features"] = dict(ckpt["features"], flow_version=1)
+    old = save_checkpoint(tmp_path / "old_flow.pt", ckpt)
+    with caplog.at_level("WARNING", logger="tal_pipeline.pipeline"):
+        Detector.load(old, build_extractor=False)
+    assert [r.getMessage() for r in caplog.records if "flow version 1" in r.getMessage()
+            and "version 2" in r.getMessage()], caplog.text
+
+
 def test_demo_checkpoint_is_small_and_plain():
     path = demo_checkpoint_path()
     assert path.stat().st_size < 8 * 2**20

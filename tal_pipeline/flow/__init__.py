@@ -29,6 +29,12 @@ from tal_pipeline.flow.tvl1_torch import (
 
 FLOW_CLIP_PX = 20.0  # flow is clipped to ±this many pixels before the backbone, then / it
 BACKENDS = ("opencv", "torch")
+# Which flow each backend computes, recorded in feature metas as ``flow_version`` (features
+# without the key: 1): a resumed extraction refuses features of another version as it refuses
+# another backend's, and a detector warns when its model was trained on another version.
+# Bumped when a backend's output changes on purpose. torch 2: the gain of the second frame
+# re-estimated on the aligned frames at every warp (``tvl1_torch.aligned_gain``, issue #12).
+FLOW_VERSIONS = {"opencv": 1, "torch": 2}
 MIN_SIZE_PX = 16  # smallest frame side accepted (pixels)
 
 
@@ -142,6 +148,7 @@ __all__ = [
     "BACKENDS",
     "CUDA_OPTIONS",
     "FLOW_CLIP_PX",
+    "FLOW_VERSIONS",
     "OpenCVTVL1Options",
     "TVL1Options",
     "compute_flow",
