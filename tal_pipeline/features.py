@@ -42,7 +42,7 @@ from tal_pipeline.backbone import (
 )
 from tal_pipeline.errors import InputError, VideoTooShortError
 from tal_pipeline.featio import FeatureMeta
-from tal_pipeline.flow import FLOW_VERSIONS
+from tal_pipeline.flow import flow_version
 from tal_pipeline.flow.stream import FlowStream
 from tal_pipeline.prefetch import prefetch
 from tal_pipeline.transforms import FPS
@@ -309,7 +309,7 @@ class FeatureExtractor:
                 "num_frames": n_frames,
                 "receptive_field_frames": self.spec.receptive_field,
                 "flow_backend": self.options.flow_backend if "flow" in streams else None,
-                "flow_version": FLOW_VERSIONS[self.options.flow_backend] if "flow" in streams else None,
+                "flow_version": flow_version(streams, self.options.flow_backend),
                 "precision": self.options.precision,
                 "size": int(self.options.size or self.transform.crop),
             },

@@ -170,7 +170,7 @@ def extract_provenance(fx) -> dict:
     backend when there is a flow stream, frame size, precision. Resume skips a video only if the features
     there have an equal dict (:func:`recorded_provenance`). An option that changes the features
     adds its key to both functions; the comparison (``batch.check_provenance``) knows no keys."""
-    from tal_pipeline.flow import FLOW_VERSIONS
+    from tal_pipeline.flow import flow_version
 
     streams = list(fx.options.streams)
     return {
@@ -178,7 +178,7 @@ def extract_provenance(fx) -> dict:
         "weights": fx.loaded.label,
         "streams": streams,
         "flow_backend": fx.options.flow_backend if "flow" in streams else None,
-        "flow_version": FLOW_VERSIONS[fx.options.flow_backend] if "flow" in streams else None,
+        "flow_version": flow_version(streams, fx.options.flow_backend),
         "size": int(fx.options.size or fx.transform.crop),
         "precision": fx.options.precision,  # "auto" resolved: bf16 and fp32 features differ
     }

@@ -193,13 +193,13 @@ class Detector:
             "postprocess": asdict(self.postprocess),
         }
         if inputs == "video":
-            from tal_pipeline.flow import FLOW_VERSIONS
+            from tal_pipeline.flow import flow_version
 
             kw = self._extract_kwargs
             streams = list(kw.get("streams") or ())
             prov["streams"] = streams
             prov["flow_backend"] = kw.get("flow_backend") if "flow" in streams else None
-            prov["flow_version"] = FLOW_VERSIONS[kw["flow_backend"]] if "flow" in streams else None
+            prov["flow_version"] = flow_version(streams, kw["flow_backend"])
             if self.extractor is not None:  # the backbone's precision ("auto" resolved)
                 prov["precision"] = self.extractor.options.precision
         return prov

@@ -35,6 +35,12 @@ BACKENDS = ("opencv", "torch")
 # Bumped when a backend's output changes on purpose. torch 2: the gain of the second frame
 # re-estimated on the aligned frames at every warp (``tvl1_torch.aligned_gain``, issue #12).
 FLOW_VERSIONS = {"opencv": 1, "torch": 2}
+
+
+def flow_version(streams, backend: str) -> int | None:
+    """The ``flow_version`` that features of ``streams`` made with ``backend`` record (None
+    without a flow stream): one rule for the meta, resume's provenance and tal detect's."""
+    return FLOW_VERSIONS[backend] if "flow" in streams else None
 MIN_SIZE_PX = 16  # smallest frame side accepted (pixels)
 
 
@@ -152,6 +158,7 @@ __all__ = [
     "OpenCVTVL1Options",
     "TVL1Options",
     "compute_flow",
+    "flow_version",
     "encode_flow",
     "options_for",
 ]

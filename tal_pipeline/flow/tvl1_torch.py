@@ -184,7 +184,7 @@ def aligned_gain(i0: torch.Tensor, i1w: torch.Tensor, u: torch.Tensor) -> torch.
     x1, y1 = xs + u[:, 0], ys + u[:, 1]  # (B, h, w): where each pixel's sample comes from
     inside = ((x1 >= 1) & (x1 <= w - 2) & (y1 >= 1) & (y1 <= h - 2)).unsqueeze(1)
     log_ratio = i0.clamp_min(1.0).log() - i1w.clamp_min(1.0).log()  # (B, 1, h, w)
-    log_ratio = torch.where(inside, log_ratio, torch.full_like(log_ratio, math.nan)).flatten(1)
+    log_ratio = log_ratio.masked_fill_(~inside, math.nan).flatten(1)
     log_gain = torch.nan_to_num(log_ratio.nanmedian(1).values, nan=0.0)  # no pixel inside: 1
     return log_gain.exp().clamp(*GAIN_RANGE).view(-1, 1, 1, 1)
 
