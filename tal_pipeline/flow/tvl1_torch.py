@@ -70,7 +70,11 @@ class TVL1Options:
     check_every: int = 5  # convergence test every k iterations; 0: fixed count, no host sync
     median: int = 3  # median filter size applied to u at the start of each warp; 0/1: none
     interpolation: str = "bicubic"  # warping: "bicubic" (IPOL, OpenCV) or "bilinear"
-    batch_pairs: int = 64  # frame pairs per batch (bounds memory: ~30 floats per pixel)
+    # frame pairs per batch (bounds memory: ~30 floats per pixel). Small enough that the solver's
+    # arrays stay in cache (the eager loop is memory-bound), large enough that per-operation
+    # overhead and, with several worker threads, the GIL do not dominate; a pair's flow does
+    # not depend on it (BENCHMARKS.md, issue #12 round 9)
+    batch_pairs: int = 16
     compile: str = "auto"  # torch.compile the inner loop: "auto" (CUDA only), "always", "never"
     finest_iterations: int = 15  # inner iterations per warp on the finest level; 0: ``iterations``
     finest_warps: int = 0  # warps on the finest level; 0: ``warps``
