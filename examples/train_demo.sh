@@ -2,11 +2,12 @@
 # Regenerates the camera-motion data set and trains the demo detector into $DATA/demo.pt: the
 # recipe of the shipped weights/demo.pt (OUT=weights/demo.pt writes over it). It was made with
 # these steps and this tal train command, in pieces (videos generated into one folder in several
-# runs, features extracted by two processes into one folder); not yet re-run end to end. About
-# 3.5 h of one core, most of it feature extraction.
+# runs, features extracted by two processes into one folder); run end to end only at the small
+# scale of the second example below (4.6 min on 2 cores). About 3.5 h of one core at full
+# scale, most of it feature extraction.
 #
 #   bash examples/train_demo.sh              # needs: pip install -e '.[camera]'
-#   DATA=/tmp/demo N_TRAIN=40 TRAIN_USED=32 N_VIDEO_EXTRA=8 bash examples/train_demo.sh   # fewer videos
+#   DATA=/tmp/demo N_TRAIN=5 TRAIN_USED=4 N_VIDEO_EXTRA=2 N_HELDOUT=2 bash examples/train_demo.sh  # a dry run
 #
 # 1. generate videos from real footage through a virtual camera: N_TRAIN videos of the train
 #    sources, the last VAL_FRACTION of them in subset "validation" (same footage, other videos);
