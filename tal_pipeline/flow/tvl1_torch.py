@@ -70,11 +70,12 @@ class TVL1Options:
     check_every: int = 5  # convergence test every k iterations; 0: fixed count, no host sync
     median: int = 3  # median filter size applied to u at the start of each warp; 0/1: none
     interpolation: str = "bicubic"  # warping: "bicubic" (IPOL, OpenCV) or "bilinear"
-    # frame pairs per batch (bounds memory: ~30 floats per pixel). Small enough that the solver's
-    # arrays stay in cache (the eager loop is memory-bound), large enough that per-operation
-    # overhead and, with several worker threads, the GIL do not dominate; a pair's flow does
-    # not depend on it (BENCHMARKS.md, issue #12 round 9)
-    batch_pairs: int = 16
+    batch_pairs: int = 64  # frame pairs per batch, at most (bounds memory: ~30 floats per pixel)
+    # ... and at most this many when one CPU worker runs them all: its eager loop is
+    # memory-bound, and smaller batches keep its arrays in cache. Not with several workers:
+    # there per-operation overhead, serialised by the GIL, outweighs the cache (a pair's flow
+    # is the same in any batch; BENCHMARKS.md, issue #12 round 9)
+    single_worker_pairs: int = 16
     compile: str = "auto"  # torch.compile the inner loop: "auto" (CUDA only), "always", "never"
     finest_iterations: int = 15  # inner iterations per warp on the finest level; 0: ``iterations``
     finest_warps: int = 0  # warps on the finest level; 0: ``warps``
@@ -88,8 +89,9 @@ class TVL1Options:
             raise ValueError(f"tau must be in (0, 0.25], got {self.tau}")
         if self.lambda_ <= 0 or self.theta <= 0 or self.epsilon < 0:
             raise ValueError("lambda_ and theta must be > 0, epsilon >= 0")
-        if self.scales < 1 or self.warps < 1 or self.iterations < 1 or self.batch_pairs < 1:
-            raise ValueError("scales, warps, iterations and batch_pairs must be >= 1")
+        if (self.scales < 1 or self.warps < 1 or self.iterations < 1 or self.batch_pairs < 1
+                or self.single_worker_pairs < 1):
+            raise ValueError("scales, warps, iterations, batch_pairs and single_worker_pairs must be >= 1")
         if not 0 < self.scale_step < 1:
             raise ValueError(f"scale_step must be in (0, 1), got {self.scale_step}")
         if self.median not in (0, 1, 3, 5):
@@ -528,7 +530,8 @@ def tvl1_torch_pairs(
 ) -> np.ndarray:
     """Flow from ``first[k]`` to ``second[k]``: ``(P, H, W)`` x 2 in [0, 255] -> ``(P, 2, H, W)`` float32.
 
-    Pairs run in batches of at most ``opts.batch_pairs``. On the CPU the batches run on
+    Pairs run in batches of at most ``opts.batch_pairs`` (``opts.single_worker_pairs`` with one
+    CPU worker). On the CPU the batches run on
     ``workers`` (:class:`CPUWorkers`, one intra-op thread each); without them, on ``threads``
     workers (default: ``torch.get_num_threads()``) started for this call, which briefly sets
     the process's intra-op thread count in the calling thread (see :class:`CPUWorkers`). With a
@@ -545,7 +548,9 @@ def tvl1_torch_pairs(
         n_workers = 1
     else:
         n_workers = workers.size if workers is not None else max(1, threads or torch.get_num_threads())
-    bs = min(opts.batch_pairs, -(-n_pairs // n_workers))
+    cap = opts.batch_pairs if n_workers > 1 or device.type != "cpu" else min(
+        opts.batch_pairs, opts.single_worker_pairs)
+    bs = min(cap, -(-n_pairs // n_workers))
     chunks = [(s, min(s + bs, n_pairs)) for s in range(0, n_pairs, bs)]
     pad_last = _use_compile(device, opts) and len(chunks) > 1
 
