@@ -41,6 +41,8 @@ def flow_version(streams, backend: str) -> int | None:
     """The ``flow_version`` that features of ``streams`` made with ``backend`` record (None
     without a flow stream): one rule for the meta, resume's provenance and tal detect's."""
     return FLOW_VERSIONS[backend] if "flow" in streams else None
+
+
 MIN_SIZE_PX = 16  # smallest frame side accepted (pixels)
 
 

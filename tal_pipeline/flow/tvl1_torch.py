@@ -544,12 +544,13 @@ def tvl1_torch_pairs(
     second = torch.as_tensor(second).to(device)
     n_pairs = first.shape[0]
     out = np.empty((n_pairs, 2, *first.shape[1:]), dtype=np.float32)
+    cap = opts.batch_pairs
     if device.type != "cpu":
         n_workers = 1
     else:
         n_workers = workers.size if workers is not None else max(1, threads or torch.get_num_threads())
-    cap = opts.batch_pairs if n_workers > 1 or device.type != "cpu" else min(
-        opts.batch_pairs, opts.single_worker_pairs)
+        if n_workers == 1:  # cache-sized batches (see TVL1Options.single_worker_pairs)
+            cap = min(cap, opts.single_worker_pairs)
     bs = min(cap, -(-n_pairs // n_workers))
     chunks = [(s, min(s + bs, n_pairs)) for s in range(0, n_pairs, bs)]
     pad_last = _use_compile(device, opts) and len(chunks) > 1
