@@ -35,6 +35,9 @@ from tal_pipeline.flow import (
     encode_flow,
 )
 from tal_pipeline.flow.tvl1_torch import (
+    _lower_medians,
+    _median_filter_opencv,
+    _median_filter_torch,
     aligned_gain,
     divergence,
     forward_gradient,
@@ -250,6 +253,36 @@ def test_aligned_gain_is_the_gain_of_aligned_frames_only():
     assert abs(aligned_gain(i0, i1w, u).item() - 1.05) < 1e-4
     u[:, 0] = 40.0  # every sample outside the frame: nothing to measure, gain 1
     assert aligned_gain(i0, i1w, u).item() == 1.0
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_opencv_median_filter_is_the_torch_one_bitwise(k):
+    """The CPU's median filter (OpenCV per image) and the torch operations (CUDA's) agree
+    bit for bit, borders and ties included, so the flow does not depend on which ran."""
+    rng = np.random.default_rng(k)
+    u = torch.from_numpy(rng.normal(0, 2, (3, 2, 23, 17)).astype(np.float32))
+    u[0, 0, :8, :8] = 0.5  # a flat patch: ties
+    u[1, 1] = torch.from_numpy(rng.integers(-2, 3, (23, 17)).astype(np.float32))  # many ties
+    got, reference = _median_filter_opencv(u, k), _median_filter_torch(u, k)
+    assert got.shape == u.shape
+    assert got.numpy().tobytes() == reference.numpy().tobytes()
+
+
+def test_cpu_gain_median_is_torch_nanmedian_bitwise():
+    """The CPU's selection (NumPy, per pair) returns ``torch.nanmedian``'s value exactly, the
+    lower median, for odd and even counts of samples inside, ties, and a pair with none."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 0.05, (6, 401)).astype(np.float32)
+    x[1, ::3] = x[1, 0]  # many ties
+    valid = rng.random((6, 401)) < 0.7
+    valid[2] = False  # no sample inside
+    valid[3, :] = True  # all inside: an odd count
+    valid[4, :] = False
+    valid[4, :10] = True  # an even count: the lower of the two middle values
+    reference = torch.from_numpy(np.where(valid, x, np.nan)).nanmedian(1).values.nan_to_num(nan=0.0)
+    got = _lower_medians(x.copy(), valid)
+    assert got.tobytes() == reference.numpy().tobytes()
+    assert got[2] == 0.0 and got[4] == np.sort(x[4, :10])[4]
 
 
 # ---------------------------------------------------------------------------------------------

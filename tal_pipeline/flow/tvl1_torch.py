@@ -171,9 +171,18 @@ def gain_ratio(i0: torch.Tensor, i1: torch.Tensor) -> torch.Tensor:
     return torch.where((r.log().abs() > GAIN_MIN_CHANGE), r, torch.ones_like(r))
 
 
-def aligned_gain(i0: torch.Tensor, i1w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def log_intensity(img: torch.Tensor) -> torch.Tensor:
+    """``ln max(img, 1)``, elementwise: the brightness scale on which a gain is an offset."""
+    return img.clamp_min(1.0).log()
+
+
+def aligned_gain(
+    i0: torch.Tensor, i1w: torch.Tensor, u: torch.Tensor, log_i0: torch.Tensor | None = None
+) -> torch.Tensor:
     """I0's brightness over I1's where the current flow aligns them: ``(B, 1, h, w)`` frame 0,
     frame 1 warped by ``u (B, 2, h, w)`` -> ``(B, 1, 1, 1)``, clamped to ``GAIN_RANGE``.
+    ``log_i0``: ``log_intensity(i0)`` when the caller has it (the solver computes it once per
+    pyramid level, not at every warp).
 
     Why: a brightness change of a few percent (flicker, auto-exposure drifting) is below
     ``gain_ratio``'s dead band, yet TV-L1's data term reads it as motion, and the more so the
@@ -189,10 +198,35 @@ def aligned_gain(i0: torch.Tensor, i1w: torch.Tensor, u: torch.Tensor) -> torch.
     xs = torch.arange(w, dtype=u.dtype, device=u.device).view(1, 1, w)
     x1, y1 = xs + u[:, 0], ys + u[:, 1]  # (B, h, w): where each pixel's sample comes from
     inside = ((x1 >= 1) & (x1 <= w - 2) & (y1 >= 1) & (y1 <= h - 2)).unsqueeze(1)
-    log_ratio = i0.clamp_min(1.0).log() - i1w.clamp_min(1.0).log()  # (B, 1, h, w)
-    log_ratio = log_ratio.masked_fill_(~inside, math.nan).flatten(1)
-    log_gain = torch.nan_to_num(log_ratio.nanmedian(1).values, nan=0.0)  # no pixel inside: 1
+    if log_i0 is None:
+        log_i0 = log_intensity(i0)
+    log_ratio = log_i0 - log_intensity(i1w)  # (B, 1, h, w)
+    if log_ratio.device.type == "cpu":
+        medians = _lower_medians(log_ratio.flatten(1).numpy(), inside.flatten(1).numpy())
+        log_gain = torch.from_numpy(medians)  # (B,) no pixel inside: 0, a gain of 1
+    else:
+        log_ratio = log_ratio.masked_fill_(~inside, math.nan).flatten(1)
+        log_gain = torch.nan_to_num(log_ratio.nanmedian(1).values, nan=0.0)  # no pixel inside: 1
     return log_gain.exp().clamp(*GAIN_RANGE).view(-1, 1, 1, 1)
+
+
+def _lower_medians(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row, the lower median of ``x``'s valid entries (``torch.nanmedian``'s value), 0 for a
+    row with none: ``(B, N)`` float, ``(B, N)`` bool -> ``(B,)``.
+
+    Why not ``nanmedian`` on the CPU: it is about 8x slower than NumPy's introselect for rows
+    of this size, and it ran at every warp (BENCHMARKS.md, issue #12 round 10). The k-th
+    smallest value is one number whatever the selection algorithm, so the gain, and the flow,
+    are bitwise the same (``tests/test_flow.py`` checks the two against each other).
+    """
+    out = np.zeros(len(x), dtype=x.dtype)
+    for k, (row, ok) in enumerate(zip(x, valid)):
+        v = row[ok]  # (n,) a copy, which partition may reorder
+        if v.size:
+            mid = (v.size - 1) // 2
+            v.partition(mid)  # in place: v[mid] is now the mid-th smallest
+            out[k] = v[mid]
+    return out
 
 
 def centred_gradient(img: torch.Tensor) -> torch.Tensor:
@@ -233,7 +267,17 @@ def median_filter(u: torch.Tensor, k: int) -> torch.Tensor:
 
     3x3 uses min/max only (sort each vertical triple; the median of nine is the median of the
     largest low, the median middle and the smallest high); 5x5 sorts 25 neighbours (slower).
+    On the CPU, OpenCV's ``medianBlur`` runs each image instead: a median is a selection, so
+    the result is bitwise the same, and it is ~14x faster than the torch operations, whose
+    freshly allocated temporaries dominate (BENCHMARKS.md, issue #12 round 10).
     """
+    if u.device.type == "cpu" and k in (3, 5) and u.dtype == torch.float32:
+        return _median_filter_opencv(u, k)
+    return _median_filter_torch(u, k)
+
+
+def _median_filter_torch(u: torch.Tensor, k: int) -> torch.Tensor:
+    """``median_filter`` in torch operations (any device)."""
     r = k // 2
     x = F.pad(u, (r, r, r, r), mode="replicate")  # (B, C, H+2r, W+2r)
     if k == 3:
@@ -246,6 +290,19 @@ def median_filter(u: torch.Tensor, k: int) -> torch.Tensor:
         return _med3(lo_max, _med3(mid[..., :-2], mid[..., 1:-1], mid[..., 2:]), hi_min)
     patches = x.unfold(2, k, 1).unfold(3, k, 1)  # (B, C, H, W, k, k)
     return patches.reshape(*u.shape, k * k).median(-1).values
+
+
+def _median_filter_opencv(u: torch.Tensor, k: int) -> torch.Tensor:
+    """``median_filter`` of a CPU float32 ``(B, C, H, W)`` by ``cv2.medianBlur`` per image
+    (replicated border, as the torch path; OpenCV runs 3 and 5 on float32)."""
+    import cv2  # a core dependency; imported here so that importing the solver stays light
+
+    src = u.contiguous().numpy()
+    out = np.empty_like(src)  # (B, C, H, W)
+    for b in range(src.shape[0]):
+        for c in range(src.shape[1]):
+            cv2.medianBlur(src[b, c], k, dst=out[b, c])
+    return torch.from_numpy(out)
 
 
 def warp(stack: torch.Tensor, flow: torch.Tensor, mode: str) -> torch.Tensor:
@@ -292,17 +349,17 @@ def _inner_iterations_inplace(
     theta: float,
     taut: float,
     n: int,
+    scratch: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``_inner_iterations`` for eager mode: updates ``u`` and ``p`` in place, no allocations.
 
     About 20 tensor operations per iteration instead of ~40 with temporaries: eager PyTorch is
     memory-bound here, so every pass saved counts. Relies on the solver's invariant that the x
-    part of ``p`` is zero on the last column and the y part on the last row.
+    part of ``p`` is zero on the last column and the y part on the last row. ``scratch``: the
+    work arrays of ``_scratch(u, p, rho_c)``, reused by the caller across calls of one warp
+    (fresh arrays cost a page fault per page at every convergence check).
     """
-    d = torch.empty_like(u)  # (B, 2, H, W) div p
-    rho = torch.empty_like(rho_c)  # (B, 1, H, W)
-    du = torch.zeros_like(p)  # (B, 2, 2, H, W) ∇u; last column (x) / row (y) stay zero
-    nrm = torch.empty_like(u)  # (B, 2, H, W) 1 + τ/θ |∇u|
+    d, rho, du, nrm = scratch if scratch is not None else _scratch(u, p, rho_c)
     g0, g1, u0, u1 = g[:, 0:1], g[:, 1:2], u[:, 0:1], u[:, 1:2]
     px, py, gx, gy = p[:, :, 0], p[:, :, 1], du[:, :, 0], du[:, :, 1]  # (B, 2, H, W) views
     for _ in range(n):
@@ -320,6 +377,15 @@ def _inner_iterations_inplace(
         nrm.addcmul_(gy, gy).sqrt_().mul_(taut).add_(1.0)
         p.add_(du, alpha=taut).div_(nrm[:, :, None])
     return u, p
+
+
+def _scratch(u: torch.Tensor, p: torch.Tensor, rho_c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Work arrays of ``_inner_iterations_inplace``: div p, rho, ∇u and its norm."""
+    d = torch.empty_like(u)  # (B, 2, H, W) div p
+    rho = torch.empty_like(rho_c)  # (B, 1, H, W)
+    du = torch.zeros_like(p)  # (B, 2, 2, H, W) ∇u; last column (x) / row (y) stay zero
+    nrm = torch.empty_like(u)  # (B, 2, H, W) 1 + τ/θ |∇u|
+    return d, rho, du, nrm
 
 
 _compiled_lock = threading.Lock()
@@ -353,7 +419,8 @@ def _use_compile(device: torch.device, opts: TVL1Options) -> bool:
 
 
 def _run_iterations(
-    compiled: bool, u, p, g, rho_c, inv_g2, lt: float, theta: float, taut: float, n: int
+    compiled: bool, u, p, g, rho_c, inv_g2, lt: float, theta: float, taut: float, n: int,
+    scratch: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` inner iterations, compiled or in-place eager; a compiler failure warns once and
     falls back to eager for good on that device type."""
@@ -370,7 +437,7 @@ def _run_iterations(
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return _inner_iterations_inplace(u, p, g, rho_c, inv_g2, lt, theta, taut, n)
+    return _inner_iterations_inplace(u, p, g, rho_c, inv_g2, lt, theta, taut, n, scratch)
 
 
 def _solve_warp(
@@ -386,12 +453,14 @@ def _solve_warp(
     frozen = None  # (B,) bool, pairs that converged
     kept = None  # (u, p) as they were when the last pairs froze
     done, k = 0, opts.check_every
+    scratch = None if compiled else _scratch(u, p, args[1])  # one set for the whole warp
+    u_prev = torch.empty_like(u)  # (B, 2, H, W) u before the tested iteration
     while done < iterations:
         if 0 < k and done + k < iterations:  # run k, test the last one's change
             if k > 1:
-                u, p = _run_iterations(compiled, u, p, *args, k - 1)
-            u_prev = u.clone()
-            u, p = _run_iterations(compiled, u, p, *args, 1)
+                u, p = _run_iterations(compiled, u, p, *args, k - 1, scratch)
+            u_prev.copy_(u)
+            u, p = _run_iterations(compiled, u, p, *args, 1, scratch)
             done += k
             converged = (u - u_prev).square().sum(1).mean((1, 2)) < eps2  # (B,)
             if frozen is not None:
@@ -403,7 +472,7 @@ def _solve_warp(
                 kept = (u.clone(), p.clone())
             frozen = converged
         else:  # the remaining iterations in one go
-            u, p = _run_iterations(compiled, u, p, *args, iterations - done)
+            u, p = _run_iterations(compiled, u, p, *args, iterations - done, scratch)
             done = iterations
             if frozen is not None:
                 u, p = _restore(u, p, frozen, kept)
@@ -469,16 +538,19 @@ def tvl1_pairs(i0: torch.Tensor, i1: torch.Tensor, opts: TVL1Options | None = No
         finest = level == 0
         warps = (opts.finest_warps or opts.warps) if finest else opts.warps
         iterations = (opts.finest_iterations or opts.iterations) if finest else opts.iterations
+        log0 = log_intensity(img0) if opts.warp_gain else None  # (B, 1, h, w)
         for _ in range(warps):
             warped = warp(stack1, u, opts.interpolation)  # (B, 3, h, w)
             if opts.warp_gain:  # I1 and its gradient scale together
-                warped = warped * aligned_gain(img0, warped[:, 0:1], u)
+                warped.mul_(aligned_gain(img0, warped[:, 0:1], u, log0))
             g = warped[:, 1:3].contiguous()  # (B, 2, h, w)
             rho_c = (warped[:, 0:1] - (g * u).sum(1, keepdim=True) - img0).contiguous()
             inv_g2 = 1.0 / (g.square().sum(1, keepdim=True) + _TINY_GRAD2)
+            del warped  # peak memory: no warp's arrays outlive their use (several workers run)
             if opts.median > 1:
                 u = median_filter(u, opts.median)
             u, p = _solve_warp(compiled, u, p, (g, rho_c, inv_g2, lt, theta, taut), opts, iterations)
+            del g, rho_c, inv_g2
     return u
 
 
@@ -590,6 +662,7 @@ __all__ = [
     "forward_gradient",
     "gain_ratio",
     "level_sizes",
+    "log_intensity",
     "median_filter",
     "options_for",
     "tvl1_pairs",
