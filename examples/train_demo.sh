@@ -3,7 +3,7 @@
 # recipe of the shipped weights/demo.pt (OUT=weights/demo.pt writes over it). It was made with
 # these steps and this tal train command, in pieces (videos generated into one folder in several
 # runs, features extracted by two processes into one folder); run end to end only at the small
-# scale of the second example below (4.6 min on 2 cores). About 3.5 h of one core at full
+# scale of the second example below (5.0 min on 2 cores). About 3.5 h of one core at full
 # scale, most of it feature extraction.
 #
 #   bash examples/train_demo.sh              # needs: pip install -e '.[camera]'
@@ -13,9 +13,10 @@
 #    sources, the last VAL_FRACTION of them in subset "validation" (same footage, other videos);
 #    N_HELDOUT videos of the held-out sources (other footage, other seeds), subset "testing";
 #    SOFT_FRACTION of the training videos are rendered soft (defocus and low contrast); and
-#    N_VIDEO_EXTRA more training videos of scene kind "video" (train footage, seed 2): video
-#    scenes are the hard kind (validation mAP@0.5 49 against 97 for the other kinds with 115
-#    of 320 training videos; BENCHMARKS.md, issue #12, round 9)
+#    N_VIDEO_EXTRA more training videos of scene kind "video" for each of the generator seeds
+#    EXTRA_SEEDS (train footage): video scenes are the hard kind (validation mAP@0.5 49 against
+#    97 for the other kinds with 115 of 320 training videos; 57 with seed 2's 80 more, 62 with
+#    seed 4's too; BENCHMARKS.md, issue #12, rounds 9 and 10)
 # 2. extract flow-stream features of the first TRAIN_USED training videos, the extra video
 #    scenes, the validation and the held-out ones,
 #    with the seeded r3d_18_grid (r3d_18 pooled to the global mean
@@ -30,32 +31,39 @@ N_TRAIN=${N_TRAIN:-400}         # videos of the train sources (320 training + 80
 VAL_FRACTION=${VAL_FRACTION:-0.2}
 SOFT_FRACTION=${SOFT_FRACTION:-0.3}
 TRAIN_USED=${TRAIN_USED:-320}   # of the training videos, the first this many are extracted and used
-N_VIDEO_EXTRA=${N_VIDEO_EXTRA:-80}  # more training videos, all of scene kind "video"
+N_VIDEO_EXTRA=${N_VIDEO_EXTRA:-80}  # more training videos per extra seed, all of scene kind "video"
+EXTRA_SEEDS=${EXTRA_SEEDS:-"2 4"}   # generator seeds of those (one folder each)
 N_HELDOUT=${N_HELDOUT:-12}      # videos of the held-out sources
 OUT=${OUT:-$DATA/demo.pt}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the shipped model was made with one thread
 
 python -m tal_pipeline.demo.camera --out "$DATA/train" --split train --videos "$N_TRAIN" --seed 0 \
     --val-fraction "$VAL_FRACTION" --soft-fraction "$SOFT_FRACTION" --min-duration 30 --max-duration 60 --jobs 2
-python -m tal_pipeline.demo.camera --out "$DATA/train_video" --split train --videos "$N_VIDEO_EXTRA" \
-    --seed 2 --val-fraction 0 --soft-fraction "$SOFT_FRACTION" --scene-kind video \
-    --min-duration 30 --max-duration 60 --jobs 2
+for seed in $EXTRA_SEEDS; do
+    python -m tal_pipeline.demo.camera --out "$DATA/train_video_s$seed" --split train \
+        --videos "$N_VIDEO_EXTRA" --seed "$seed" --val-fraction 0 --soft-fraction "$SOFT_FRACTION" \
+        --scene-kind video --min-duration 30 --max-duration 60 --jobs 2
+done
 python -m tal_pipeline.demo.camera --out "$DATA/heldout" --split heldout --videos "$N_HELDOUT" \
     --seed 1 --min-duration 30 --max-duration 60 --jobs 2
 
 abs=$(cd "$DATA" && pwd)  # list files: paths relative to the list's folder or absolute
 # the first TRAIN_USED training videos, all validation ones (subset from annotations.json) and
 # the extra video scenes; one annotation file for both folders ($DATA/train_all.json)
-python - "$DATA" "$TRAIN_USED" "$abs" > "$DATA/train.txt" <<'PY'
+python - "$DATA" "$TRAIN_USED" "$abs" $EXTRA_SEEDS > "$DATA/train.txt" <<'PY'
 import json, sys
-data, used, abs_ = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+data, used, abs_, seeds = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 ann = json.load(open(f"{data}/train/annotations.json"))
-extra = json.load(open(f"{data}/train_video/annotations.json"))["database"]
 db = ann["database"]
 train = sorted(k for k, v in db.items() if v["subset"] == "training")[:used]
 val = sorted(k for k, v in db.items() if v["subset"] == "validation")
-print("\n".join([f"{abs_}/train/{k}.mp4" for k in train + val]
-                + [f"{abs_}/train_video/{k}.mp4" for k in sorted(extra)]))
+paths = [f"{abs_}/train/{k}.mp4" for k in train + val]
+extra = {}
+for seed in seeds:  # video ids carry the seed: no two folders share one
+    more = json.load(open(f"{data}/train_video_s{seed}/annotations.json"))["database"]
+    paths += [f"{abs_}/train_video_s{seed}/{k}.mp4" for k in sorted(more)]
+    extra.update(more)
+print("\n".join(paths))
 ann["database"] = {**{k: db[k] for k in train + val}, **extra}
 json.dump(ann, open(f"{data}/train_all.json", "w"))
 PY
@@ -73,8 +81,8 @@ tal extract "$DATA/heldout.txt" -o "$DATA/feat_heldout" $FEATURES
 # training videos helped most at first (32 -> 64: 76.6 -> 84.6 average mAP on one validation
 # split; 96 -> 160: +4.5 on another), then hardly (160 -> 320: +0.7); on the same 320 videos
 # the r3d_18_grid features added +1.8 over r3d_18's (85.6 against 83.8 on videos 320-399);
-# round 8's flow (version 2) on 215 of them: 86.4; on all 320: 87.3; with the 80 extra video
-# scenes: 88.1 (the shipped model, epoch 35).
+# round 8's flow (version 2) on 215 of them: 86.4; on all 320: 87.3; with seed 2's 80 extra
+# video scenes: 88.1; with seed 4's 80 too: 89.1 (the shipped model, epoch 35).
 tal train "$DATA/feat_train" --annotations "$DATA/train_all.json" -o "$OUT" --epochs 60 --seed 0 -q \
     --head stem_layers=2 --head stem_dilations= --head tpp_dilations=1,2,4 --head tpp_strides=2,4 \
     --head output_levels=1 --head score_fusion=class --head input_dropout=0
