@@ -202,7 +202,7 @@ def aligned_gain(
         log_i0 = log_intensity(i0)
     log_ratio = log_i0 - log_intensity(i1w)  # (B, 1, h, w)
     if log_ratio.device.type == "cpu":
-        medians = _lower_medians(log_ratio.flatten(1).numpy(), inside.flatten(1).numpy())
+        medians = _lower_medians(log_ratio.detach().flatten(1).numpy(), inside.flatten(1).numpy())
         log_gain = torch.from_numpy(medians)  # (B,) no pixel inside: 0, a gain of 1
     else:
         log_ratio = log_ratio.masked_fill_(~inside, math.nan).flatten(1)
@@ -216,7 +216,7 @@ def _lower_medians(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     Why not ``nanmedian`` on the CPU: it is about 8x slower than NumPy's introselect for rows
     of this size, and it ran at every warp (BENCHMARKS.md, issue #12 round 10). The k-th
-    smallest value is one number whatever the selection algorithm, so the gain, and the flow,
+    smallest value (of finite samples) is one number whatever the algorithm, so the gain, and the flow,
     are bitwise the same (``tests/test_flow.py`` checks the two against each other).
     """
     out = np.zeros(len(x), dtype=x.dtype)
@@ -297,7 +297,7 @@ def _median_filter_opencv(u: torch.Tensor, k: int) -> torch.Tensor:
     (replicated border, as the torch path; OpenCV runs 3 and 5 on float32)."""
     import cv2  # a core dependency; imported here so that importing the solver stays light
 
-    src = u.contiguous().numpy()
+    src = u.detach().contiguous().numpy()
     out = np.empty_like(src)  # (B, C, H, W)
     for b in range(src.shape[0]):
         for c in range(src.shape[1]):
