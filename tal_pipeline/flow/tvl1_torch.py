@@ -216,8 +216,8 @@ def _lower_medians(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     Why not ``nanmedian`` on the CPU: it is about 8x slower than NumPy's introselect for rows
     of this size, and it ran at every warp (BENCHMARKS.md, issue #12 round 10). The k-th
-    smallest value (of finite samples) is one number whatever the algorithm, so the gain, and the flow,
-    are bitwise the same (``tests/test_flow.py`` checks the two against each other).
+    smallest of finite samples is one number whatever the algorithm, so the gain, and the
+    flow, are bitwise the same (``tests/test_flow.py`` checks the two against each other).
     """
     out = np.zeros(len(x), dtype=x.dtype)
     for k, (row, ok) in enumerate(zip(x, valid)):
@@ -267,9 +267,9 @@ def median_filter(u: torch.Tensor, k: int) -> torch.Tensor:
 
     3x3 uses min/max only (sort each vertical triple; the median of nine is the median of the
     largest low, the median middle and the smallest high); 5x5 sorts 25 neighbours (slower).
-    On the CPU, OpenCV's ``medianBlur`` runs each image instead: a median is a selection, so
-    the result is bitwise the same, and it is ~14x faster than the torch operations, whose
-    freshly allocated temporaries dominate (BENCHMARKS.md, issue #12 round 10).
+    On the CPU (float32), OpenCV's ``medianBlur`` runs each image instead: a median is a
+    selection, so the result is bitwise the same, and it is ~14x faster than the torch
+    operations, whose freshly allocated temporaries dominate (BENCHMARKS.md, issue #12 round 10).
     """
     if u.device.type == "cpu" and k in (3, 5) and u.dtype == torch.float32:
         return _median_filter_opencv(u, k)
@@ -453,8 +453,8 @@ def _solve_warp(
     frozen = None  # (B,) bool, pairs that converged
     kept = None  # (u, p) as they were when the last pairs froze
     done, k = 0, opts.check_every
-    scratch = None if compiled else _scratch(u, p, args[1])  # one set for the whole warp
-    u_prev = torch.empty_like(u)  # (B, 2, H, W) u before the tested iteration
+    scratch = None if compiled else _scratch(u, p, args[1])  # args[1]: rho_c; one set per warp
+    u_prev = torch.empty_like(u) if k > 0 else None  # (B, 2, H, W) u before the tested iteration
     while done < iterations:
         if 0 < k and done + k < iterations:  # run k, test the last one's change
             if k > 1:
@@ -546,7 +546,7 @@ def tvl1_pairs(i0: torch.Tensor, i1: torch.Tensor, opts: TVL1Options | None = No
             g = warped[:, 1:3].contiguous()  # (B, 2, h, w)
             rho_c = (warped[:, 0:1] - (g * u).sum(1, keepdim=True) - img0).contiguous()
             inv_g2 = 1.0 / (g.square().sum(1, keepdim=True) + _TINY_GRAD2)
-            del warped  # peak memory: no warp's arrays outlive their use (several workers run)
+            del warped  # peak memory: freed before the iterations (g holds it only when B = 1)
             if opts.median > 1:
                 u = median_filter(u, opts.median)
             u, p = _solve_warp(compiled, u, p, (g, rho_c, inv_g2, lt, theta, taut), opts, iterations)
