@@ -31,7 +31,7 @@ from videogen import (
 )
 
 from tal_pipeline import decode
-from tal_pipeline.decode import FrameChunk, VideoInfo, decode_video, probe_video, rgb_to_gray
+from tal_pipeline.decode import FrameChunk, VideoInfo, decode_video, probe, probe_video, rgb_to_gray
 from tal_pipeline.errors import VideoDecodeError
 from tal_pipeline.transforms import KINETICS_R3D
 
@@ -462,8 +462,8 @@ def test_truncated_after_an_intact_index_keeps_what_decodes(tmp_path, clip, kind
 def test_the_decoder_refuses_frames_over_max_pixels(clip, monkeypatch):
     # a frame bigger than the stream header said: ffmpeg's own max_pixels check, before the
     # picture is allocated (here the header check is bypassed and the limit lowered)
-    monkeypatch.setattr(decode, "_check_header", lambda *args: None)
-    monkeypatch.setattr(decode, "MAX_PIXELS", W * H - 1)
+    monkeypatch.setattr(probe, "_check_header", lambda *args: None)
+    monkeypatch.setattr(probe, "MAX_PIXELS", W * H - 1)
     for call in (lambda: list(decode_video(clip)), lambda: probe_video(clip)):
         with pytest.raises(VideoDecodeError, match="no decodable video frames .*rejected"):
             call()
@@ -476,7 +476,7 @@ def test_errors_before_iteration_for_unopenable_files(tmp_path):
 
 def test_absurd_duration_is_refused(clip, monkeypatch):
     # the limit itself (real files claiming a million hours: huge_duration_* above)
-    monkeypatch.setattr(decode, "MAX_DURATION_S", 2.0)
+    monkeypatch.setattr(probe, "MAX_DURATION_S", 2.0)
     with pytest.raises(VideoDecodeError, match="duration 3 s .*exceeds the limit of 2 s"):
         decode_video(clip)
     with pytest.raises(VideoDecodeError, match="duration"):
