@@ -8,7 +8,8 @@ sequential Soft-NMS loop, which is vectorised over the remaining candidates):
    keep the ``pre_nms_top_k`` best;
 2. decode each candidate to seconds with :func:`positions_to_seconds` (the one grid-to-seconds
    formula of the project);
-3. clamp to ``[0, duration]`` and drop segments that are empty after clamping;
+3. clamp to ``[0, duration]`` and drop segments shorter than ``min_length`` feature steps
+   after clamping (one step: the features cannot place anything finer);
 4. Soft-NMS (Gaussian by default) per class (``multiclass``) or over all classes;
 5. optional score voting: the boundaries of each kept segment become the score*tIoU weighted
    mean of the pre-NMS candidates (same class) overlapping it by at least ``voting_threshold``;
@@ -68,6 +69,10 @@ class PostprocessConfig:
     max_segments: int = 200  # segments kept per video, after NMS
     multiclass: bool = True  # True: NMS per class; False: all classes suppress each other
     voting_threshold: float = 0.0  # tIoU; > 0 turns on score voting (ActionFormer uses 0.7)
+    min_length: float = 1.0  # feature steps; shorter segments (after clamping) are dropped: the
+    #                          head cannot place boundaries finer than one step, and what is left
+    #                          shorter is a clamped sliver at either end of the video. A video
+    #                          shorter than this keeps segments as long as the video
 
     def __post_init__(self):
         if self.nms_method not in NMS_METHODS:
@@ -76,6 +81,8 @@ class PostprocessConfig:
             raise ValueError("pre_nms_top_k and max_segments must be >= 1")
         if self.nms_sigma <= 0:
             raise ValueError(f"nms_sigma must be > 0, got {self.nms_sigma}")
+        if not self.min_length >= 0:
+            raise ValueError(f"min_length must be >= 0, got {self.min_length}")
 
 
 def positions_to_seconds(times, offsets, step: float) -> np.ndarray:
@@ -220,7 +227,8 @@ def postprocess(
     if num_pos == 0 or num_cls == 0 or not duration > 0:
         return []
     pos, cls, scores = _candidates(probs, config)  # 1.
-    segs, ok = _decode(times[pos], offs[pos], step, duration)  # 2.-3.
+    min_length = min(config.min_length * step, duration)  # s
+    segs, ok = _decode(times[pos], offs[pos], step, duration, min_length)  # 2.-3.
     suppressed = _suppress(segs[ok], scores[ok], cls[ok], duration, config)  # 4.-5.
     if suppressed is None:
         return []
@@ -240,13 +248,18 @@ def _candidates(probs: np.ndarray, config: PostprocessConfig) -> tuple[np.ndarra
     return pos, cls, flat[cand]
 
 
-def _decode(times: np.ndarray, offsets: np.ndarray, step: float, duration: float) -> tuple[np.ndarray, np.ndarray]:
+def _decode(
+    times: np.ndarray, offsets: np.ndarray, step: float, duration: float, min_length: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Steps 2-3: candidates ``(N,)`` centred at ``times`` with distances ``(N, 2)`` (negative
     ones count as 0) to ``(N, 2)`` segments in seconds clamped to the video, and ``ok (N,)``:
-    finite and not empty."""
+    finite, not empty, and at least ``min_length`` seconds long (1 us of slack, so that a
+    segment of exactly one step survives the float arithmetic). Score voting (step 5) keeps
+    this: a weighted mean of segments this long is this long."""
     segs = positions_to_seconds(times, np.maximum(offsets, 0.0), step)  # (N, 2)
     segs = np.clip(segs, 0.0, duration)
-    ok = np.isfinite(segs).all(axis=1) & (segs[:, 1] > segs[:, 0])
+    length = segs[:, 1] - segs[:, 0]  # (N,) s
+    ok = np.isfinite(segs).all(axis=1) & (length > 0) & (length >= min_length - 1e-6)
     return segs, ok
 
 

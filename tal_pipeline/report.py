@@ -45,6 +45,9 @@ class ReportOptions:
     thumb_width: int = 160  # thumbnail width, pixels
     jpeg_quality: int = 70  # thumbnail JPEG quality (1-95)
     min_score: float = 0.0  # detections below this score are left out of the page
+    shown_min_score: float = SUBTITLE_MIN_SCORE  # the min-score slider's start: the page opens
+    #                   on the detections the console summary and subtitles show; the slider
+    #                   reveals the rest (kept in the results for ranked evaluation)
     cue_min_score: float = SUBTITLE_MIN_SCORE  # the player's captions track: segments at least
     #                                            this good (clicking any other shows it too)
     max_lanes: int = 12  # timeline lanes per video; more overlapping segments share lanes
@@ -297,11 +300,12 @@ _JS = """
     });
   });
   var ms=document.getElementById('minscore'), msv=document.getElementById('minscore-v');
-  if(ms)ms.addEventListener('input',function(){
+  function filter(){
     var s=parseFloat(ms.value);msv.textContent=s.toFixed(2);
     document.querySelectorAll('[data-score]').forEach(function(e){
       e.classList.toggle('hidden',parseFloat(e.dataset.score)<s);});
-  });
+  }
+  if(ms){ms.addEventListener('input',filter);filter();}  // the page opens at the slider's start
 })();
 """
 
@@ -327,6 +331,12 @@ def _clock(t: float) -> str:
 def _num(x: float) -> str:
     """A float for a data attribute: short, exact enough (ms)."""
     return f"{float(x):.3f}".rstrip("0").rstrip(".") or "0"
+
+
+def _score(x: float) -> str:
+    """A score for a data attribute, exact (the shortest repr), so that the page's slider
+    splits scores at a threshold as the console summary and subtitles do."""
+    return repr(float(x))
 
 
 def _ticks(duration: float, n: int = 10) -> list[float]:
@@ -358,11 +368,11 @@ def _captions_track(vid: str, preds, options: ReportOptions) -> str:
 
 def _timeline_html(
     vid_idx: int, duration: float, preds, gts, curve, colors, max_lanes: int, playhead: bool = True,
-    cue_min_score: float = 0.0,
+    cue_min_score: float = 0.0, shown_min_score: float = 0.0,
 ) -> str:
     """The timeline: bars positioned in % of the duration, lanes in pixels."""
     parts = ['<div class="tl">']
-    pl, npl = assign_lanes([(s.start, s.end) for s in preds], max_lanes)
+    pl, npl = _detection_lanes(preds, max_lanes, shown_min_score)
     parts.append('<div class="rowname">detections (opacity = score)</div>')
     parts.append(f'<div class="lanes" style="height:{max(npl, 1) * LANE_PX + 4}px">')
     order = sorted(range(len(preds)), key=lambda i: preds[i].score)  # high scores on top
@@ -373,7 +383,7 @@ def _timeline_html(
         alpha = 0.25 + 0.75 * min(max(s.score, 0.0), 1.0)
         parts.append(
             f'<div class="bar" data-seg="{vid_idx}-{i}" data-start="{_num(s.start)}" '
-            f'data-score="{_num(s.score)}"{_cue_attrs(s, cue_min_score)} '
+            f'data-score="{_score(s.score)}"{_cue_attrs(s, cue_min_score)} '
             f'title="{_e(s.label)} {_clock(s.start)}–{_clock(s.end)} '
             f'({s.score:.3f})" style="left:{left:.4f}%;width:{width:.4f}%;top:{2 + lane * LANE_PX}px;'
             f'background:{colors[s.label]};opacity:{alpha:.3f}"></div>'
@@ -413,6 +423,21 @@ def _timeline_html(
         )
     parts.append("</div>" + ('<div class="playhead"></div>' if playhead else "") + "</div>")
     return "".join(parts)
+
+
+def _detection_lanes(preds, max_lanes: int, shown_min_score: float) -> tuple[list[int], int]:
+    """Lanes of the detection bars: those the page opens on (score >= ``shown_min_score``) in
+    the top lanes, those the slider reveals below them (sharing the last lane past
+    ``max_lanes``), so the page opens on a compact timeline. (lane per segment, lanes used)."""
+    groups = ([i for i, s in enumerate(preds) if s.score >= shown_min_score],
+              [i for i, s in enumerate(preds) if s.score < shown_min_score])
+    lanes, used = [0] * len(preds), 0
+    for group in groups:
+        got, n = assign_lanes([(preds[i].start, preds[i].end) for i in group], max_lanes - used)
+        for i, lane in zip(group, got):
+            lanes[i] = min(used + lane, max_lanes - 1)
+        used = min(used + n, max_lanes)
+    return lanes, used
 
 
 def _ap_html(result) -> str:
@@ -506,7 +531,8 @@ def render_report(
         + "</div>",
         (
             '<div class="controls"><label>min score <input id="minscore" type="range" min="0" '
-            'max="1" step="0.01" value="0"> <span id="minscore-v">0.00</span></label></div>'
+            f'max="1" step="0.01" value="{_num(options.shown_min_score)}"> <span id="minscore-v">'
+            f"{options.shown_min_score:.2f}</span></label></div>"
         ),
     ]
     if len(ids) > 1:
@@ -615,7 +641,7 @@ def _section_html(
             )
             parts.append(
                 f'<figure class="thumb" tabindex="0" data-seg="{k}-{i}" data-start="{_num(s.start)}" '
-                f'data-score="{_num(s.score)}"{_cue_attrs(s, options.cue_min_score)}>{img}'
+                f'data-score="{_score(s.score)}"{_cue_attrs(s, options.cue_min_score)}>{img}'
                 f'<figcaption><i class="sw" '
                 f'style="background:{colors[s.label]}"></i>{_e(s.label)} {s.score:.2f}<br>'
                 f"{_clock(s.start)}–{_clock(s.end)}</figcaption></figure>"
@@ -624,10 +650,10 @@ def _section_html(
     parts.append("</div></div>")
     parts.append(
         _timeline_html(k, duration, preds, gts, curve, colors, options.max_lanes, video is not None,
-                       options.cue_min_score)
+                       options.cue_min_score, options.shown_min_score)
     )
     rows = "".join(
-        f'<tr class="seek" tabindex="0" data-seg="{k}-{i}" data-start="{_num(s.start)}" data-score="{_num(s.score)}"'
+        f'<tr class="seek" tabindex="0" data-seg="{k}-{i}" data-start="{_num(s.start)}" data-score="{_score(s.score)}"'
         f"{_cue_attrs(s, options.cue_min_score)}>"
         f'<td class="num">{i + 1}</td><td><i class="sw" style="background:{colors[s.label]}"></i>'
         f'{_e(s.label)}</td><td class="num">{_clock(s.start)}</td><td class="num">{_clock(s.end)}</td>'
@@ -661,8 +687,10 @@ def write_report(
     out_html: Path | str = "report.html",
     annotations=None,
     options: ReportOptions = ReportOptions(),
+    inputs=None,
 ) -> Path:
-    """Write the self-contained HTML report of ``results``, atomically.
+    """Write the self-contained HTML report of ``results`` through ``safety`` (atomically;
+    never over a file of another kind or one of ``inputs``, a ``safety.Inputs`` of the run).
 
     Args:
         results: a results object (dict in the ActivityNet results schema), a ``Results``, or a
@@ -676,8 +704,11 @@ def write_report(
     Returns:
         the written path.
     """
-    from tal_pipeline.fsutil import atomic_write_text
+    from tal_pipeline.safety import NO_INPUTS, REPORT_MARK, check_target, write_text
 
     out_html = Path(out_html)
+    check_target(out_html, "report", inputs or NO_INPUTS)  # before the work of rendering
     page = render_report(results, video_paths, out_html.parent, annotations, options)
-    return atomic_write_text(out_html, page)
+    # the mark that tells a later report (or --overwrite) this page is one it may replace
+    page = page.replace('<meta charset="utf-8">', '<meta charset="utf-8">' + REPORT_MARK, 1)
+    return write_text(out_html, page, "report", inputs or NO_INPUTS)

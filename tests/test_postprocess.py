@@ -2,6 +2,7 @@
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -135,6 +136,26 @@ def test_postprocess_clamps_and_drops_empty():
         assert 0.0 <= s.start < s.end <= 10.0
 
 
+def test_postprocess_drops_segments_shorter_than_one_step():
+    # step 0.4 s. Position 0 predicts 0.3 steps each side (0.24 s); position 1 is clamped at
+    # 0 s to 0.2 s; position 2 is one step exactly, position 3 clamped at the end to 0.6 s
+    probs = np.array([[0.9], [0.8], [0.7], [0.6]])
+    offsets = np.array([[0.3, 0.3], [2.0, 0.5], [0.5, 0.5], [0.25, 3.0]])
+    times = np.array([5.0, 0.0, 8.0, 9.5])
+    keep = PostprocessConfig(nms_sigma=1e9)
+    out = postprocess(probs, offsets, times, 0.4, 10.0, ["a"], keep)
+    assert [(round(s.start, 6), round(s.end, 6)) for s in out] == [(7.8, 8.2), (9.4, 10.0)]
+    assert all(s.end - s.start >= 0.4 - 1e-6 for s in out)
+    # min_length=0: every non-empty segment, as before the rule
+    out = postprocess(probs, offsets, times, 0.4, 10.0, ["a"], replace(keep, min_length=0.0))
+    assert len(out) == 4
+    # a video shorter than one step keeps a segment that covers it
+    out = postprocess([[0.9]], [[1.0, 1.0]], [0.15], 0.4, 0.3, ["a"])
+    assert [(s.start, s.end) for s in out] == [(0.0, 0.3)]
+    with pytest.raises(ValueError, match="min_length"):
+        PostprocessConfig(min_length=-1.0)
+
+
 def test_postprocess_negative_offsets_count_as_zero():
     out = postprocess([[0.5]], [[-3.0, 2.0]], [4.0], 1.0, 10.0, ["a"])
     assert (out[0].start, out[0].end) == (4.0, 6.0)
@@ -143,7 +164,7 @@ def test_postprocess_negative_offsets_count_as_zero():
 def test_postprocess_top_k_and_max_segments_and_min_score():
     num = 10
     probs = np.linspace(0.1, 1.0, num)[:, None]  # (10, 1)
-    offsets = np.full((num, 2), 0.4)  # disjoint 0.8 s segments, 1 s apart
+    offsets = np.full((num, 2), 0.5)  # 1 s segments (one step), 1 s apart: they only touch
     times = _grid(num)
     out = postprocess(probs, offsets, times, 1.0, 20.0, ["a"], PostprocessConfig(pre_nms_top_k=3))
     assert [round(s.score, 6) for s in out] == [1.0, 0.9, 0.8]

@@ -334,6 +334,31 @@ def test_min_score_and_long_video(tmp_path):
     assert os.path.getsize(out) < 400_000
 
 
+def test_page_opens_at_the_subtitle_threshold_with_its_segments_on_top(tmp_path):
+    """The min-score slider starts where the console summary and subtitles cut
+    (``SUBTITLE_MIN_SCORE``); the segments at least that good take the top timeline lanes, the
+    rest (still in the page, for the slider) stack below; every score is written exactly, so
+    the page splits at the threshold as the writers do."""
+    from tal_pipeline.writers import SUBTITLE_MIN_SCORE
+
+    t = SUBTITLE_MIN_SCORE
+    segs = [("a", t, 0.0, 4.0), ("a", 0.9, 2.0, 6.0), ("b", t - 1e-4, 1.0, 3.0),
+            ("b", 0.05, 0.5, 5.0), ("a", 0.2, 3.0, 7.0)]
+    page = _parse(render_report(_results({"v": segs}, {"v": 8.0}), None, tmp_path))
+    (slider,) = page.find("input", id="minscore")
+    assert float(slider["value"]) == SUBTITLE_MIN_SCORE
+    bars = page.with_class("div", "bar")
+    lane = {float(b["data-score"]): int(re.search(r"top:(\d+)px", b["style"]).group(1)) for b in bars}
+    assert set(lane) == {s[1] for s in segs}  # exact scores; nothing left out of the page
+    shown = [v for k, v in lane.items() if k >= t]
+    hidden = [v for k, v in lane.items() if k < t]
+    assert sorted(shown) == sorted(set(shown)) and len(shown) == 2  # two overlapping: two lanes
+    assert max(shown) < min(hidden)
+    opened = _parse(render_report(_results({"v": segs}, {"v": 8.0}), None, tmp_path,
+                                  options=ReportOptions(shown_min_score=0.0)))
+    assert float(opened.find("input", id="minscore")[0]["value"]) == 0.0
+
+
 def test_cli_report(tmp_path, videos):
     res = _results({"clip_a": SEGS_A}, {"clip_a": 4.0})
     pred = tmp_path / "pred.json"
