@@ -265,7 +265,8 @@ def select_inputs(
     problems: list[tuple[Path, str]] | None = None,
 ) -> dict[str, Path]:
     """Steps 1-3 for a verb: ``{video_id: path}`` of this shard, or InputError (bad ``--shard``,
-    a missing input, duplicate ids, or nothing to do: ``no inputs found (<what>)``).
+    a missing input, duplicate ids, or nothing to do: ``no inputs found (<what>)``); NothingToDo
+    (exit status 0) when the inputs exist but this shard has none (more shards than inputs).
 
     ``problems``: filled with the folders ``collect_inputs`` could not walk (``(path, cause)``;
     logged as warnings when None); when nothing was found they are named in the error."""
@@ -274,10 +275,17 @@ def select_inputs(
         parse_shard(shard)
     found: list[tuple[Path, str]] = [] if problems is None else problems
     start = len(found)
-    items = select_shard(check_unique_ids(collect_inputs(inputs, extensions, found)), shard)
+    every = check_unique_ids(collect_inputs(inputs, extensions, found))
+    items = select_shard(every, shard)
     if problems is None:
         for path, cause in found:
             log.warning("%s: %s", path, cause)
+    if every and not items:  # more shards than inputs (a job array): this one has none
+        from tal_pipeline.errors import NothingToDo
+
+        i, n = parse_shard(shard)
+        raise NothingToDo(f"shard {i}/{n} is empty: {len(every)} input{'s' if len(every) != 1 else ''} "
+                          f"in all, for shards 0-{len(every) - 1}; nothing to do")
     if not items:
         new = found[start:]
         detail = "".join(f"; {p}: {c}" for p, c in new[:3]) + ("; ..." if len(new) > 3 else "")

@@ -5,7 +5,8 @@ Each verb lives in ``tal_pipeline/commands/<verb>.py`` and is registered here. H
 (:class:`~tal_pipeline.errors.TalError`), and file system errors (a full disk, a folder made
 read-only during the run), print as one line on stderr; ``--verbose`` adds the traceback and
 debug logs. Exit status: 0 all done, 1 something failed (an input, an output, the machine), 2
-the command line is wrong, 130 Ctrl-C, 143 SIGTERM (``errors``).
+the command line is wrong, 130 Ctrl-C, 143 SIGTERM (``errors``). A verb's command-line error
+(an unknown option, a bad value: ``commands/options.py`` checks them) is one line too.
 
 Ctrl-C (SIGINT) and SIGTERM stop a verb at once: ``tal: interrupted`` (exit status 130) or
 ``tal: terminated`` (143), no traceback without ``-v``. Both unwind the stack as a
@@ -87,11 +88,24 @@ class _LazyGroup(click.Group):
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:
+            # a verb's command line (a bad option value: its type or callback, commands/options.py;
+            # an unknown option; a missing argument): one line like every error, exit status 2
+            hint = f"; see tal {err.ctx.info_name} --help" if err.ctx is not None and err.ctx.parent else ""
+            click.echo(f"tal: error: {err.format_message().rstrip('.')}{hint}", err=True)
+            sys.exit(err.exit_code)
         except TalError as err:
             if ctx.obj and ctx.obj.get("verbose"):
                 traceback.print_exc()
-            click.echo(f"tal: error: {err}", err=True)
+            # exit status 0 (NothingToDo, e.g. an empty --shard): a note, not an error
+            click.echo(f"tal: {'error: ' if err.exit_code else ''}{err}", err=True)
             sys.exit(err.exit_code)
+        except RecursionError:  # a reader without a depth check of its own (errors.loads_json)
+            if ctx.obj and ctx.obj.get("verbose"):
+                traceback.print_exc()
+            click.echo("tal: error: an input is nested too deeply to read (JSON arrays or objects "
+                       "inside each other thousands of levels deep)", err=True)
+            sys.exit(1)
         except OSError as err:  # a folder made read-only or a disk filled while running
             if ctx.obj and ctx.obj.get("verbose"):
                 traceback.print_exc()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tal_pipeline.errors import InputError
+from tal_pipeline.errors import InputError, loads_json
 from tal_pipeline.fsutil import atomic_save_npy, atomic_write_json
 
 META_FORMAT = "tal-pipeline/features-1"
@@ -220,7 +220,7 @@ def load_features(
     js = npy.with_suffix(".json")
     if js.exists():
         try:
-            d = json.loads(js.read_text(encoding="utf-8"))
+            d = loads_json(js.read_text(encoding="utf-8"))  # deep nesting: malformed too
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise InputError(f"{js}: not valid JSON ({err})") from None
         meta = meta_from_json(d, str(js))

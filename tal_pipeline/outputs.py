@@ -83,10 +83,14 @@ class DetectionOutput:
         from tal_pipeline.errors import UsageError
 
         subtitles = sorted(set(self.files) & {"vtt", "srt"})
-        vids = set(vids) | set(self.previous.detections if self.previous else ())
-        if subtitles and len(vids) > 1:
-            raise UsageError(f"-o {output_arg}: a .{subtitles[0]} file holds one video, this run has "
-                             f"{len(vids)}; use -o DIR/ --format {','.join(self.formats)}")
+        ours = set(vids)  # this run's inputs; then the other videos the output holds already
+        before = set(self.previous.detections if self.previous else ()) - ours
+        if subtitles and len(ours | before) > 1:
+            held = (f", and {self.shown} already holds {len(before)} other video"
+                    f"{'s' if len(before) != 1 else ''}") if before else ""
+            raise UsageError(f"-o {output_arg}: a .{subtitles[0]} file holds one video; this run has "
+                             f"{len(ours)} input{'s' if len(ours) != 1 else ''}{held}; use -o DIR/ "
+                             f"--format {','.join(self.formats)}")
 
     def _check_kind(self) -> None:
         """Detections never replace features (or anything not a results file): refuse a folder

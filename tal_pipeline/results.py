@@ -124,7 +124,9 @@ def user_file(path: Path, what: str):
 def _read_json(path: Path):
     try:
         with user_file(path, "a JSON file"), open(path, encoding="utf-8") as f:
-            return json.load(f)
+            from tal_pipeline.errors import loads_json  # deep nesting: malformed, not a crash
+
+            return loads_json(f.read())
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON: line {err.lineno} column {err.colno}: {err.msg}") from None
     except UnicodeDecodeError:

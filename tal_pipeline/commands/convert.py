@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from tal_pipeline.commands.options import formats_option
 from tal_pipeline.writers import FORMATS, SUBTITLE_MIN_SCORE
 
 
@@ -24,9 +25,8 @@ from tal_pipeline.writers import FORMATS, SUBTITLE_MIN_SCORE
 @click.option("-o", "--output", "output_arg", required=True, type=click.Path(),
               help="A file (its extension picks the format: .json .vtt .srt .csv .tsv) or DIR/ "
               "(one file per video and format).")
-@click.option("--format", "formats", default=None, metavar="LIST",
-              help=f"Comma-separated formats among {','.join(FORMATS)} [default: from -o's extension; "
-              "json for DIR/].")
+@formats_option(f"Comma-separated formats among {','.join(FORMATS)} [default: from -o's extension; "
+                "json for DIR/].")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=SUBTITLE_MIN_SCORE, show_default=True,
               help="vtt/srt: segments scoring below this get no cue (json/csv/tsv keep every one).")
 @click.option("--video-id", "video_ids", multiple=True,
@@ -38,7 +38,6 @@ def command(pred, output_arg, formats, min_score, video_ids):
     from tal_pipeline.writers import (
         WriterOptions,
         output_files,
-        parse_formats,
         video_files,
         write_all,
     )
@@ -53,7 +52,7 @@ def command(pred, output_arg, formats, min_score, video_ids):
     if res.version:
         results["version"] = res.version  # a conversion, not a new run
     options = WriterOptions(min_score=min_score)
-    fmts = parse_formats(formats)
+    fmts = formats  # a tuple of known formats, or None (options.formats_option parsed it)
     if output_arg.endswith(("/", os.sep)) or Path(output_arg).is_dir():
         from tal_pipeline.results import split_results
 

@@ -38,7 +38,13 @@ from pathlib import Path
 
 import click
 
-from tal_pipeline.commands.options import batch_options, npy_options, run_job
+from tal_pipeline.commands.options import (
+    FiniteFloat,
+    batch_options,
+    formats_option,
+    npy_options,
+    run_job,
+)
 from tal_pipeline.outputs import DetectionOutput
 
 log = logging.getLogger(__name__)
@@ -56,9 +62,8 @@ def provenance(det, use_features: bool) -> dict:
 @click.option("-o", "--output", "output_arg", required=True, type=click.Path(),
               help="x.json: one file for all inputs; DIR/ (or an existing folder): DIR/<video_id>.json each. "
               "The extension picks the format: .json .vtt .srt .csv .tsv.")
-@click.option("--format", "formats", default=None, metavar="LIST",
-              help="Comma-separated formats among json,vtt,srt,csv,tsv, written together [default: -o's "
-              "extension; json for DIR/].")
+@formats_option("Comma-separated formats among json,vtt,srt,csv,tsv, written together [default: -o's "
+                "extension; json for DIR/].")
 @click.option("--model", default="demo", show_default=True,
               help="Checkpoint from 'tal train', or 'demo' (the shipped camera-motion detector).")
 @click.option("--features", "use_features", is_flag=True, help="INPUTs are feature files (.npy [+ .json]).")
@@ -69,9 +74,9 @@ def provenance(det, use_features: bool) -> dict:
               help="TV-L1 implementation for raw video (default: the one the model was trained with).")
 @click.option("--weights", default=None,
               help="Backbone weights file for raw video (e.g. a local Kinetics .pth); must match the model's checksum.")
-@click.option("--min-score", type=float, default=None,
+@click.option("--min-score", type=FiniteFloat(0, 1), default=None,
               help="Drop detections scoring below this [default: 0.001; vtt/srt cues: 0.3].")
-@click.option("--top-k", type=int, default=200, show_default=True, help="At most this many detections per video.")
+@click.option("--top-k", type=click.IntRange(1), default=200, show_default=True, help="At most this many detections per video.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write a self-contained HTML report of the detections.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
@@ -81,23 +86,16 @@ def command(inputs, output_arg, formats, model, use_features, fps, feature_strid
             quiet, ray_address, workers, gpus_per_worker, threads):
     """Detect actions in INPUT (videos, folders or list files); write ActivityNet results JSON (or
     WebVTT, SRT, CSV, TSV: -o's extension or --format)."""
-    from tal_pipeline.batch import VIDEO_EXTENSIONS, check_device, select_inputs
-    from tal_pipeline.errors import UsageError
+    from tal_pipeline.batch import VIDEO_EXTENSIONS, select_inputs
     from tal_pipeline.jobs import DetectJob, DetectWorker, default_threads, set_threads
     from tal_pipeline.pipeline import Detector
     from tal_pipeline.postprocess import PostprocessConfig
 
     if quiet:
         progress = False
-    if top_k < 1:
-        raise UsageError("--top-k must be >= 1")
-    if min_score is not None and not 0 <= min_score <= 1:
-        raise UsageError("--min-score must be within [0, 1]")
-    from tal_pipeline.writers import SUBTITLE_MIN_SCORE, WriterOptions, parse_formats
+    from tal_pipeline.writers import SUBTITLE_MIN_SCORE, WriterOptions
 
-    formats = parse_formats(formats)
     cues = WriterOptions(min_score=SUBTITLE_MIN_SCORE if min_score is None else min_score)
-    check_device(device)
     problems: list = []  # folders that could not be walked: failures of this batch
     if use_features:
         items = select_inputs(inputs, shard, frozenset([".npy"]), ".npy feature files", problems)
@@ -155,7 +153,10 @@ def _finish(out: DetectionOutput, report, items, local, use_features, ann, repor
         out.close(remove_parts=True)
     click.echo(f"tal detect: {report.summary()} -> {', '.join(map(str, out.visible))}", err=True)
     if len(items) == 1 and found:
-        _print_summary(next(iter(items.values())), next(iter(found.values())), out.shown)
+        (vid, video), = items.items()
+        # the low-scoring segments are in the JSON record (x.json, DIR/<id>.json), which is
+        # hidden when json is not among the formats (.x.vtt.json, DIR/.tal/<id>.json)
+        _print_summary(video, next(iter(found.values())), out.part(vid) if out.split else out.path)
     if report_path is not None:
         from tal_pipeline.report import write_report
 
@@ -166,9 +167,9 @@ def _finish(out: DetectionOutput, report, items, local, use_features, ann, repor
     exit_if_failed("detect", report, failures)
 
 
-def _print_summary(video, segments, where, limit: int = 10) -> None:
+def _print_summary(video, segments, record: Path, limit: int = 10) -> None:
     """One video: the segments a viewer would call detections (score >= the subtitle cue
-    threshold), and how many lower-scoring ones the output keeps for ranked evaluation."""
+    threshold), and how many lower-scoring ones its JSON ``record`` keeps for ranked evaluation."""
     from tal_pipeline.pipeline import summary_lines
     from tal_pipeline.writers import SUBTITLE_MIN_SCORE
 
@@ -179,8 +180,9 @@ def _print_summary(video, segments, where, limit: int = 10) -> None:
         click.echo("  " + line)
     rest = len(segments) - len(shown)
     if rest:
-        click.echo(f"  ({rest} lower-scoring segment{'s' if rest != 1 else ''} kept in {where} "
-                   "for ranked evaluation)")
+        hidden = record.name.startswith(".") or record.parent.name == ".tal"
+        click.echo(f"  ({rest} lower-scoring segment{'s' if rest != 1 else ''} kept in "
+                   f"{'the hidden JSON record ' if hidden else ''}{record} for ranked evaluation)")
 
 
 def _found(out: DetectionOutput, items, report) -> dict[str, list]:

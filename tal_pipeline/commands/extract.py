@@ -19,15 +19,15 @@ from pathlib import Path
 import click
 
 from tal_pipeline.backbone import BACKBONES
-from tal_pipeline.commands.options import batch_options, run_job
-from tal_pipeline.errors import UsageError
+from tal_pipeline.commands.options import batch_options, run_job, streams_value
 
 
 @click.command("extract")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for <video_id>.npy and <video_id>.json.")
-@click.option("--streams", default="rgb,flow", show_default=True, help="rgb, flow or rgb,flow.")
+@click.option("--streams", "names", default="rgb,flow", show_default=True, callback=streams_value,
+              help="rgb, flow or rgb,flow.")
 @click.option("--flow", "flow_backend", type=click.Choice(["opencv", "torch"]), default="torch",
               show_default=True, help="TV-L1 implementation: torch (batched, several times faster) or opencv (reference).")
 @click.option("--weights", default="kinetics400", show_default=True,
@@ -38,11 +38,10 @@ from tal_pipeline.errors import UsageError
 @click.option("--size", type=click.IntRange(0), default=0, hidden=True,
               help="Frame side in pixels (0: the weights' crop). Tests and ablations only.")
 @batch_options
-def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, precision, overwrite, shard,
+def command(inputs, out_dir, names, flow_backend, weights, backbone, device, precision, overwrite, shard,
             chunk_frames, progress, size, ray_address, workers, gpus_per_worker, threads):
     """Extract RGB + TV-L1 flow 3D-ResNet features from videos, files or folders or .txt lists."""
     from tal_pipeline.batch import (
-        check_device,
         check_output_folder,
         exit_if_failed,
         failures_name,
@@ -51,10 +50,6 @@ def command(inputs, out_dir, streams, flow_backend, weights, backbone, device, p
     )
     from tal_pipeline.jobs import ExtractJob, default_threads
 
-    names = tuple(s.strip() for s in streams.split(",") if s.strip())
-    if not names or any(s not in ("rgb", "flow") for s in names):
-        raise UsageError(f"--streams must be rgb, flow or rgb,flow, got {streams!r}")
-    check_device(device)
     problems: list = []  # folders that could not be walked: failures of this batch
     items = select_inputs(inputs, shard, problems=problems)
     check_output_folder(out_dir)  # before any work; made once the weights have loaded

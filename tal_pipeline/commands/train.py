@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from tal_pipeline.commands.options import npy_options
+from tal_pipeline.commands.options import FiniteFloat, device_option, npy_options
 from tal_pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,27 @@ def parse_head_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return out
 
 
+def _head_value(ctx, param, value) -> dict[str, Any]:
+    """``--head`` pairs parsed while click reads the command line: a bad one exits 2."""
+    try:
+        return parse_head_options(value)
+    except InputError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _check_head(head: dict[str, Any], data) -> None:
+    """The head options together, as the model of ``data`` will be built with them (a value
+    HeadConfig refuses, e.g. an even ``embed_kernel``): a usage error before training."""
+    from tal_pipeline.head.model import HeadConfig
+    from tal_pipeline.train import head_defaults
+
+    dim = data.info["dim"]
+    try:
+        HeadConfig(**{**head_defaults(dim), **head, "input_dim": dim, "num_classes": len(data.class_names)})
+    except (TypeError, ValueError) as err:
+        raise click.UsageError(f"head options: {err}") from None
+
+
 @click.command("train")
 @click.argument("features_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--annotations", "annotations", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -108,27 +129,29 @@ def parse_head_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
 @click.option("--val-subset", default=None,
               help="Validation subset for mAP during training [default: 'validation' if present; 'none' to skip].")
 @npy_options
-@click.option("--epochs", type=int, default=None, help="Epochs [default: 30].")
-@click.option("--batch-size", type=int, default=None, help="Windows per iteration [default: 4].")
-@click.option("--lr", type=float, default=None, help="Peak AdamW learning rate [default: 1e-3].")
-@click.option("--window", type=int, default=None, help="Training/inference window, feature steps [default: 256].")
-@click.option("--hidden-dim", type=int, default=None, help="Channels inside the head [default: 128].")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: 30].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Windows per iteration [default: 4].")
+@click.option("--lr", type=FiniteFloat(0, low_open=True), default=None,
+              help="Peak AdamW learning rate [default: 1e-3].")
+@click.option("--window", type=click.IntRange(1), default=None,
+              help="Training/inference window, feature steps [default: 256].")
+@click.option("--hidden-dim", type=click.IntRange(1), default=None, help="Channels inside the head [default: 128].")
 @click.option("--tsa", type=click.Choice(["full", "plain", "none"]), default="full", show_default=True,
               help="TSA variant (ablation).")
 @click.option("--tpp/--no-tpp", default=True, show_default=True, help="Temporal pyramid pooling (ablation).")
-@click.option("--head", "head_pairs", multiple=True, metavar="KEY=VALUE",
+@click.option("--head", "extra_head", multiple=True, metavar="KEY=VALUE", callback=_head_value,
               help="Any head option (HeadConfig field), repeatable: --head dropout=0.5 --head "
                    "stem_dilations=1,2,4,8. Wins over tal train's defaults; see docs/method.md.")
-@click.option("--val-every", type=int, default=None, help="Epochs between validation runs [default: 5].")
+@click.option("--val-every", type=click.IntRange(0), default=None, help="Epochs between validation runs [default: 5].")
 @click.option("--select", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Weights to save: the best validation average mAP, or the last epoch's. Use 'last' when the "
                    "validation subset is the test set (report only, choose nothing on it).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@device_option("cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(features_dir, annotations, output, subset, val_subset, fps, feature_stride, window_frames, epochs,
-            batch_size, lr, window, hidden_dim, tsa, tpp, head_pairs, val_every, select, device, seed, resume, quiet):
+            batch_size, lr, window, hidden_dim, tsa, tpp, extra_head, val_every, select, device, seed, resume, quiet):
     """Train the TSA/TPP head on FEATURES_DIR (<id>.npy [+ <id>.json]) and ANNOTATIONS.
 
     Foreign meta-less features (e.g. ActionFormer's THUMOS14 I3D .npy) need --feature-stride and
@@ -139,7 +162,6 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
     from tal_pipeline.annotations import load_annotations
     from tal_pipeline.train import TrainConfig, load_feature_set, train
 
-    extra_head = parse_head_options(head_pairs)  # checked before any file is read
     ann = load_annotations(annotations)
     subset, val_subset = _pick_subsets(ann, subset, val_subset)
     train_ann = ann.select(subset)
@@ -157,9 +179,6 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
     config = TrainConfig(seed=seed, device=device, select=select)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "window": window, "val_every": val_every}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    for k in ("epochs", "batch_size", "window"):
-        if getattr(config, k) < 1:
-            raise InputError(f"--{k.replace('_', '-')} must be >= 1")
     head = {"tsa": tsa, "tpp": tpp}
     if hidden_dim is not None:
         head["hidden_dim"] = hidden_dim
@@ -172,8 +191,9 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
              if k not in ("tsa", "tpp") or ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     clash = sorted(k for k in extra_head if k in given and given[k] != extra_head[k])
     if clash:
-        raise InputError(f"--head {clash[0]}: also set by its own option with another value")
+        raise click.UsageError(f"--head {clash[0]}: also set by its own option with another value")
     head.update(extra_head)
+    _check_head(head, data)
     log.info("training on %d videos (%s), %d classes, D=%d; validation: %s",
              len(data.videos), subset or "all subsets", len(data.class_names), data.info["dim"],
              f"{len(val_data.videos)} videos ({val_subset})" if val_data else "none")
