@@ -14,26 +14,38 @@ A table has a header row naming its columns (any order, case-insensitive)::
 
 ``video_id``, ``label``, ``start`` and ``end`` are required; ``subset`` and ``duration`` (s)
 are optional (a video's rows must agree on them; without a duration the features' length is
-used). ``score`` is allowed and ignored, so the CSV ``tal detect`` writes can be edited and fed
+used). Numbers are ASCII decimals (``12.5``, ``1e3``): Python's ``float`` would also take
+``1_000`` and other scripts' digits (``١٢``), which no spreadsheet writes; they are refused. ``score`` is allowed and ignored, so the CSV ``tal detect`` writes can be edited and fed
 back as ground truth. Times are seconds (``12.5``) or ``[h:]m:ss[.fff]``. A row whose label,
 start and end are all empty declares a video without actions. Blank lines are skipped.
 
 Any wrong column, unparsable or non-finite time, negative time or end before start is an
 :class:`~tal_pipeline.errors.InputError` naming the file, the line and the cause, e.g.
 ``ann.csv: line 7: end 3.2 is before start 4.0``.
+
+Zero-length segments (start = end, in a table or in JSON; real ActivityNet files have a few) are
+read, with one warning naming the file: no detection can match one (tIoU 0), so ``tal eval``
+counts it as missed, as the official ActivityNet code does; ``tal train`` leaves it out
+(:func:`without_zero_length`), since a target without length teaches nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tal_pipeline.errors import InputError
 from tal_pipeline.results import Annotations, VideoAnnotation, user_file
 
+log = logging.getLogger(__name__)
+
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # extension -> delimiter
+# a decimal number as people and spreadsheets write it: ASCII digits, no "_" separators
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 REQUIRED_COLUMNS = ("video_id", "label", "start", "end")
 OPTIONAL_COLUMNS = ("subset", "duration", "score")  # score: ignored (tal detect's CSV has it)
 
@@ -46,10 +58,46 @@ def load_annotations(path, subset: str | Iterable[str] | None = None) -> Annotat
         InputError: unreadable file, schema error (naming where), or no video in ``subset``.
     """
     if not isinstance(path, Mapping) and Path(path).suffix.lower() in TABLE_SUFFIXES:
-        return read_table(path).select(subset)
-    from tal_pipeline.results import load_annotations as load_json
+        ann = read_table(path).select(subset)
+    else:
+        from tal_pipeline.results import load_annotations as load_json
 
-    return load_json(path, subset)
+        ann = load_json(path, subset)
+    _warn_zero_length(ann)
+    return ann
+
+
+def zero_length(ann: Annotations) -> list[tuple[str, int, str, float]]:
+    """The zero-length segments (start = end): ``(video id, index in the video, label, time s)``."""
+    return [(vid, k, label, t0) for vid, v in ann.videos.items()
+            for k, (label, t0, t1) in enumerate(v.segments) if t1 == t0]
+
+
+def _warn_zero_length(ann: Annotations) -> None:
+    found = zero_length(ann)
+    if found:
+        vid, k, label, t = found[0]
+        log.warning("%s: %d zero-length ground-truth segment%s (start = end; first: video %r, "
+                    "segment %d, %s at %g s): no detection can match one; tal eval counts them "
+                    "as missed, tal train leaves them out", ann.source, len(found),
+                    "s" if len(found) != 1 else "", vid, k, label, t)
+
+
+def without_zero_length(ann: Annotations) -> Annotations:
+    """``ann`` without its zero-length segments (training: a target without length)."""
+    from dataclasses import replace
+
+    return Annotations({vid: replace(v, segments=tuple(s for s in v.segments if s[2] > s[1]))
+                        for vid, v in ann.videos.items()}, ann.source)
+
+
+def parse_number(text: str) -> float:
+    """``"12.5"``, ``"-3"``, ``"1e3"`` -> float; ValueError for anything else, including what
+    ``float`` alone would take: ``"1_000"``, non-ASCII digits, ``"nan"``, ``"inf"``, spaces inside."""
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
 
 
 def as_annotations(annotations) -> Annotations | None:
@@ -69,7 +117,7 @@ def parse_time(text: str) -> float:
         raise ValueError
     seconds = 0.0
     for k, p in enumerate(parts):
-        v = float(p)
+        v = parse_number(p)
         if k < len(parts) - 1 and (v != int(v) or v < 0):  # hours, minutes: whole numbers
             raise ValueError
         if k > 0 and v >= 60:  # minutes and seconds after a colon stay below 60
@@ -147,7 +195,8 @@ def _parse_rows(name: str, reader, delimiter: str) -> Annotations:
                 times.append(parse_time(text) if text or label else None)
             except ValueError:
                 raise InputError(
-                    f"{name}: line {line}: {col} {text!r} is not a time (seconds >= 0, or [h:]m:ss.fff)"
+                    f"{name}: line {line}: {col} {text!r} is not a time (seconds >= 0 in ASCII digits, "
+                    "e.g. 12.5, or [h:]m:ss.fff)"
                 ) from None
         segments.setdefault(vid, [])
         if label or times != [None, None]:
@@ -164,7 +213,7 @@ def _parse_rows(name: str, reader, delimiter: str) -> Annotations:
             value: str | float = text
             if col == "duration":
                 try:
-                    value = float(text)
+                    value = parse_number(text)
                     if not math.isfinite(value) or value < 0:
                         raise ValueError
                 except ValueError:

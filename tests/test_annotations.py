@@ -171,3 +171,40 @@ def test_round_trip_detect_csv_edit_train(tmp_path):
 
     ckpt = torch.load(tmp_path / "m2.pt", map_location="cpu", weights_only=True)
     assert "renamed" in json.dumps(ckpt, default=str)  # its classes come from the edited CSV
+
+
+@pytest.mark.parametrize("text", ["1_000", "1_0.5", "١٢", "１２", "0x10", "1:0_5"])
+def test_times_python_float_would_take_are_refused(tmp_path, text):
+    """Python's float() reads "1_000" and other scripts' digits; no spreadsheet writes them,
+    and a typo must not become a time."""
+    p = _write(tmp_path, f"video_id,label,start,end\nv,jump,0,{text}\n")
+    with pytest.raises(InputError, match=r"ann.csv: line 2: end .* is not a time .*ASCII digits"):
+        load_annotations(p)
+    with pytest.raises(ValueError):
+        parse_time(text)
+    q = _write(tmp_path, f"video_id,label,start,end,duration\nv,jump,0,1,{text}\n", "dur.csv")
+    with pytest.raises(InputError, match="line 2: duration"):
+        load_annotations(q)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("ann.csv", "video_id,label,start,end\nv,jump,4,4\nv,clap,1,2\nw,jump,3,3\n"),
+    ("ann.json", json.dumps({"database": {
+        "v": {"subset": "", "duration": 9, "annotations": [{"label": "jump", "segment": [4, 4]},
+                                                          {"label": "clap", "segment": [1, 2]}]},
+        "w": {"subset": "", "duration": 9, "annotations": [{"label": "jump", "segment": [3, 3]}]}}})),
+])
+def test_zero_length_segments_are_named_once_and_left_out_of_training(tmp_path, caplog, name, text):
+    """The documented rule (module docstring): read with one warning naming the file (eval counts
+    them as missed, like the official code); training leaves them out."""
+    from tal_pipeline.annotations import without_zero_length, zero_length
+
+    with caplog.at_level("WARNING", logger="tal_pipeline.annotations"):
+        ann = load_annotations(_write(tmp_path, text, name))
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and name in warned[0] and "2 zero-length ground-truth segments" in warned[0]
+    assert "video 'v', segment 0, jump at 4 s" in warned[0]
+    assert zero_length(ann) == [("v", 0, "jump", 4.0), ("w", 0, "jump", 3.0)]
+    kept = without_zero_length(ann)
+    assert kept.videos["v"].segments == (("clap", 1.0, 2.0),) and kept.videos["w"].segments == ()
+    assert zero_length(kept) == [] and kept.source == ann.source

@@ -159,10 +159,10 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
     """
     from dataclasses import replace
 
-    from tal_pipeline.annotations import load_annotations
+    from tal_pipeline.annotations import load_annotations, without_zero_length
     from tal_pipeline.train import TrainConfig, load_feature_set, train
 
-    ann = load_annotations(annotations)
+    ann = without_zero_length(load_annotations(annotations))  # no length: nothing to learn
     subset, val_subset = _pick_subsets(ann, subset, val_subset)
     train_ann = ann.select(subset)
     if train_ann.num_instances == 0:
