@@ -49,13 +49,11 @@ def checkpoint_bytes(checkpoint: dict) -> bytes:
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> Path:
-    """Write a checkpoint atomically (temp file + rename)."""
-    from tal_pipeline.fsutil import atomic_write_bytes
+    """Write a checkpoint through ``safety`` (atomically; it replaces only a checkpoint, never
+    features, annotations or a device); creates parent folders."""
+    from tal_pipeline.safety import write_bytes
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, checkpoint_bytes(checkpoint))
-    return path
+    return write_bytes(path, checkpoint_bytes(checkpoint), "checkpoint")
 
 
 def make_checkpoint(

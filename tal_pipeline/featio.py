@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from tal_pipeline.errors import InputError, loads_json
-from tal_pipeline.fsutil import atomic_save_npy, atomic_write_json
 
 META_FORMAT = "tal-pipeline/features-1"
 UNKNOWN = "unknown"  # backbone and weights of foreign features (no meta: we cannot tell)
@@ -128,32 +127,33 @@ def meta_from_json(d: Any, source: str = "<meta>") -> FeatureMeta:
 
 
 def feature_paths(out_dir: str | os.PathLike, video_id: str) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    return out_dir / f"{video_id}.npy", out_dir / f"{video_id}.json"
+    """``out_dir/<id>.npy`` and ``.json``, the id made a file name that stays in ``out_dir``
+    (``safety.file_in``; the ids ``tal extract`` makes are unchanged)."""
+    from tal_pipeline.safety import file_in
+
+    return file_in(out_dir, video_id, ".npy"), file_in(out_dir, video_id, ".json")
 
 
 def save_features(
     out_dir: str | os.PathLike, video_id: str, array: np.ndarray, meta: FeatureMeta
 ) -> tuple[Path, Path]:
-    """Write ``<id>.npy`` then ``<id>.json`` atomically; returns both paths."""
+    """Write ``<id>.npy`` then ``<id>.json`` through ``safety`` (atomically; never over a file
+    of another kind, e.g. ``tal detect``'s results, nor a device); returns both paths."""
+    import io
+
+    from tal_pipeline.safety import check_target, write_bytes, write_json
+
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 2 or array.shape != (meta.num_features, meta.dim):
         raise ValueError(f"features {array.shape} do not match meta ({meta.num_features}, {meta.dim})")
     npy, js = feature_paths(out_dir, video_id)
-    _check_replaceable(js)
-    atomic_save_npy(npy, array)
-    atomic_write_json(js, meta.to_json())
+    check_target(js, "features")  # both checked before the first is written
+    check_target(npy, "npy")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    write_bytes(npy, buf.getvalue(), "npy")
+    write_json(js, meta.to_json(), "features")
     return npy, js
-
-
-def _check_replaceable(js: Path) -> None:
-    """A feature meta never replaces a file of another kind (``tal detect``'s results)."""
-    from tal_pipeline.results import output_kind
-
-    kind = output_kind(js)
-    if kind in ("results", "other"):
-        what = "detections from tal detect" if kind == "results" else "another kind of file"
-        raise InputError(f"{js} is not a feature meta ({what}); it is never replaced: use another -o")
 
 
 def _npy_problem(path: Path) -> str | None:

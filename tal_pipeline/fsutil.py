@@ -1,23 +1,23 @@
 """Atomic file writes: a temp file in the destination folder, fsync, then ``os.replace``.
 
 A reader (or a resumed run) therefore sees either the old file, or no file, or the complete new
-one, never a partial write, even if the process is killed mid-write.
+one, never a partial write, even if the process is killed mid-write. A symbolic link is written
+through to its target; a device, FIFO or socket is never replaced (:func:`write_target`). What
+may be written where (names, kinds, inputs) is ``safety``'s, which every writer goes through.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 
 def access_problem(path: str | os.PathLike, err: OSError, missing: str, reach: str = "a file") -> str:
@@ -86,10 +86,35 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp gives 0600
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; returns the path. Creates parent folders."""
+def write_target(path: str | os.PathLike) -> Path:
+    """The file a write to ``path`` replaces: ``path``, or for a symbolic link its final target
+    (a link is written through, so it stays a link). OSError, one line, for what is never
+    replaced: a broken link or link loop, a folder, a device, FIFO or socket (temp + rename
+    would swap a device node for a regular file: as root, system-wide)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not os.path.islink(path):
+            return path
+        raise OSError(errno.ENOENT, f"broken symbolic link (target {os.path.realpath(path)} does "
+                      "not exist); never followed", str(path)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EPERM, "not a regular file (a device, FIFO or socket); never replaced",
+                      str(path))
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path. Creates parent folders.
+
+    A symbolic link is written through: the temp is made beside its final target and renamed
+    onto it (:func:`write_target`); a device, FIFO, socket or broken link is refused."""
+    given = Path(path)
+    given.parent.mkdir(parents=True, exist_ok=True)
+    path = write_target(given)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -106,7 +131,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if isinstance(err, OSError) and err.filename is None:  # a write: name what it was for
             err.filename = str(path)
         raise
-    return path
+    return given
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -115,13 +140,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
-
-
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """``np.save`` to ``path`` atomically (``allow_pickle`` is never needed to read it)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs, NFS, ...)

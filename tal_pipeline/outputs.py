@@ -6,6 +6,8 @@
 :class:`DetectionOutput` is that layout, its resume check (a done output parses, holds the video
 and has our provenance), its atomic writes, the run lock of the merged form, and the merge.
 A ``--ray`` worker builds it with ``worker=True``: the driver checked the output and holds the lock.
+Every file goes out through ``safety`` (names that stay in DIR, never over an input of the run,
+a file of another kind or a device; docs/hostile_inputs.md, "Output safety: the rules").
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ class DetectionOutput:
 
     def __init__(self, output_arg: str, overwrite: bool, provenance: dict | None = None,
                  formats: tuple[str, ...] | None = None, writer_options=None, vids=(),
-                 worker: bool = False):
+                 worker: bool = False, inputs=(), report=None):
+        """``inputs``: the run's input files (videos, feature files, the model, annotations),
+        never outputs; ``report``: the ``--report`` page, checked here before any work."""
         from tal_pipeline.batch import check_output_folder
         from tal_pipeline.fsutil import fit_name
         from tal_pipeline.locks import hold_lock
+        from tal_pipeline.safety import Inputs, check_target
         from tal_pipeline.writers import WriterOptions, output_files
 
         self.path = Path(output_arg)
@@ -54,15 +59,21 @@ class DetectionOutput:
         self.provenance = provenance
         self.previous = None  # merged mode: the results already in the output file
         self._seen: tuple | None = None  # (dev, inode, mtime, size) of the output file when read
+        self._cut_short = False  # merged: the output file was cut short (redone, not read)
+        self._seen_cut: tuple | None = None  # its (dev, inode, mtime, size) then
         self.run_lock = None
         self._made: list[Path] = []  # folders made here: removed at close if left empty
         self._warned: set[str] = set()
+        # a worker rebuilds this from the driver's arguments: the driver checked the inputs
+        self.inputs = Inputs() if worker else Inputs.of(inputs)
         if worker:  # a --ray worker's view: the driver checked the output and holds its lock
             return
         if self.split and os.path.lexists(self.path) and not self.path.is_dir():
             raise InputError(f"-o {output_arg}: {self.path} exists and is not a folder")
         check_output_folder(self.parts if self.split else self.path.parent)
         self._check_kind()
+        if report is not None:
+            self._check_report(output_arg, Path(report), check_target)
         self._made = [q for q in (self.parts, *self.parts.parents) if not q.exists()]
         # merged mode: every run on this output holds this shared; only the last one to finish
         # (the only one that can make it exclusive) removes the parts folder
@@ -93,9 +104,11 @@ class DetectionOutput:
                              f"--format {','.join(self.formats)}")
 
     def _check_kind(self) -> None:
-        """Detections never replace features (or anything not a results file): refuse a folder
-        of feature files, or a merged output file that is not a results file."""
-        from tal_pipeline.results import output_kind
+        """Detections never replace features, an input or anything not of their own kind
+        (``safety.check_target``): refuse a folder of feature files, or a merged output file
+        (any of its formats) that may not be written. A merged results file cut short is redone."""
+        from tal_pipeline.safety import check_target, is_cut_short
+        from tal_pipeline.writers import KIND
 
         if self.split:
             feats = next(self.path.glob("*.npy"), None) if self.path.is_dir() else None
@@ -105,13 +118,20 @@ class DetectionOutput:
                     "tal extract); detections and features never share a folder: use another -o"
                 )
             return
-        kind = output_kind(self.path)
-        if kind == "features":
-            raise InputError(f"-o {self.path}: the file holds features (from tal extract), not "
-                             "detections; use another -o")
-        if kind == "other" or (kind == "unreadable" and not self.overwrite):
-            raise InputError(f"-o {self.path}: the file exists and is not a tal detect results "
-                             "file; use another -o" + (" or --overwrite" if kind == "unreadable" else ""))
+        for fmt, path in (*self.files.items(), ("json", self.path)):
+            check_target(path, KIND[fmt], self.inputs)
+        if is_cut_short(self.path):
+            self._warn(f"{self.path}: cut short (not complete JSON); its results are redone")
+
+    def _check_report(self, output_arg: str, report: Path, check_target) -> None:
+        """``--report`` is a page of its own: never one of the results files, never over a file
+        of another kind or an input; before any work."""
+        from tal_pipeline.errors import UsageError
+
+        mine = [self.path] if self.split else [self.path, *self.files.values()]
+        if any(os.path.abspath(report) == os.path.abspath(p) for p in mine):
+            raise UsageError(f"--report {report}: also an output of -o {output_arg}; name another file")
+        check_target(report, "report", self.inputs)
 
     def _refresh(self) -> None:
         """Merged mode: (re)read the output file if it changed since (another run merged); one
@@ -123,7 +143,14 @@ class DetectionOutput:
         except FileNotFoundError:
             return
         key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._cut_short and key == self._seen_cut:
+            return  # still the file cut short: nothing to keep from it
         if key != self._seen and self.path.is_file():
+            from tal_pipeline.safety import is_cut_short
+
+            if is_cut_short(self.path):
+                self._cut_short, self._seen_cut = True, key
+                return
             from tal_pipeline.results import load_results
 
             previous = load_results(self.path)
@@ -135,7 +162,10 @@ class DetectionOutput:
             self._seen = key
 
     def part(self, vid: str) -> Path:
-        return self.parts / f"{vid}.json"
+        """The JSON record of ``vid`` (``safety.file_in``: a name that stays in the folder)."""
+        from tal_pipeline.safety import file_in
+
+        return file_in(self.parts, vid, ".json")
 
     def _video_files(self, vid: str) -> dict[str, Path]:
         """Split mode: format -> ``DIR/<vid>.<format>`` beside the JSON record; merged: none."""
@@ -152,18 +182,19 @@ class DetectionOutput:
         """One video's results: every per-video file, atomically, the JSON record last."""
         from tal_pipeline.writers import write_all
 
-        write_all({**self._video_files(vid), "json": self.part(vid)}, results, self.writer_options)
+        write_all({**self._video_files(vid), "json": self.part(vid)}, results, self.writer_options,
+                  self.inputs)
 
     def _valid(self, path: Path, vid: str) -> bool:
         """``path`` is a complete result of ``vid`` from our settings. A file that does not parse
         (cut short by something else) is redone; one of features is refused, never replaced;
         one from other settings is refused (StaleOutputError) in a per-video folder and redone
         in the parts folder (a killed run's, internal)."""
-        from tal_pipeline.results import load_results, output_kind
+        from tal_pipeline.results import load_results
 
         if path.suffix.lower() != ".json":  # vtt/srt/csv/tsv: atomic; the JSON record vouches
             return path.is_file()
-        if output_kind(path) == "missing":
+        if not os.path.lexists(path):
             return False
         self.check_replaceable(path)
         try:
@@ -201,14 +232,12 @@ class DetectionOutput:
         return self.previous is not None and vid in self.previous.detections
 
     def check_replaceable(self, path: Path) -> None:
-        """InputError unless ``path`` is missing, a results file, or not a complete JSON file."""
-        from tal_pipeline.results import output_kind
+        """InputError unless ``path`` may be written by this run (``safety.check_target``: its
+        kind by its format, not an input, not a device; a results file cut short may be)."""
+        from tal_pipeline.safety import check_target
+        from tal_pipeline.writers import KIND, format_of
 
-        kind = output_kind(path)
-        if kind in ("features", "other"):
-            what = "features from tal extract" if kind == "features" else "another kind of file"
-            raise InputError(f"{path} is not a tal detect result ({what}); it is never replaced: "
-                             "use another -o")
+        check_target(path, KIND[format_of(path) or "json"], self.inputs)
 
     def close(self, remove_parts: bool = False) -> None:
         """Merged mode: let go of the run lock; ``remove_parts``: also remove the parts folder
@@ -270,6 +299,7 @@ class DetectionOutput:
             results = make_results(per_video, meta, external)
             from tal_pipeline.writers import write_all
 
-            write_all(self.files, results, self.writer_options)  # other formats first: the
-            write_results(self.path, results)  # JSON record, last, marks the merge complete
+            write_all(self.files, results, self.writer_options, self.inputs)  # other formats
+            write_results(self.path, results, self.inputs)  # first; the JSON record, last, marks
+            # the merge complete
         return results

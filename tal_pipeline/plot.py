@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tal_pipeline.safety import PLOT_MARK
+
 log = logging.getLogger(__name__)
 
 # Class colours: matplotlib's tab10 then the light half of tab20 (hex, so the HTML report can
@@ -380,24 +382,53 @@ def draw_timeline(
     return tl
 
 
+# extension -> matplotlib format and how the file carries safety.PLOT_MARK (so a later plot
+# recognises it as one it may replace): PNG/SVG/PDF metadata, a JPEG comment
+IMAGE_FORMATS = {
+    ".png": ("png", {"metadata": {"Software": PLOT_MARK}}),
+    ".svg": ("svg", {"metadata": {"Creator": PLOT_MARK}}),
+    ".pdf": ("pdf", {"metadata": {"Creator": PLOT_MARK}}),
+    ".jpg": ("jpg", {"pil_kwargs": {"comment": PLOT_MARK}}),
+    ".jpeg": ("jpg", {"pil_kwargs": {"comment": PLOT_MARK}}),
+}
+
+
+def image_format(out) -> tuple[str, dict]:
+    """(matplotlib format, savefig keywords) for the file name ``out``: its extension names the
+    format (``.png``, ``.svg``, ``.pdf``, ``.jpg``); UsageError for any other."""
+    from tal_pipeline.errors import UsageError
+
+    ext = Path(out).suffix.lower()
+    if ext not in IMAGE_FORMATS:
+        raise UsageError(f"-o {out}: {'unknown image format ' + ext if ext else 'no extension'}; "
+                         f"name the file {', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[ext]
+
+
 def plot_timeline(
     results,
     out_png,
     annotations=None,
     video_ids: Sequence[str] | None = None,
     options: PlotOptions = PlotOptions(),
+    inputs=None,
 ) -> Timeline:
-    """Draw the timeline (see :func:`draw_timeline`) and write it as a PNG, atomically.
+    """Draw the timeline (see :func:`draw_timeline`) and write it in the format its extension
+    names (:func:`image_format`), through ``safety`` (atomically; never over a file of another
+    kind or one of ``inputs``, a ``safety.Inputs``).
 
-    The PNG is exactly ``options.width_in * options.dpi`` pixels wide; its height grows with
-    the number of videos and lanes.
+    A raster image is exactly ``options.width_in * options.dpi`` pixels wide; its height grows
+    with the number of videos and lanes.
     """
     import io
 
-    from tal_pipeline.fsutil import atomic_write_bytes
+    from tal_pipeline.safety import NO_INPUTS, check_target, write_bytes
 
+    inputs = inputs or NO_INPUTS
+    check_target(out_png, "plot", inputs)  # before drawing: a folder, an input, another kind
+    fmt, kwargs = image_format(out_png)
     tl = draw_timeline(results, annotations, video_ids, options)
     buf = io.BytesIO()
-    tl.figure.savefig(buf, format="png", dpi=options.dpi, facecolor="white")
-    atomic_write_bytes(Path(out_png), buf.getvalue())
+    tl.figure.savefig(buf, format=fmt, dpi=options.dpi, facecolor="white", **kwargs)
+    write_bytes(Path(out_png), buf.getvalue(), "plot", inputs)
     return tl

@@ -285,37 +285,12 @@ def split_results(results: Mapping) -> dict[str, dict]:
     return out
 
 
-def write_results(path, results: Mapping) -> Path:
-    """Write a results object to ``path`` atomically (temp file + rename); creates parents."""
-    from tal_pipeline.fsutil import atomic_write_json
+def write_results(path, results: Mapping, inputs=None) -> Path:
+    """Write a results object to ``path`` (``safety.write_json``: atomically, never over a file
+    of another kind or an input of the run, a ``safety.Inputs``); creates parents."""
+    from tal_pipeline.safety import NO_INPUTS, write_json
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, dict(results))
-    return path
-
-
-FEATURES_FORMAT_PREFIX = "tal-pipeline/features"  # the "format" of a feature meta file
-
-
-def output_kind(path: str | os.PathLike) -> str:
-    """What a JSON output file holds, so one kind never replaces another: ``"results"``
-    (``tal detect``), ``"features"`` (a feature meta of ``tal extract``), ``"unreadable"`` (not
-    a complete JSON file: an interrupted foreign write) or ``"other"``; ``"missing"``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except FileNotFoundError:
-        return "missing"
-    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return "unreadable"
-    if not isinstance(obj, Mapping):
-        return "other"
-    if str(obj.get("format", "")).startswith(FEATURES_FORMAT_PREFIX) or {
-        "num_features", "dim", "feature_stride"
-    } <= set(obj):
-        return "features"
-    return "results" if "results" in obj else "other"
+    return write_json(path, dict(results), "results", inputs or NO_INPUTS)
 
 
 def _parse_results_obj(name: str, obj) -> Results:
@@ -359,8 +334,36 @@ def _parse_results_obj(name: str, obj) -> Results:
     return Results(detections, dict(videos), dict(external), None if version is None else str(version), name)
 
 
+def results_record(path: str | os.PathLike) -> Path:
+    """Where the results behind what ``tal detect`` wrote are (docs/formats.md): a folder
+    without visible ``*.json`` results -> its ``.tal/`` (``-o DIR/ --format vtt``); a file that
+    is not JSON (``x.vtt``, ``x.csv``) -> ``.x.vtt.json`` beside it (merged), else
+    ``.tal/x.json`` in its folder (per video), else ``x.json`` beside it (``--format vtt,json``).
+    Anything else: ``path`` as it is."""
+    path = Path(path)
+    if path.is_dir():
+        hidden = path / ".tal"
+        if hidden.is_dir() and not any(_visible_json(path)):
+            return hidden
+        return path
+    if path.suffix.lower() == ".json" or not path.is_file():
+        return path
+    for record in (path.with_name(f".{path.name}.json"), path.parent / ".tal" / f"{path.stem}.json",
+                   path.with_suffix(".json")):  # -o x.vtt --format vtt,json: x.json
+        if record.is_file():
+            return record
+    return path
+
+
+def _visible_json(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() == ".json" and not p.name.startswith(".") and p.is_file())
+
+
 def load_results(path) -> Results:
-    """Read detections from a merged results file or a folder of per-video results files.
+    """Read detections from a merged results file or a folder of per-video results files, or
+    what ``tal detect`` wrote in any format (:func:`results_record`: ``DIR/`` of subtitles,
+    ``x.vtt``: the hidden JSON record behind them).
 
     A folder: every ``*.json`` directly in it (sorted by name); files without a ``results`` key
     are skipped with a warning (e.g. a failure list); a video in two files is an error.
@@ -370,10 +373,10 @@ def load_results(path) -> Results:
     """
     if isinstance(path, Mapping):
         return _parse_results_obj("<results>", path)
-    path = Path(path)
+    path = results_record(path)
     if not path.is_dir():
         return _parse_results_obj(str(path), _read_json(path))
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".json" and not p.name.startswith(".") and p.is_file())
+    files = _visible_json(path)
     detections: dict[str, list[Segment]] = {}
     videos: dict[str, dict] = {}
     external: dict = {}

@@ -17,7 +17,10 @@ Subtitle formats (``vtt``, ``srt``) show what a viewer should see, not a ranked 
 scoring below :attr:`WriterOptions.min_score` get no cue, and overlapping segments of one label
 become one cue (their union, with the best score), so a player never stacks the dozens of
 near-duplicates Soft-NMS keeps for evaluation. JSON, CSV and TSV keep every segment, in the
-results' order. Every file is written atomically (temp file + rename).
+results' order. Subtitles and tables take only segments with 0 <= start <= end <= 72 h and
+scores within [0, 1] (:func:`check_segments`); JSON, the reference, takes any finite numbers.
+Every file goes out through ``safety.write_bytes``: atomically, never over a file of another
+kind, an input of the run or a device (docs/hostile_inputs.md, "Output safety: the rules").
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ SUBTITLE_FORMATS = frozenset({"vtt", "srt"})  # one video per file; thresholded,
 SUBTITLE_MIN_SCORE = 0.3  # probability; the demo's real motions score > 0.9, its Soft-NMS
 #                           leftovers < 0.2 (see the README's example output)
 TABLE_COLUMNS = ("video_id", "label", "start", "end", "score")  # csv/tsv header
+KIND = {"json": "results", "vtt": "vtt", "srt": "srt", "csv": "table", "tsv": "table"}  # safety kind
+MAX_TIME_S = 72 * 3600.0  # seconds: the longest video decode accepts (decode.MAX_DURATION_S)
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,11 @@ def output_files(output: str | Path, formats: Sequence[str] | None) -> dict[str,
 
 
 def video_files(folder: str | Path, video_id: str, formats: Sequence[str]) -> dict[str, Path]:
-    """Format -> file for one video in a folder output (``-o DIR/``): ``DIR/<id>.<format>``."""
-    return {f: Path(folder) / f"{video_id}.{f}" for f in formats}
+    """Format -> file for one video in a folder output (``-o DIR/``): ``DIR/<id>.<format>``, the
+    id made a safe file name that stays in DIR (``safety.file_in``)."""
+    from tal_pipeline.safety import file_in
+
+    return {f: file_in(folder, video_id, f".{f}") for f in formats}
 
 
 # ---------------------------------------------------------------- cues
@@ -123,11 +131,16 @@ def subtitle_cues(entries: Iterable, options: WriterOptions = WriterOptions()) -
     return sorted(cues, key=lambda s: (s.start, s.end, s.label))
 
 
-def cue_text(seg: Segment) -> str:
-    """``label (0.97)``, escaped for WebVTT cue text (``&``, ``<``, ``>``; so no ``-->`` either)
-    and kept on one line."""
+def cue_text(seg: Segment, fmt: str = "vtt") -> str:
+    """``label (0.97)`` on one line (a newline would end the cue). WebVTT: ``&``, ``<``, ``>``
+    escaped as entities (so no ``-->`` either). SubRip has no entities (players show ``&amp;``
+    as it is): the label is written raw, tags included, with ``-->`` written ``->`` so a cue
+    line never reads as a timing line."""
     label = " ".join(seg.label.split())  # newlines would end the cue
-    label = label.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if fmt == "srt":
+        label = label.replace("-->", "->")
+    else:
+        label = label.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return f"{label} ({seg.score:.2f})"
 
 
@@ -143,14 +156,30 @@ def _clock(ms: int, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def _timed_cues(entries, options: WriterOptions) -> list[tuple[int, int, str]]:
+def _timed_cues(entries, options: WriterOptions, fmt: str) -> list[tuple[int, int, str]]:
     """(start ms, end ms, text) per cue; cues that round to nothing are left out."""
     out = []
     for c in subtitle_cues(entries, options):
         t0, t1 = _ms(c.start), _ms(c.end)
         if t1 > t0:
-            out.append((t0, t1, cue_text(c)))
+            out.append((t0, t1, cue_text(c, fmt)))
     return out
+
+
+def check_segments(results: Mapping, fmt: str) -> None:
+    """InputError, one line naming the video and the segment, unless every segment has
+    ``0 <= start <= end <= MAX_TIME_S`` and ``0 <= score <= 1``: what a subtitle or table
+    shows must be a time in a video and a probability (a detector's own output always is;
+    a foreign file with logits or negative times is refused, never clamped)."""
+    for vid, entries in results.get("results", {}).items():
+        for k, s in enumerate(_segments(entries)):
+            where = f"results[{vid!r}][{k}]"
+            if not (0.0 <= s.start <= s.end <= MAX_TIME_S):
+                raise InputError(f"{where}: segment [{s.start:g}, {s.end:g}] s is not within "
+                                 f"[0, {MAX_TIME_S:g}] s (72 h); a .{fmt} file takes times in a video")
+            if not (0.0 <= s.score <= 1.0):
+                raise InputError(f"{where}: score {s.score:g} is not within [0, 1]; a .{fmt} file "
+                                 "takes probabilities")
 
 
 # ---------------------------------------------------------------- renderers (results -> text)
@@ -177,7 +206,7 @@ def render_vtt(results: Mapping, options: WriterOptions = WriterOptions()) -> st
     vid, entries = _one_video(results, "vtt")
     note = " ".join(str(vid).replace("-->", "->").split())
     blocks = ["WEBVTT", f"NOTE tal-pipeline detections of {note}, score >= {options.min_score:g}"]
-    for k, (t0, t1, text) in enumerate(_timed_cues(entries, options), 1):
+    for k, (t0, t1, text) in enumerate(_timed_cues(entries, options, "vtt"), 1):
         blocks.append(f"{k}\n{_clock(t0, '.')} --> {_clock(t1, '.')}\n{text}")
     return "\n\n".join(blocks) + "\n"
 
@@ -187,19 +216,24 @@ def render_srt(results: Mapping, options: WriterOptions = WriterOptions()) -> st
     _, entries = _one_video(results, "srt")
     blocks = [
         f"{k}\n{_clock(t0, ',')} --> {_clock(t1, ',')}\n{text}"
-        for k, (t0, t1, text) in enumerate(_timed_cues(entries, options), 1)
+        for k, (t0, t1, text) in enumerate(_timed_cues(entries, options, "srt"), 1)
     ]
     return "\n\n".join(blocks) + "\n" if blocks else ""
 
 
 def _render_table(results: Mapping, options: WriterOptions, delimiter: str) -> str:
+    """The rows; text cells (video id, label) neutralised for spreadsheets
+    (``safety.neutralise_cell``: ``=1+1`` is written ``'=1+1``), numbers written as they are."""
+    from tal_pipeline.safety import neutralise_cell
+
     buf = io.StringIO()
     w = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
     w.writerow(TABLE_COLUMNS)
     td, sd = options.time_decimals, options.score_decimals
     for vid, entries in results.get("results", {}).items():
         for s in _segments(entries):
-            w.writerow([vid, s.label, f"{s.start:.{td}f}", f"{s.end:.{td}f}", f"{s.score:.{sd}f}"])
+            w.writerow([neutralise_cell(vid), neutralise_cell(s.label), f"{s.start:.{td}f}",
+                        f"{s.end:.{td}f}", f"{s.score:.{sd}f}"])
     return buf.getvalue()
 
 
@@ -228,26 +262,30 @@ def render(results: Mapping, fmt: str, options: WriterOptions = WriterOptions())
         raise InputError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
     if not (0.0 <= options.min_score <= 1.0) or math.isnan(options.min_score):
         raise InputError(f"minimum cue score must be within [0, 1], got {options.min_score}")
+    if fmt != "json":
+        check_segments(results, fmt)
     return RENDERERS[fmt](results, options)
 
 
 def write(path: str | Path, results: Mapping, fmt: str | None = None,
-          options: WriterOptions = WriterOptions()) -> Path:
+          options: WriterOptions = WriterOptions(), inputs=None) -> Path:
     """Render ``results`` as ``fmt`` (default: from ``path``'s extension, else JSON) and write
-    it to ``path`` atomically; creates parent folders. Returns the path."""
-    from tal_pipeline.fsutil import atomic_write_text
-
-    text = render(results, fmt or format_of(path) or "json", options)
-    return atomic_write_text(path, text)
+    it to ``path`` (``safety.write_text``); creates parent folders. Returns the path."""
+    fmt = fmt or format_of(path) or "json"
+    return write_all({fmt: Path(path)}, results, options, inputs)[0]
 
 
 def write_all(files: Mapping[str, Path], results: Mapping,
-              options: WriterOptions = WriterOptions()) -> list[Path]:
-    """Write ``results`` once per format -> file; every file is rendered before the first is
-    written, so a results object a format refuses leaves no file behind. JSON is written last:
-    with JSON among the outputs, its presence means every other file is complete."""
-    texts = {fmt: render(results, fmt, options) for fmt in files}
-    from tal_pipeline.fsutil import atomic_write_text
+              options: WriterOptions = WriterOptions(), inputs=None) -> list[Path]:
+    """Write ``results`` once per format -> file; every file is rendered and checked
+    (``safety.check_target``: kind, ``inputs`` = a ``safety.Inputs`` of the run) before the
+    first is written, so a results object a format refuses leaves no file behind. JSON is
+    written last: with JSON among the outputs, its presence means every other file is complete."""
+    from tal_pipeline.safety import NO_INPUTS, check_target, write_text
 
+    inputs = inputs or NO_INPUTS
+    texts = {fmt: render(results, fmt, options) for fmt in files}
+    for fmt, path in files.items():
+        check_target(path, KIND[fmt], inputs)
     order = sorted(files, key=lambda f: (f == "json", FORMATS.index(f)))
-    return [atomic_write_text(files[f], texts[f]) for f in order]
+    return [write_text(files[f], texts[f], KIND[f], inputs) for f in order]

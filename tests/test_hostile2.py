@@ -167,7 +167,7 @@ def test_features_never_replace_detections(tmp_path):
     clip = _clip(tmp_path)
     r = _tal("extract", clip, "-o", out, "--weights", "seeded", "--streams", "rgb", "--size", "32",
              "--no-progress")
-    assert r.exit_code == 1 and "is not a feature meta (detections from tal detect)" in r.stderr
+    assert r.exit_code == 1 and "holds detections (a results file), not a feature meta" in r.stderr
     assert (out / "clip.json").read_bytes() == results and not (out / "clip.npy").exists()
 
 

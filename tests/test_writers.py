@@ -162,9 +162,15 @@ def test_vtt_cues_thresholded_merged_sorted():
 
 
 def test_srt_matches_vtt_cues():
+    """The same cues; SubRip text is the label raw (no entities: players show them literally),
+    WebVTT's the same text escaped."""
+    import html
+
     vtt = validate_webvtt(render(_results(), "vtt"))
     srt = validate_srt(render(_results(), "srt"))
-    assert srt == vtt
+    assert srt == [(t0, t1, html.unescape(text)) for t0, t1, text in vtt]
+    assert 'a<b> & "c", d (0.50)' in render(_results(), "srt")
+    assert "&amp;" not in render(_results(), "srt")
     assert "00:00:02,958 --> 00:00:09,250" in render(_results(), "srt")
 
 
@@ -304,7 +310,7 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
     from tal_pipeline import fsutil
 
     target = tmp_path / "x.vtt"
-    target.write_text("old\n")
+    target.write_text("WEBVTT\n\nold\n")  # a WebVTT: one a write may replace
 
     def boom(fd):
         raise OSError(28, "No space left on device")
@@ -312,7 +318,7 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(fsutil.os, "fsync", boom)
     with pytest.raises(OSError):
         write(target, _results())
-    assert target.read_text() == "old\n"
+    assert target.read_text() == "WEBVTT\n\nold\n"
     assert [p.name for p in tmp_path.iterdir()] == ["x.vtt"]
 
 
@@ -347,7 +353,7 @@ def test_cli_convert_errors(tmp_path):
     res = run(main, ["convert", str(two), "-o", str(tmp_path / "o.vtt"), "--video-id", "b"])
     assert res.exit_code == 0 and (tmp_path / "o.vtt").is_file()
     res = run(main, ["convert", str(two), "-o", str(tmp_path / "o.x"), "--format", "pdf"])
-    assert res.exit_code == 1 and "unknown format pdf" in res.output
+    assert res.exit_code == 2 and "unknown format pdf" in res.output  # an option value: usage
     res = run(main, ["convert", str(two), "-o", str(tmp_path / "o.vtt"), "--video-id", "zz"])
     assert res.exit_code == 1 and "zz" in res.output
     assert math.isfinite(SUBTITLE_MIN_SCORE)

@@ -35,12 +35,8 @@ def command(pred, output_arg, formats, min_score, video_ids):
     """Write the detections in PRED (results file or folder) as json, vtt, srt, csv or tsv."""
     from tal_pipeline.errors import InputError
     from tal_pipeline.results import load_results, make_results
-    from tal_pipeline.writers import (
-        WriterOptions,
-        output_files,
-        video_files,
-        write_all,
-    )
+    from tal_pipeline.safety import Inputs, file_in, id_names
+    from tal_pipeline.writers import WriterOptions, output_files
 
     res = load_results(pred)
     ids = list(video_ids) or list(res.detections)
@@ -52,14 +48,32 @@ def command(pred, output_arg, formats, min_score, video_ids):
     if res.version:
         results["version"] = res.version  # a conversion, not a new run
     options = WriterOptions(min_score=min_score)
-    fmts = formats  # a tuple of known formats, or None (options.formats_option parsed it)
+    fmts = formats  # a tuple of known formats, or None (options.formats_option)
+    inputs = Inputs.of([pred, res.source.rstrip(os.sep)])  # never written over (-o pred.json)
     if output_arg.endswith(("/", os.sep)) or Path(output_arg).is_dir():
         from tal_pipeline.results import split_results
 
+        # ids come from a file anyone may have written: names made safe, all before any write
+        id_names(results["results"])  # two ids that make one name: refused
+        files = {vid: {f: file_in(output_arg, vid, f".{f}") for f in fmts or ("json",)}
+                 for vid in results["results"]}
         written = []
         for vid, one in split_results(results).items():
-            written += write_all(video_files(output_arg, vid, fmts or ("json",)), one, options)
+            written += _write(pred, files[vid], one, options, inputs)
     else:
-        written = write_all(output_files(output_arg, fmts), results, options)
+        written = _write(pred, output_files(output_arg, fmts), results, options, inputs)
     for path in written:
         click.echo(str(path))
+
+
+def _write(pred, files, results, options, inputs) -> list:
+    """``writers.write_all``; a segment a format refuses is named with PRED."""
+    from tal_pipeline.errors import InputError
+    from tal_pipeline.writers import check_segments, write_all
+
+    try:
+        for fmt in set(files) - {"json"}:
+            check_segments(results, fmt)
+    except InputError as err:
+        raise InputError(f"{pred}: {err}") from None
+    return write_all(files, results, options, inputs)

@@ -117,7 +117,8 @@ def command(inputs, output_arg, formats, model, use_features, fps, feature_strid
         from tal_pipeline.annotations import load_annotations
 
         ann = load_annotations(annotations)
-    out = DetectionOutput(output_arg, overwrite, provenance(det, use_features), formats, cues, list(items))
+    out = DetectionOutput(output_arg, overwrite, provenance(det, use_features), formats, cues, list(items),
+                          inputs=[*items.values(), model, annotations], report=report_path)
     try:
         # the per-video work (jobs.py), the same for the local loop and for --ray workers
         job = DetectJob(

@@ -1,5 +1,8 @@
 """`tal plot PRED -o timeline.png`: a timeline of detections (and ground truth) per video.
 
+The extension of ``-o`` names the format: ``.png``, ``.svg``, ``.pdf``, ``.jpg``; another is
+refused (exit 2).
+
 PRED is a merged results file or a folder of per-video results files (what ``tal detect``
 writes). One panel per video (``--video-id`` picks some), time across, one colour per class,
 bar opacity = score, overlapping detections stacked in lanes; the ground truth under them with
@@ -15,7 +18,8 @@ from tal_pipeline.plot import PlotOptions
 
 
 @click.command("plot")
-@view_options("PNG to write.", "drawn under the detections")
+@view_options("Image to write; its extension names the format: .png, .svg, .pdf, .jpg.",
+              "drawn under the detections")
 @click.option(
     "--video-id",
     "video_ids",
@@ -47,7 +51,7 @@ from tal_pipeline.plot import PlotOptions
 def command(
     pred, out, annotations, subset, video_ids, min_score, max_lanes, max_videos, width, dpi
 ):
-    """Draw a timeline PNG of the detections in PRED."""
+    """Draw a timeline of the detections in PRED (PNG, SVG, PDF or JPEG, by -o's extension)."""
     from tal_pipeline.annotations import load_annotations
     from tal_pipeline.plot import plot_timeline
 
@@ -55,6 +59,9 @@ def command(
     opts = PlotOptions(
         min_score=min_score, max_lanes=max_lanes, max_videos=max_videos, width_in=width, dpi=dpi
     )
-    tl = plot_timeline(pred, out, gt, list(video_ids) or None, opts)
+    from tal_pipeline.safety import Inputs
+
+    inputs = Inputs.of([pred, annotations])  # never written over
+    tl = plot_timeline(pred, out, gt, list(video_ids) or None, opts, inputs)
     n = sum(len([b for b in bars if b.kind == "pred"]) for bars in tl.bars.values())
     click.echo(f"{out}: {len(tl.axes)} video(s), {n} detections", err=True)

@@ -51,5 +51,7 @@ def command(pred, out, videos, annotations, subset, top_k, min_score, tiou, titl
         tiou_thresholds=parse_tiou(tiou) if tiou is not None else ReportOptions.tiou_thresholds,
     )
     gt = load_annotations(annotations, subset) if annotations else None
-    path = write_report(pred, videos, out, gt, opts)
+    from tal_pipeline.safety import Inputs
+
+    path = write_report(pred, videos, out, gt, opts, Inputs.of([pred, annotations, videos]))
     click.echo(str(path))
