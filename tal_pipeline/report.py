@@ -304,6 +304,12 @@ _JS = """
     var s=parseFloat(ms.value);msv.textContent=s.toFixed(2);
     document.querySelectorAll('[data-score]').forEach(function(e){
       e.classList.toggle('hidden',parseFloat(e.dataset.score)<s);});
+    // each timeline as tall as the lanes its shown bars use (those shown first are on top)
+    document.querySelectorAll('.lanes[data-lane-px]').forEach(function(ln){
+      var px=parseFloat(ln.dataset.lanePx),n=1;
+      ln.querySelectorAll('.bar:not(.hidden)').forEach(function(e){
+        n=Math.max(n,Math.round((parseFloat(e.style.top)-2)/px)+1);});
+      ln.style.height=(n*px+4)+'px';});
   }
   if(ms){ms.addEventListener('input',filter);filter();}  // the page opens at the slider's start
 })();
@@ -374,7 +380,9 @@ def _timeline_html(
     parts = ['<div class="tl">']
     pl, npl = _detection_lanes(preds, max_lanes, shown_min_score)
     parts.append('<div class="rowname">detections (opacity = score)</div>')
-    parts.append(f'<div class="lanes" style="height:{max(npl, 1) * LANE_PX + 4}px">')
+    parts.append(
+        f'<div class="lanes" data-lane-px="{LANE_PX}" style="height:{max(npl, 1) * LANE_PX + 4}px">'
+    )
     order = sorted(range(len(preds)), key=lambda i: preds[i].score)  # high scores on top
     for i in order:
         s, lane = preds[i], pl[i]
@@ -505,6 +513,14 @@ def render_report(
         ap = evaluate(annotations, results, options.tiou_thresholds)
 
     n_det = sum(len(v) for v in per_video.values())
+    # a class stays in the legend while the slider shows one of its detections, or always when
+    # it has ground truth: the legend's entry carries the class's best score
+    best: dict[str, float] = {}
+    for seg in (seg for v in per_video.values() for seg in v):
+        best[seg.label] = max(best.get(seg.label, 0.0), seg.score)
+    for label in {g[0] for v in gt.values() for g in v}:
+        best.pop(label, None)
+    legend_score = {label: f' data-score="{_score(x)}"' for label, x in best.items()}
     model = (
         results.external_data.get("model") if isinstance(results.external_data, Mapping) else None
     )
@@ -525,7 +541,7 @@ def render_report(
         + "</p>",
         '<div class="legend">'
         + "".join(
-            f'<span><i class="sw" style="background:{c}"></i>{_e(n)}</span>'
+            f'<span{legend_score.get(n, "")}><i class="sw" style="background:{c}"></i>{_e(n)}</span>'
             for n, c in colors.items()
         )
         + "</div>",
