@@ -192,11 +192,18 @@ class HeadMeta:
         weights: str = UNKNOWN,
         source: str = "features",
         step: float | None = None,
+        streams: tuple[str, ...] | list[str] = (),
+        flow_backend: str | None = None,
+        flow_version: int | None = None,
     ) -> None:
         """Refuse features this head was not trained for (:class:`InputError`): another width
-        ``D``, or another backbone or weights checksum when both sides know theirs. A feature
-        ``step`` (s) over 2 % away from the trained one is only warned about (foreign features
-        may round it)."""
+        ``D``, or another backbone or weights checksum when both sides know theirs; when both
+        come from a known backbone, other ``streams`` (RGB and flow features of one backbone
+        have the same width: one read as the other gives wrong detections, no error) or flow
+        from another TV-L1 ``flow_backend``. Flow of another ``flow_version`` of the same
+        backend is warned about once (``warn_flow_version``: this tal computes only its own
+        version, so re-extracting cannot give the old one). A feature ``step`` (s) over 2 %
+        away from the trained one is only warned about (foreign features may round it)."""
         if dim != self.input_dim:
             raise InputError(f"{source}: features have {dim} channels, the model expects {self.input_dim}")
         for key, ours, theirs in (("backbone", self.backbone, backbone), ("weights", self.weights, weights)):
@@ -206,8 +213,39 @@ class HeadMeta:
                 raise InputError(
                     f"{source}: features come from {key} {theirs!r}, but the model was trained on {key} {ours!r}"
                 )
+        known = UNKNOWN not in (self.backbone, backbone) and bool(streams)  # meta-less: unknown
+        if known and tuple(streams) != tuple(self.streams):
+            raise InputError(
+                f"{source}: features of the {'+'.join(streams)} stream{'s' if len(streams) > 1 else ''}, but "
+                f"the model was trained on {'+'.join(self.streams)}; extract them with --streams "
+                f"{','.join(self.streams)}"
+            )
+        if known and "flow" in streams and self.flow_backend and flow_backend:
+            if flow_backend != self.flow_backend:
+                raise InputError(
+                    f"{source}: flow from the {flow_backend} TV-L1, but the model was trained on "
+                    f"{self.flow_backend} flow (the two give different fields); extract with --flow "
+                    f"{self.flow_backend}"
+                )
+            if flow_version is not None:
+                self.warn_flow_version(flow_backend, flow_version, "features")
         if step is not None and self.step and not math.isclose(step, self.step, rel_tol=0.02):
             log.warning("feature step %.4g s differs from the %.4g s the model was trained on", step, self.step)
+
+    def warn_flow_version(self, backend: str, version: int, what: str) -> None:
+        """Once per model and version: ``what`` ("features", "this tal") has ``backend``'s flow
+        ``version``, the model was trained on another one of the same backend."""
+        if self.flow_backend != backend or self.flow_version is None or version == self.flow_version:
+            return
+        key = (self.path, backend, version)
+        if key not in _warned_versions:
+            _warned_versions.add(key)
+            log.warning("%s: trained on %s flow version %d, %s %s version %d: detections may be "
+                        "worse than the model's own scores", self.path, backend, self.flow_version,
+                        what, "has" if what == "features" else "computes", version)
+
+
+_warned_versions: set[tuple[str, str, int]] = set()  # (model, backend, version) warned about
 
 
 def load_head(path: str | os.PathLike, device: str = "cpu") -> tuple[HeadModel, HeadMeta]:

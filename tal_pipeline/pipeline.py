@@ -121,13 +121,13 @@ class Detector:
             "precision": precision,
         }
         backend = det._extract_kwargs["flow_backend"]
-        if "flow" in meta.streams and meta.flow_backend == backend and meta.flow_version is not None:
+        if "flow" in meta.streams and build_extractor:
             from tal_pipeline.flow import FLOW_VERSIONS
 
-            if meta.flow_version != FLOW_VERSIONS[backend]:
-                log.warning("%s: trained on %s flow version %d, this tal computes version %d: "
-                            "detections on videos may be worse than the model's own scores",
-                            path, backend, meta.flow_version, FLOW_VERSIONS[backend])
+            if meta.flow_backend and backend != meta.flow_backend:  # --flow chose another one
+                log.warning("%s: trained on %s flow, --flow %s gives other flow fields: detections "
+                            "may be worse than the model's own scores", path, meta.flow_backend, backend)
+            meta.warn_flow_version(backend, FLOW_VERSIONS[backend], "this tal")
         if build_extractor:
             det._build_extractor(path)
         return det
@@ -213,20 +213,32 @@ class Detector:
         if self.extractor is None:
             self._build_extractor()
         feats = self.extractor.extract(path)
-        return self.detect_features(feats.array, feats.meta, video=str(path))
+        # the extractor was checked against the model when built (an explicit --flow warned)
+        return self._detect(feats.array, feats.meta, str(path))
 
     def detect_features(
         self, array: np.ndarray, meta: FeatureMeta, video: str | None = None
     ) -> Detection:
-        """Segments from pre-extracted features ``(T, D)`` with their meta: the head runs on
-        them (``inference.predict_segments``: the windowed forward, then post-processing)."""
-        from tal_pipeline.inference import predict_segments
+        """Segments from pre-extracted features ``(T, D)`` with their meta, once the model's
+        checkpoint accepts them (``HeadMeta.check_features``: width, backbone and weights,
+        streams, flow backend)."""
+        from tal_pipeline.jobs import recorded_flow_version
 
         source = video or meta.video
         array = np.asarray(array, dtype=np.float32)  # (T, D)
         if array.ndim != 2:
             raise InputError(f"{source}: features must be (T, D), got shape {array.shape}")
-        self.meta.check_features(array.shape[1], meta.backbone, meta.weights, source, meta.step)
+        self.meta.check_features(array.shape[1], meta.backbone, meta.weights, source, meta.step,
+                                 meta.streams, meta.extra.get("flow_backend"),
+                                 recorded_flow_version(meta.extra))
+        return self._detect(array, meta, source)
+
+    def _detect(self, array: np.ndarray, meta: FeatureMeta, source: str) -> Detection:
+        """The head on features ``(T, D)`` (``inference.predict_segments``: the windowed
+        forward, then post-processing)."""
+        from tal_pipeline.inference import predict_segments
+
+        array = np.asarray(array, dtype=np.float32)  # (T, D)
         segments = predict_segments(self.model, array, meta.times(), meta.step, meta.duration,
                                     self.meta.class_names, self.postprocess, self.device)
         precision = meta.extra.get("precision")  # the features' (any precision is accepted)

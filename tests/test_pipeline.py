@@ -124,22 +124,84 @@ def test_checkpoint_for_another_backbone_is_refused(tmp_path):
         Detector.load(bad)
 
 
-def test_model_of_another_flow_version_is_named_in_a_warning(tmp_path, caplog):
-    """A model trained on the torch TV-L1 before its per-warp gain (flow version 1) still
-    loads, with one warning naming the versions; the shipped demo model gets none."""
+def _demo_features(**changes):
+    """Features as the demo model's own extractor labels them (flow stream, torch TV-L1, this
+    tal's flow version), with ``changes`` to the meta; the array is zeros ``(12, D)``."""
+    from dataclasses import replace
+
+    from tal_pipeline.featio import FeatureMeta
+    from tal_pipeline.flow import FLOW_VERSIONS
+
+    f = read_checkpoint(demo_checkpoint_path())["features"]
+    extra = {"flow_backend": "torch", "flow_version": FLOW_VERSIONS["torch"], **changes.pop("extra", {})}
+    meta = FeatureMeta(video="v.mp4", duration=4.8, fps=10.0, feature_stride=4, t0=0.0, step=0.4,
+                       backbone=f["backbone"], weights=f["weights"], streams=("flow",), dim=f["dim"],
+                       num_features=12, extra=extra)
+    return np.zeros((12, f["dim"]), np.float32), replace(meta, **changes)
+
+
+def test_features_of_another_stream_or_flow_backend_are_refused(detector):
+    """Same backbone, weights and width: only the recorded streams and flow backend tell the
+    features apart from what the demo model (flow stream, torch TV-L1) reads."""
+    array, ok = _demo_features()
+    detector.detect_features(array, ok)  # its own kind: accepted
+    _, rgb = _demo_features(streams=("rgb",), extra={"flow_backend": None, "flow_version": None})
+    with pytest.raises(InputError, match=r"^v.npy: features of the rgb stream, but the model was "
+                                         r"trained on flow; extract them with --streams flow$"):
+        detector.detect_features(array, rgb, video="v.npy")
+    _, both = _demo_features(streams=("rgb", "flow"))
+    with pytest.raises(InputError, match="rgb\\+flow streams, but the model was trained on flow"):
+        detector.detect_features(array, both)
+    _, opencv = _demo_features(extra={"flow_backend": "opencv", "flow_version": 1})
+    with pytest.raises(InputError, match="flow from the opencv TV-L1, .* --flow torch$"):
+        detector.detect_features(array, opencv)
+    # meta-less features (streams unknown) are not refused for what they cannot say
+    _, foreign = _demo_features(streams=(), backbone="unknown", weights="unknown", extra={"flow_backend": None})
+    detector.detect_features(array, foreign)
+
+
+def test_rgb_features_of_the_demo_backbone_fail_in_tal_detect(tmp_path):
+    """The issue's case end to end: `tal extract --streams rgb` with the demo model's backbone
+    and weights (the same width as its flow features), then `tal detect --features`: that
+    input fails with one line, exit status 1, no results for it."""
+    from videogen import write_video
+
+    frames = [np.full((64, 64, 3), 40 + 10 * k, np.uint8) for k in range(8)]
+    write_video(tmp_path / "v.mp4", frames, fps=10, codec="mpeg4")
+    backbone = read_checkpoint(demo_checkpoint_path())["features"]["backbone"]
+    r = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "-o", str(tmp_path / "f"), "--weights",
+                                  "seeded", "--backbone", backbone, "--streams", "rgb", "--size", "32",
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["detect", str(tmp_path / "f" / "v.npy"), "--features", "-o",
+                                  str(tmp_path / "x.json"), "--no-progress"])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("tal: ")]
+    assert lines == [(f"tal: {tmp_path / 'f' / 'v.npy'}: features of the rgb stream, but the model was "
+                     "trained on flow; extract them with --streams flow")], r.stderr
+    assert "Traceback" not in r.output and not (tmp_path / "x.json").exists()
+
+
+def test_another_flow_version_is_named_in_one_warning(tmp_path, caplog):
+    """A model trained on the torch TV-L1 before its per-warp gain (flow version 1) still loads
+    and reads this tal's features, with one warning naming the versions (re-extracting cannot
+    give version 1); the shipped demo model gets none."""
     from tal_pipeline.flow import FLOW_VERSIONS
 
     ckpt = read_checkpoint(demo_checkpoint_path())
     assert ckpt["features"]["flow_version"] == FLOW_VERSIONS["torch"]
-    with caplog.at_level("WARNING", logger="tal_pipeline.pipeline"):
-        Detector.load(demo_checkpoint_path(), build_extractor=False)
+    array, meta = _demo_features()
+    with caplog.at_level("WARNING", logger="tal_pipeline.checkpoint"):
+        Detector.load(demo_checkpoint_path(), build_extractor=False).detect_features(array, meta)
     assert not caplog.records
     ckpt["features"] = dict(ckpt["features"], flow_version=1)
     old = save_checkpoint(tmp_path / "old_flow.pt", ckpt)
-    with caplog.at_level("WARNING", logger="tal_pipeline.pipeline"):
-        Detector.load(old, build_extractor=False)
-    assert [r.getMessage() for r in caplog.records if "flow version 1" in r.getMessage()
-            and "version 2" in r.getMessage()], caplog.text
+    with caplog.at_level("WARNING", logger="tal_pipeline.checkpoint"):
+        det = Detector.load(old, build_extractor=False)
+        for _ in range(3):
+            det.detect_features(array, meta)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "flow version 1" in warned[0] and "version 2" in warned[0], warned
 
 
 def test_demo_checkpoint_is_small_and_plain():
