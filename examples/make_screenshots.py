@@ -11,7 +11,8 @@ how the timeline stacks a long video.
 
     python examples/make_screenshots.py [--results R.json --videos DIR_OR_FILE] [--annotations GT.json]
 
-Needs matplotlib, PyAV, Pillow and a Chromium (``apt-get install chromium``) for report.png.
+Needs matplotlib, PyAV, Pillow, and for report.png Playwright (``pip install playwright``) driving
+the system's Chromium (``apt-get install chromium``; ``TAL_CHROMIUM`` picks another binary).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import argparse
 import importlib.util
 import io
 import math
+import os
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,6 @@ from PIL import Image
 
 from tal_pipeline.plot import PlotOptions, plot_timeline
 from tal_pipeline.report import ReportOptions, write_report
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from browser import HeadlessChromium, find_chromium
 
 HERE = Path(__file__).resolve().parent
 FPS = 10.0  # frames per second of the synthetic clip
@@ -218,31 +216,45 @@ def _small_png(path: Path) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def screenshot(html: Path, png: Path, row: int = 3, width: int = 1280, height: int = 1000) -> Path:
-    """Open the report, click segment row ``row`` (a real click), pause, screenshot the top."""
-    with HeadlessChromium(width, height) as b:
-        b.navigate(html.resolve().as_uri())
-        b.evaluate(
-            "new Promise(function(r){var v=document.querySelector('video');if(!v||v.readyState>=1)return r();"
-            "v.addEventListener('loadedmetadata',r);setTimeout(r,10000);})",
-            await_promise=True,
-        )
-        box = b.evaluate(
-            "(function(){var r=document.querySelectorAll('table.segments tbody tr')[%d];"
-            "if(!r)return null;r.scrollIntoView({block:'center'});var q=r.getBoundingClientRect();"
-            "return [q.left+q.width/2,q.top+q.height/2];})()".replace("%d", str(row))
-        )
-        if box:
-            b.click(*box)
-        b.evaluate(
-            "new Promise(function(r){var v=document.querySelector('video'),n=0;if(!v)return r();"
-            "v.pause();(function w(){if((v.readyState>=2&&!v.seeking)||n++>60)return r();"
-            "setTimeout(w,50);})();})",
-            await_promise=True,
-        )
-        b.evaluate("window.scrollTo(0,0)")
-        time.sleep(0.5)
-        b.screenshot(png)
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def find_chromium() -> str | None:
+    """``$TAL_CHROMIUM`` (a path or a name on ``PATH``), else the first of CHROMIUM_NAMES."""
+    env = os.environ.get("TAL_CHROMIUM")
+    if env:
+        return env if Path(env).is_file() else shutil.which(env)
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+
+
+def screenshot(html: Path, png: Path, row: int = 0, width: int = 1280, height: int = 1000) -> Path:
+    """Open the report as it opens (min-score slider at its start), click segment row ``row``
+    of those on show (a real click), pause, screenshot the top."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        # --no-sandbox: root in containers; the page is our own file
+        browser = pw.chromium.launch(executable_path=find_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(html.resolve().as_uri())
+            page.evaluate(
+                "new Promise(function(r){var v=document.querySelector('video');if(!v||v.readyState>=1)return r();"
+                "v.addEventListener('loadedmetadata',r);setTimeout(r,10000);})"
+            )
+            rows = page.locator("table.segments tbody tr:visible")
+            if rows.count() > row:
+                rows.nth(row).click()
+            page.evaluate(
+                "new Promise(function(r){var v=document.querySelector('video'),n=0;if(!v)return r();"
+                "v.pause();(function w(){if((v.readyState>=2&&!v.seeking)||n++>60)return r();"
+                "setTimeout(w,50);})();})"
+            )
+            page.evaluate("window.scrollTo(0,0)")
+            page.wait_for_timeout(500)  # ms: the seeked frame paints
+            page.screenshot(path=png)
+        finally:
+            browser.close()
     _small_png(png)
     return png
 
@@ -301,8 +313,9 @@ def main() -> None:
             options=ReportOptions(top_k=6),
         )
         try:
-            if find_chromium() is None:
-                print("no Chromium: report.png not made (apt-get install chromium)")
+            if importlib.util.find_spec("playwright") is None or find_chromium() is None:
+                print("no Playwright or no Chromium: report.png not made "
+                      "(pip install playwright; apt-get install chromium)")
                 return
             screenshot(html, out / "report.png")
             print(out / "report.png", (out / "report.png").stat().st_size, "bytes")
