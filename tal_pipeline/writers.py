@@ -232,8 +232,13 @@ def _render_table(results: Mapping, options: WriterOptions, delimiter: str) -> s
     td, sd = options.time_decimals, options.score_decimals
     for vid, entries in results.get("results", {}).items():
         for s in _segments(entries):
-            w.writerow([neutralise_cell(vid), neutralise_cell(s.label), f"{s.start:.{td}f}",
-                        f"{s.end:.{td}f}", f"{s.score:.{sd}f}"])
+            text = [neutralise_cell(vid), neutralise_cell(s.label)]
+            numbers = [f"{s.start:.{td}f}", f"{s.end:.{td}f}", f"{s.score:.{sd}f}"]
+            if any("\r" in t for t in text):  # Python's csv quotes only the line terminator's
+                # characters: a lone CR, unquoted, would end the row in every reader
+                buf.write(delimiter.join(['"' + t.replace('"', '""') + '"' for t in text] + numbers) + "\n")
+            else:
+                w.writerow(text + numbers)
     return buf.getvalue()
 
 
