@@ -32,7 +32,7 @@ SEGMENTS = [  # (label, score, start s, end s)
     ("walk", 0.95, 0.4, 1.6),
     ('<img src=x onerror="window.__pwned=1">', 0.6, 2.5, 3.6),
     ("run", 0.8, 4.2, 5.5),
-    ("idle", 0.1, 5.0, 5.9),  # below the captions track's score: only a click shows it
+    ("idle", 0.1, 5.0, 5.9),  # below the page's opening score and the captions track's
 ]
 
 
