@@ -7,8 +7,10 @@ lanes, ground truth, actionness when the results carry it), a strip of keyframes
 segments and a table of segments; clicking a row, a bar or a keyframe seeks the player. The
 player carries the detections as a WebVTT captions track (on by default, a ``data:`` URI, so the
 page stays one file): the picture shows ``label (score)`` while a segment plays, and clicking a
-segment below the track's score shows its label too. With ground truth, the page also gives
-per-class AP. A batch gets an index with one section each.
+segment below the track's score shows its label too. The page opens on the detections the
+console summary and subtitles show (``SUBTITLE_MIN_SCORE``); a min-score slider reveals the
+lower-scoring ones the results keep for ranked evaluation. With ground truth, the page also
+gives per-class AP. A batch gets an index with one section each.
 
 Every string from the inputs (labels, video ids, paths) is HTML-escaped; the page's script
 reads its data from ``data-*`` attributes, never from JSON pasted into a ``<script>``.
