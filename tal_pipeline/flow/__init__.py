@@ -160,7 +160,7 @@ __all__ = [
     "OpenCVTVL1Options",
     "TVL1Options",
     "compute_flow",
-    "flow_version",
     "encode_flow",
+    "flow_version",
     "options_for",
 ]
