@@ -10,7 +10,8 @@
    output folder; two inputs with the same id are refused, all collisions listed.
 3. ``select_shard``: ``--shard i/n`` keeps every n-th id (sorted), starting at the i-th.
 4. ``run_batch``: a progress bar; skip what ``is_done`` says is complete (resume); one failure is
-   one line ``tal: <file>: <cause>`` and the batch goes on; Ctrl-C stops at once.
+   one line ``tal: <file>: <cause>`` and the batch goes on; Ctrl-C stops at once. Videos another
+   process holds are waited for at the end (``busy_wait``), then done or skipped like the others.
 5. ``write_failures``: the failure list, beside the outputs.
 
 ``run_item`` is one item's step (lock, resume check, stale temps, the per-video function); the
@@ -20,8 +21,13 @@ Interruption and concurrency: outputs are written atomically (``fsutil``) and th
 the completion marker, so a run killed at any point (even by SIGKILL) leaves only complete
 outputs, and the rerun skips them. With ``run_batch(lock_dir=...)`` each video is worked on
 under an exclusive ``flock`` on ``LOCKDIR/.<video_id>.lock``: several processes may run on the
-same output folder; a video another process holds is reported *busy* (neither done nor failed)
-and is not touched, a video that became complete meanwhile is skipped. The kernel drops a dead
+same output folder; a video another process holds is *busy*: left to it while the others are
+done, then waited for at the end, up to ``busy_wait`` seconds, with a note on stderr: once its
+lock is free it is skipped if the other process finished it with the same settings, else done
+here (its output from other settings is refused as on any resume). Exit status 0 means every
+input is done with this run's settings, so a video still busy after the wait is *not done*: it is
+listed at the end and the exit status is 1 (``exit_if_failed``). A video that became complete
+meanwhile is skipped. The kernel drops a dead
 process's lock, so no lock is ever stale; the file is removed on release. A video's leftover
 ``.part`` temps are removed only under its lock, never another live process's.
 """
@@ -30,10 +36,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,12 +392,13 @@ class BatchReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        """Every input done with this run's settings: none failed, none left busy elsewhere."""
+        return not self.failed and not self.busy
 
     def summary(self) -> str:
         text = f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
         if self.busy:
-            text += f", {len(self.busy)} busy (another process is on them)"
+            text += f", {len(self.busy)} busy (another process is still on them: not done)"
         return text
 
 
@@ -421,6 +430,7 @@ def run_batch(
     lock_dir: str | os.PathLike | None = None,
     outputs_fn: Callable[[str], Iterable[Path]] | None = None,
     problems: Iterable[tuple[Path, str]] = (),
+    busy_wait: float = 0.0,
 ) -> BatchReport:
     """Run ``process_fn(id, path)`` for each item not ``is_done_fn(id, path)``.
 
@@ -432,7 +442,9 @@ def run_batch(
     once. ``progress``: tqdm bar on stderr (None: only on a terminal).
 
     ``lock_dir``: work on each item under its lock ``lock_dir/.<id>.lock`` (module docstring):
-    an item locked elsewhere is reported busy; ``is_done_fn`` is asked again once locked.
+    an item locked elsewhere is busy: it is tried again after all the others, every
+    ``BUSY_POLL_S`` for up to ``busy_wait`` seconds (:func:`wait_for_busy`); ``is_done_fn`` is
+    asked again once locked. Items still busy then stay in ``report.busy`` (not done).
     ``outputs_fn(id)``: the files ``process_fn`` writes; their stale ``.part`` temps are removed
     (under the lock) before it runs.
     """
@@ -444,19 +456,65 @@ def run_batch(
         report.failed.append((str(where), cause))
     disable = (not sys.stderr.isatty()) if progress is None else not progress
     with tqdm(total=len(items), desc=desc, unit="video", file=sys.stderr, disable=disable) as bar:
-        for vid, path in items.items():
+        def attempt(vid: str, path: Path) -> str:
+            """One try of one item: its outcome recorded (and the bar moved) unless busy."""
             bar.set_postfix_str(vid, refresh=False)
-            report.paths[vid] = str(path)
             try:
                 outcome = run_item(vid, path, process_fn, is_done_fn, lock_dir, outputs_fn)
-                getattr(report, outcome).append(vid)
             except Exception as err:  # one bad video never stops the batch
                 cause = failure_cause(err, path)
                 log.debug("%s failed", path, exc_info=True)
                 tqdm.write(f"tal: {path}: {cause}", file=sys.stderr)
                 report.failed.append((str(path), cause))
-            bar.update(1)
+                outcome = "failed"
+            else:
+                if outcome != "busy":
+                    getattr(report, outcome).append(vid)
+            if outcome != "busy":
+                bar.update(1)
+            return outcome
+
+        busy = {}
+        for vid, path in items.items():
+            report.paths[vid] = str(path)
+            if attempt(vid, path) == "busy":
+                busy[vid] = path  # another process is on it: the others first, then wait
+        report.busy = wait_for_busy(busy, attempt, busy_wait, desc)
+        bar.update(len(report.busy))
     return report
+
+
+BUSY_POLL_S = 1.0  # how often a busy video's lock is tried again while waiting
+BUSY_NOTE_S = 60.0  # how often the wait says so on stderr
+
+
+def wait_for_busy(busy: Mapping[str, Path], attempt: Callable[[str, Path], str], wait_s: float,
+                  desc: str = "tal") -> list[str]:
+    """Try the ``busy`` items again (``attempt(vid, path)`` -> its outcome) until none is busy
+    or ``wait_s`` seconds have passed, with a note on stderr now and every ``BUSY_NOTE_S``;
+    returns the ids still busy (in order)."""
+    pending = dict(busy)
+    if not pending or wait_s <= 0:
+        return list(pending)
+    from tqdm import tqdm
+
+    start = time.monotonic()
+    note_at = start
+    while True:
+        now = time.monotonic()
+        if now >= note_at:
+            names = ", ".join(list(pending)[:3]) + (", ..." if len(pending) > 3 else "")
+            left = max(0, math.ceil(start + wait_s - now))
+            tqdm.write(f"{desc}: waiting for {len(pending)} video{'s' if len(pending) != 1 else ''} "
+                       f"another process is on ({names}); at most {left} s more (--busy-wait)",
+                       file=sys.stderr)
+            note_at = now + BUSY_NOTE_S
+        for vid in list(pending):
+            if attempt(vid, pending[vid]) != "busy":
+                del pending[vid]
+        if not pending or time.monotonic() - start >= wait_s:
+            return list(pending)
+        time.sleep(min(BUSY_POLL_S, max(0.0, start + wait_s - time.monotonic())))
 
 
 def failures_name(shard: str | None = None) -> str:
@@ -466,14 +524,22 @@ def failures_name(shard: str | None = None) -> str:
 
 
 def exit_if_failed(verb: str, report: BatchReport, failures: Path | None) -> None:
-    """The closing list of a verb's failures on stderr and exit status 1, if any failed
-    (``failures``: the failure list written, None if it could not be)."""
-    if not report.failed:
+    """The closing list of a verb's failures, and of the videos left busy (another process was
+    still on them: not done by this run), on stderr and exit status 1, if any (``failures``:
+    the failure list written, None if it could not be)."""
+    if report.ok:
         return
-    where = f", listed in {failures}" if failures is not None else ""
-    print(f"tal {verb}: {len(report.failed)} failed{where}:", file=sys.stderr)
-    for path, cause in report.failed:
-        print(f"  {path}: {cause}", file=sys.stderr)
+    if report.failed:
+        where = f", listed in {failures}" if failures is not None else ""
+        print(f"tal {verb}: {len(report.failed)} failed{where}:", file=sys.stderr)
+        for path, cause in report.failed:
+            print(f"  {path}: {cause}", file=sys.stderr)
+    if report.busy:
+        print(f"tal {verb}: {len(report.busy)} not done: another process was still on "
+              f"{'them' if len(report.busy) > 1 else 'it'} (run again once it ends, or pass a "
+              "longer --busy-wait):", file=sys.stderr)
+        for vid in report.busy:
+            print(f"  {report.paths.get(vid, vid)}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -4,8 +4,9 @@
 (even by SIGKILL), so a killed run never leaves a stale lock; the lock file itself is removed
 on release. ``try_lock`` takes a lock or says it is held elsewhere; ``hold_lock`` waits for it;
 shared locks let several runs share an output while one of them can still learn it is the last
-(``FileLock.try_exclusive``). On a file system without locking, work goes on unlocked with
-one warning.
+(``FileLock.try_exclusive``); ``claim_folder`` keeps runs of different kinds (features,
+detections) out of one folder at the same time. On a file system without locking, work goes on
+unlocked with one warning.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,6 +127,36 @@ def _lock(path: Path, blocking: bool, shared: bool) -> FileLock | None:
         if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
             return FileLock(path, fd)
         os.close(fd)  # its holder removed it as we opened it: lock the path's new file
+
+
+def claim_folder(folder: str | os.PathLike, kind: str, other: str,
+                 holds_other: Callable[[Path], str | None]) -> FileLock:
+    """Hold ``FOLDER/.tal-<kind>.lock`` (shared) for a whole run that writes files of ``kind``
+    ("features", "detections") into ``folder``, so that runs of the ``other`` kind never write
+    into it at the same time (several runs of one kind share it). Under
+    ``FOLDER/.tal-kinds.lock`` (exclusive, for a moment, so two runs starting together are
+    checked one after the other): a run of the other kind holding its lock, or what
+    ``holds_other(folder)`` finds there already (a line naming a file, or None), is an
+    InputError. ``release()`` the lock at the end (the last run removes the file)."""
+    from tal_pipeline.errors import InputError
+
+    folder = Path(folder)
+    with hold_lock(folder / ".tal-kinds.lock"):
+        probe = try_lock(folder / f".tal-{other}.lock")
+        if probe is None:
+            raise InputError(f"{folder}{os.sep}: another tal run is writing {other} into this "
+                             f"folder now; {kind} and {other} never share a folder: use another -o")
+        probe.release()
+        found = holds_other(folder)
+        if found:
+            raise InputError(f"{folder}{os.sep}: the folder holds {other} ({found}); {kind} and "
+                             f"{other} never share a folder: use another -o")
+        return hold_lock(folder / f".tal-{kind}.lock", shared=True)
+
+
+def release_claim(lock: FileLock) -> None:
+    """Let go of :func:`claim_folder`'s lock; the last run of its kind removes the file."""
+    lock.release(unlink=lock.try_exclusive())
 
 
 def remove_left_lock(path: Path) -> None:

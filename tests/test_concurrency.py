@@ -73,8 +73,8 @@ def test_locked_item_is_busy_and_left_alone(tmp_path):
                            outputs_fn=lambda vid: [tmp_path / f"{vid}.npy"])
         assert calls == ["a", "c"]
         assert report.done == ["a", "c"] and report.busy == ["b"] and report.skipped == ["d"]
-        assert report.ok and report.summary() == (
-            "2 done, 1 skipped, 0 failed, 1 busy (another process is on them)"
+        assert not report.ok and report.summary() == (  # busy is not done
+            "2 done, 1 skipped, 0 failed, 1 busy (another process is still on them: not done)"
         )
         assert live_temp.exists()  # never another live process's temp
         assert hidden(tmp_path) == [".b.lock", live_temp.name]  # ours are removed
@@ -259,19 +259,131 @@ def test_two_detect_shards_merge_into_one_file(tmp_path):
     assert not (tmp_path / "out.json.parts").exists() and hidden(tmp_path) == []
 
 
-def test_cli_reports_busy_videos(videos, tmp_path):
+def test_cli_reports_busy_videos_as_not_done(videos, tmp_path):
+    """Videos another process still holds after --busy-wait are not done by this run: listed,
+    exit status 1 (exit 0 means every input is done with this run's settings)."""
     out = tmp_path / "feats"
     out.mkdir()
     fds = [_raw_lock(lock_path(out, f"v{k}")) for k in range(3)]  # "another process" on v0-v2
     try:
-        r = CliRunner().invoke(main, ["extract", str(videos), "-o", str(out), *FAST])
+        start = time.monotonic()
+        r = CliRunner().invoke(main, ["extract", str(videos), "-o", str(out), *FAST, "--busy-wait", "2"])
+        waited = time.monotonic() - start
     finally:
         for fd in fds:
             os.close(fd)
-    assert r.exit_code == 0, r.output
-    assert "1 done, 0 skipped, 0 failed, 3 busy (another process is on them)" in r.stderr
+    assert r.exit_code == 1, r.output
+    assert "1 done, 0 skipped, 0 failed, 3 busy (another process is still on them: not done)" in r.stderr
+    assert "tal extract: waiting for 3 videos another process is on (v0, v1, v2); at most 2 s more" in r.stderr
+    listed = r.stderr[r.stderr.index("tal extract: 3 not done"):].splitlines()[1:]
+    assert listed == [f"  {videos / f'v{k}.mp4'}" for k in range(3)]
+    assert waited >= 2
     made = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert made == ["v3.json", "v3.npy"]
+
+
+def test_busy_video_is_waited_for_then_skipped_or_done(tmp_path):
+    """The holder finishes one busy video (then it is skipped here: done with the same settings)
+    and gives up the other (then it is done here); exit-0 material: nothing left busy."""
+    items = {k: tmp_path / f"{k}.mp4" for k in ("a", "b", "c")}
+    finished = set()
+    fds = {k: _raw_lock(lock_path(tmp_path, k)) for k in ("a", "b")}
+
+    def holder():  # "another process": finishes a, then drops b unfinished
+        time.sleep(0.5)
+        finished.add("a")
+        os.close(fds.pop("a"))
+        time.sleep(0.5)
+        os.close(fds.pop("b"))
+
+    calls = []
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        report = run_batch(items, lambda vid, p: calls.append(vid), lambda vid, p: vid in finished,
+                           progress=False, lock_dir=tmp_path, busy_wait=30)
+    finally:
+        t.join()
+    assert calls == ["c", "b"] and report.done == ["c", "b"] and report.skipped == ["a"]
+    assert report.busy == [] and report.ok
+    assert hidden(tmp_path) == []
+
+
+def _slow_two(first: list[str], second: list[str], delay: float = 0.0) -> list[tuple[int, str]]:
+    """Two tal processes, the second started ``delay`` s after the first; (rc, stderr) each."""
+    procs = []
+    for args in (first, second):
+        procs.append(subprocess.Popen([sys.executable, "-m", "tal_pipeline", *args],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(delay)
+    errs = [p.communicate(timeout=180)[1] for p in procs]
+    return [(p.returncode, err) for p, err in zip(procs, errs)]
+
+
+def _kinds(folder: Path) -> set[str]:
+    return {"features" if p.suffix == ".npy" else "detections" for p in folder.iterdir()
+            if p.suffix == ".npy" or (p.suffix == ".json" and not p.with_suffix(".npy").exists())}
+
+
+@pytest.mark.parametrize("first", ["extract", "detect"])
+def test_detect_and_extract_racing_on_one_folder_never_mix(videos, tmp_path, first):
+    """tal extract -o DIR and tal detect -o DIR/ started together (either first): one of them is
+    refused with one line before writing anything; the folder holds one kind of output."""
+    out = tmp_path / "out"
+    feats = tmp_path / "feats"
+    rng = np.random.default_rng(0)
+    feats.mkdir()
+    for k in range(4):
+        np.save(feats / f"f{k}.npy", rng.standard_normal((48, DEMO_DIM)).astype(np.float32))
+    extract = ["extract", str(videos), "-o", str(out), *FAST]
+    detect = ["detect", str(feats), "--features", "--fps", "10", "--feature-stride", "4", "-o",
+              f"{out}/", "--no-progress"]
+    runs = _slow_two(*((extract, detect) if first == "extract" else (detect, extract)), delay=2.0)
+    codes = sorted(rc for rc, _ in runs)
+    assert codes == [0, 1], runs
+    refused = next(err for rc, err in runs if rc == 1)
+    lines = [ln for ln in refused.splitlines() if ln.startswith("tal: ")]
+    assert len(lines) == 1 and "never share a folder" in lines[0], refused
+    assert "Traceback" not in refused
+    assert len(_kinds(out)) == 1, sorted(p.name for p in out.iterdir())
+    assert not [p for p in out.iterdir() if p.name.startswith(".tal-")]  # the claims are gone
+
+
+def test_sequential_extract_refuses_a_folder_of_detections(videos, tmp_path):
+    out = tmp_path / "out"
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    np.save(feats / "f0.npy", np.zeros((24, DEMO_DIM), np.float32))
+    args = ["--features", "--fps", "10", "--feature-stride", "4", "--no-progress"]
+    assert CliRunner().invoke(main, ["detect", str(feats), *args, "-o", f"{out}/"]).exit_code == 0
+    r = CliRunner().invoke(main, ["extract", str(videos / "v0.mp4"), "-o", str(out), *FAST])
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == (f"tal: error: {out}{os.sep}: the folder holds detections (f0.json, "
+                                         "from tal detect); features and detections never share a "
+                                         "folder: use another -o")
+    assert _kinds(out) == {"detections"}
+
+
+def test_two_models_racing_on_one_merged_output_never_exit_0_with_a_video_lost(tmp_path):
+    """Two runs with different --min-score (other settings: other provenance) on one -o x.json:
+    whatever the interleaving, a run that exits 0 has every one of its videos in x.json with
+    its own settings; the other fails by name."""
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(6):
+        np.save(feats / f"f{k}.npy", rng.standard_normal((48, DEMO_DIM)).astype(np.float32))
+    x = tmp_path / "out.json"
+    base = ["detect", str(feats), "--features", "--fps", "10", "--feature-stride", "4", "-o", str(x),
+            "--no-progress"]
+    runs = _slow_two([*base, "--min-score", "0.01"], [*base, "--min-score", "0.02"])
+    assert any(rc != 0 for rc, _ in runs), runs  # two settings cannot both own one merged file
+    res = load_results(x) if x.exists() else None
+    for (rc, err), score in zip(runs, (0.01, 0.02)):
+        assert "Traceback" not in err
+        if rc == 0:
+            assert res is not None and sorted(res.detections) == [f"f{k}" for k in range(6)], err
+            assert res.external_data["provenance"]["postprocess"]["min_score"] == score
 
 
 def test_detect_shards_keep_their_own_failure_lists(tmp_path):

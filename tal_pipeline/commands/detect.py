@@ -83,7 +83,7 @@ def provenance(det, use_features: bool) -> dict:
 @batch_options
 def command(inputs, output_arg, formats, model, use_features, fps, feature_stride, window_frames, annotations,
             device, flow_backend, weights, precision, min_score, top_k, overwrite, shard, report_path, progress,
-            quiet, ray_address, workers, gpus_per_worker, threads):
+            quiet, ray_address, workers, gpus_per_worker, threads, busy_wait):
     """Detect actions in INPUT (videos, folders or list files); write ActivityNet results JSON (or
     WebVTT, SRT, CSV, TSV: -o's extension or --format)."""
     from tal_pipeline.batch import VIDEO_EXTENSIONS, select_inputs
@@ -119,7 +119,12 @@ def command(inputs, output_arg, formats, model, use_features, fps, feature_strid
         ann = load_annotations(annotations)
     out = DetectionOutput(output_arg, overwrite, provenance(det, use_features), formats, cues, list(items),
                           inputs=[*items.values(), model, annotations], report=report_path)
+    claim = None
     try:
+        if out.split:  # never at the same time as a tal extract into this folder (locks.py)
+            from tal_pipeline.locks import claim_folder
+
+            claim = claim_folder(out.path, "detections", "features", _holds_features)
         # the per-video work (jobs.py), the same for the local loop and for --ray workers
         job = DetectJob(
             output_arg=output_arg, formats=formats, writer_options=cues, overwrite=overwrite,
@@ -135,10 +140,33 @@ def command(inputs, output_arg, formats, model, use_features, fps, feature_strid
         local = None if ray_address is not None else DetectWorker(job, det, out, ann)
         report = run_job(items, job, desc="tal detect", progress=progress, problems=problems,
                          ray_address=ray_address, workers=workers,
-                         gpus_per_worker=gpus_per_worker, local=local)
+                         gpus_per_worker=gpus_per_worker, local=local, busy_wait=busy_wait)
         _finish(out, report, items, local, use_features, ann, report_path, shard)
     finally:
+        if claim is not None:
+            from tal_pipeline.locks import release_claim
+
+            release_claim(claim)
         out.close()
+
+
+def _holds_features(folder: Path) -> str | None:
+    """A feature file of tal extract in ``folder``, by name; None if there is none."""
+    npy = next(folder.glob("*.npy"), None)
+    return None if npy is None else f"{npy.name}, from tal extract"
+
+
+def _lost(merged: dict | None, report) -> list[tuple[str, str]]:
+    """Merged mode: the videos this run counted as done or skipped that the merged file does not
+    hold (another run on the same output with other settings replaced their parts meanwhile):
+    ``(path, cause)`` failures, so that exit status 0 never hides them."""
+    held = set((merged or {}).get("results", {}))
+    return [(report.paths.get(vid, vid), LOST) for vid in [*report.done, *report.skipped]
+            if vid not in held]
+
+
+LOST = ("its results were replaced by another run on this output with other settings (another "
+        "--model or option) before the merge; run again alone")
 
 
 def _finish(out: DetectionOutput, report, items, local, use_features, ann, report_path, shard=None) -> None:
@@ -150,7 +178,15 @@ def _finish(out: DetectionOutput, report, items, local, use_features, ann, repor
     failures = write_failures(where.parent, report, where.name, required=False)
     if not out.split:
         # every finished video is in the merged file now: the parts are not needed to resume
-        out.merge(list(items))
+        lost = _lost(out.merge(list(items)), report)
+        if lost:
+            for path, cause in lost:
+                click.echo(f"tal: {path}: {cause}", err=True)
+            gone = {p for p, _ in lost}
+            report.done = [v for v in report.done if report.paths.get(v, v) not in gone]
+            report.skipped = [v for v in report.skipped if report.paths.get(v, v) not in gone]
+            report.failed.extend(lost)
+            failures = write_failures(where.parent, report, where.name, required=False)
         out.close(remove_parts=True)
     click.echo(f"tal detect: {report.summary()} -> {', '.join(map(str, out.visible))}", err=True)
     if len(items) == 1 and found:

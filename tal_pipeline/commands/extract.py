@@ -14,6 +14,7 @@ counts as *busy* and is left to it (run again afterwards to be sure all are done
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -39,7 +40,7 @@ from tal_pipeline.commands.options import batch_options, run_job, streams_value
               help="Frame side in pixels (0: the weights' crop). Tests and ablations only.")
 @batch_options
 def command(inputs, out_dir, names, flow_backend, weights, backbone, device, precision, overwrite, shard,
-            chunk_frames, progress, size, ray_address, workers, gpus_per_worker, threads):
+            chunk_frames, progress, size, ray_address, workers, gpus_per_worker, threads, busy_wait):
     """Extract RGB + TV-L1 flow 3D-ResNet features from videos, files or folders or .txt lists."""
     from tal_pipeline.batch import (
         check_output_folder,
@@ -62,8 +63,30 @@ def command(inputs, out_dir, names, flow_backend, weights, backbone, device, pre
                                    "flow_backend": flow_backend, "device": device,
                                    "chunk_frames": chunk_frames, "size": size, "precision": precision},
                      overwrite=overwrite, threads=threads or default_threads())
-    report = run_job(items, job, desc="tal extract", progress=progress, problems=problems,
-                     ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+    from tal_pipeline.locks import claim_folder, release_claim
+
+    local = job.setup() if ray_address is None else None  # the weights load before the folder is made
+    # never at the same time as a tal detect into this folder (locks.py)
+    claim = claim_folder(out_dir, "features", "detections", _holds_detections)
+    try:
+        report = run_job(items, job, desc="tal extract", progress=progress, problems=problems,
+                         ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                         local=local, busy_wait=busy_wait)
+    finally:
+        release_claim(claim)
     failures = write_failures(out_dir, report, failures_name(shard))
     click.echo(f"tal extract: {report.summary()} -> {out_dir}", err=True)
     exit_if_failed("extract", report, failures)
+
+
+def _holds_detections(folder: Path) -> str | None:
+    """Results of tal detect in ``folder`` (a results JSON without its .npy, or the hidden
+    records of ``.tal/``), by name; None if there are none."""
+    from tal_pipeline.safety import sniff
+
+    if (folder / ".tal").is_dir():
+        return f"{folder / '.tal'}{os.sep}, tal detect's records"
+    for js in sorted(folder.glob("*.json")):
+        if not js.with_suffix(".npy").exists() and sniff(js) == "results":
+            return f"{js.name}, from tal detect"
+    return None

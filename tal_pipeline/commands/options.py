@@ -73,6 +73,9 @@ def device_option(help: str = "Torch device: cpu, cuda, cuda:1, ..."):
     return click.option("--device", default="cpu", show_default=True, callback=_device, help=help)
 
 
+BUSY_WAIT_S = 3600.0  # --busy-wait's default: a long video's extraction on a CPU takes this long
+
+
 def npy_options(f):
     """``--fps``, ``--feature-stride``, ``--window-frames``: how to read time from meta-less
     ``.npy`` features (``featio.load_features``; ActionFormer's convention: feature i is centred
@@ -104,6 +107,10 @@ def batch_options(f):
         click.option("--overwrite", is_flag=True,
                      help="Redo videos whose outputs exist (never over a file of another kind)."),
         click.option("--shard", default=None, metavar="I/N", help="Process only shard I of N (0-based)."),
+        click.option("--busy-wait", type=FiniteFloat(0), default=BUSY_WAIT_S, show_default=True,
+                     metavar="SECONDS",
+                     help="At the end, wait this long for videos another process on the same output "
+                          "is working on; still busy then: not done, exit status 1. 0: no wait."),
         click.option("--progress/--no-progress", default=None,
                      help="Progress bar (default: on a terminal)."),
     )):
@@ -150,15 +157,17 @@ def _scale_out_params(f):
 
 
 def run_job(items, job, *, desc, progress, problems, ray_address, workers, gpus_per_worker,
-            local=None):
+            local=None, busy_wait=0.0):
     """The batch of ``job`` over ``items``: locally (``local``: a worker the caller built
-    already, else ``job.setup()``), or on Ray when ``ray_address`` is set."""
+    already, else ``job.setup()``), or on Ray when ``ray_address`` is set. ``busy_wait``: the
+    local loop's wait for videos another process holds (on Ray such videos count as not done)."""
     if ray_address is None:
         from tal_pipeline.batch import run_batch
 
         w = local if local is not None else job.setup()
         return run_batch(items, w.process, w.is_done, desc=desc, progress=progress,
-                         lock_dir=w.lock_dir, outputs_fn=w.outputs, problems=problems)
+                         lock_dir=w.lock_dir, outputs_fn=w.outputs, problems=problems,
+                         busy_wait=busy_wait)
     from tal_pipeline.ray_engine import RayOptions, run_batch_ray
 
     opts = RayOptions(address=None if ray_address == "local" else ray_address, workers=workers,
