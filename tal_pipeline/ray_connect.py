@@ -56,6 +56,9 @@ def connect(address: str | None) -> None:
     line when nothing there answers as a Ray cluster, when the token is missing or wrong, or when
     Ray cannot start; UsageError for an address that is not HOST:PORT or ``auto``."""
     quiet_ray()
+    if address == "auto":
+        found = _auto_address()
+        address = found if found and "://" not in found else address
     if address is not LOCAL and address != "auto":
         host, port = split_address(address)
         _speaks_grpc(host, port, address)
@@ -104,6 +107,19 @@ def _ray_messages_to_log() -> None:
     ray_worker.print_to_stdstream = to_log
 
 
+def _auto_address() -> str | None:
+    """What Ray's ``auto`` would join: ``RAY_ADDRESS``, else the address the last ``ray start``
+    on this machine recorded (so that it is probed like one given by hand)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    record = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp"), "ray", "ray_current_cluster")
+    try:
+        with open(record, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if "://" in address or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -132,7 +148,8 @@ def _speaks_grpc(host: str, port: int, address: str, timeout: float = GREETING_T
         raise InputError(f"{nothing}: {cause} (start one with `ray start --head` on the head "
                          "machine and pass its HOST:PORT)") from None
     if len(head) < 9 or head[3] != 0x04:
-        seen = "an HTTP/1 server" if head.startswith(b"HTTP/") else "something else"
+        web = head.startswith((b"HTTP/", b"<")) or b"html" in head.lower()  # 0.9: a page alone
+        seen = "a web server (HTTP/1)" if web else "something else"
         raise InputError(f"{nothing}: {seen} listens there, not Ray's GCS (the address of "
                          "`ray start --head`, its --port, is wanted)")
 

@@ -99,10 +99,15 @@ def plan_workers(options: RayOptions, videos: int) -> tuple[int, float]:
     each = float(options.threads)
     if cpus > 0 and n * each > cpus:
         each = cpus / n
-    largest = max((float(nd["Resources"].get("CPU", 0.0)) for nd in ray.nodes() if nd["Alive"]),
-                  default=0.0)
-    if largest > 0:
-        each = min(each, largest)
+    nodes = [nd["Resources"] for nd in ray.nodes() if nd["Alive"]]
+    largest = max((float(r.get("CPU", 0.0)) for r in nodes), default=0.0)
+    most_gpus = max((float(r.get("GPU", 0.0)) for r in nodes), default=0.0)
+    if largest <= 0 or options.gpus_per_worker > most_gpus:
+        need = (f"{options.gpus_per_worker:g} GPU" if options.gpus_per_worker > most_gpus
+                else "a CPU")
+        raise InputError(f"--ray: no worker can ever start: each needs {need} and no node of "
+                         f"the cluster has one ({len(nodes)} node{'s' if len(nodes) != 1 else ''})")
+    each = min(each, largest)  # more threads than a node's CPUs: it runs there, oversubscribed
     return n, each
 
 

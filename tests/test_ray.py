@@ -113,16 +113,9 @@ def test_local_ray_matches_local_path(videos, local_out, tmp_path):
     assert res.returncode == 1, res.stderr  # the corrupt file fails, alone
     assert f"tal: {videos / 'broken.mp4'}: " in res.stderr
     assert "4 done, 0 skipped, 1 failed" in res.stderr
-    assert "Traceback" not in res.stderr
-    _nothing_made(tmp_path / "f")
-
-    res = _tal("extract", videos / "clip0.mp4", "-o", tmp_path / "f", *FAST, "--ray", "nowhere")
-    assert res.returncode == 2 and "expected HOST:PORT or auto" in res.stderr, res.stderr
+    _no_ray_noise(res)
     _same_outputs(out, local_out)  # bitwise: features, metas, failure list
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp or lock left
-
-    res = _in_namespace(f"{cmd}")
-    assert res.returncode == 1 and "0 done, 4 skipped, 1 failed" in res.stderr, res.stderr
 
 
 # a second node on 127.0.0.2 beside the head on 127.0.0.1, one CPU each: one worker on each
@@ -306,7 +299,7 @@ def test_not_a_ray_cluster_is_one_line_within_seconds(videos, tmp_path):
         """,
         timeout=200)
     assert res.returncode == 0 and res.stdout == "", res.stderr
-    for port, seen in (("8089", "an HTTP/1 server listens there"), ("8090", "no answer within"),
+    for port, seen in (("8089", "a web server (HTTP/1) listens there, not Ray's GCS"), ("8090", "no answer within"),
                        ("1", "Connection refused")):
         rc, t0, t1 = (tmp_path / f"rc{port}").read_text().split()
         lines = (tmp_path / f"err{port}").read_text().splitlines()
