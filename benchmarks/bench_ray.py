@@ -21,9 +21,12 @@ the process before it shuts down, as a worker's is: see ``TAL``) and, for Ray, e
 peak RSS and its floor, the peak it had when its first video started (both read from
 ``TAL_WORKER_LOG``). Peak minus floor is what the videos themselves cost, on either side.
 
-Ray binds to every interface, so unless ``--no-netns`` the script re-runs itself in a private
-network namespace with only loopback up (``unshare --net``, needs root): all traffic stays on
-127.0.0.1.
+Ray binds to every interface, so unless ``--no-netns`` the script re-runs itself in private
+network and PID namespaces with only loopback up (``unshare --net --pid``, needs root): all
+traffic stays on 127.0.0.1, and every Ray process it started ends with it. It stops nothing
+else: each ``--ray`` run without ``--address`` starts its own local instance, which ends with
+that ``tal`` process, and ``RAY_TMPDIR`` points at the run's own folder, so no cluster that
+``ray start`` made elsewhere on the machine is joined (or stopped).
 """
 
 from __future__ import annotations
@@ -100,10 +103,14 @@ def main() -> None:
     args = ap.parse_args()
     if not args.no_netns and os.environ.get("TAL_BENCH_NETNS") != "1":
         inner = " ".join(map(repr, [sys.executable, *sys.argv]))
-        os.execvpe("unshare", ["unshare", "--net", "sh", "-c", f"ip link set lo up; exec {inner}"],
+        os.execvpe("unshare", ["unshare", "--net", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                               f"ip link set lo up; exec {inner}"],
                    {**os.environ, "TAL_BENCH_NETNS": "1"})
 
     root = Path(tempfile.mkdtemp(prefix="tal_bench_ray_"))
+    if args.address is None:  # a local instance of our own: never the machine's `ray start` one
+        (root / "ray").mkdir()
+        os.environ["RAY_TMPDIR"] = str(root / "ray")
     clips = root / "clips"
     clips.mkdir()
     cache = Path(tempfile.gettempdir()) / "tal_bench"
@@ -146,14 +153,11 @@ def main() -> None:
               + (f"  workers peak {row['worker_peak_mb']} MB, floor {row['worker_floor_mb']} MB"
                  if "worker_peak_mb" in row else ""),
               flush=True)
-        if args.address is None and name.startswith("ray"):
-            subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
     r = res["runs"]
-    for run_name, ref in (("ray", "local"), ("ray-1t", "local-1t")):
+    for run_name, ref in (("ray", "local"), ("ray-1t", "local-1t")):  # same threads each side
         if run_name in r and ref in r:
             res[f"bitwise_{run_name}_eq_{ref}"] = same_outputs(root / run_name, root / ref)
-        if run_name in r and "local" in r:
-            res[f"ratio_{run_name}_vs_local"] = round(r[run_name]["wall_s"] / r["local"]["wall_s"], 3)
+            res[f"ratio_{run_name}_vs_{ref}"] = round(r[run_name]["wall_s"] / r[ref]["wall_s"], 3)
     print({k: v for k, v in res.items() if k.startswith(("ratio", "bitwise"))})
     print(json.dumps(res))
     shutil.rmtree(root, ignore_errors=True)
