@@ -7,18 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tal_pipeline.batch import (
-    BatchReport,
+from tal_pipeline.batch import BatchReport, run_batch, write_failures
+from tal_pipeline.errors import InputError, UsageError, VideoDecodeError
+from tal_pipeline.inputs import (
     check_unique_ids,
     collect_inputs,
     parse_shard,
-    run_batch,
     select_inputs,
     select_shard,
     video_id,
-    write_failures,
 )
-from tal_pipeline.errors import InputError, UsageError, VideoDecodeError
 
 
 def touch(p: Path) -> Path:
@@ -93,7 +91,7 @@ def test_collect_reports_unlistable_folders(tmp_path, monkeypatch, caplog):
     problems = []
     assert collect_inputs([root], problems=problems) == [a]
     assert problems == [(root / "locked", "cannot list the folder: permission denied")]
-    with caplog.at_level("WARNING", logger="tal_pipeline.batch"):  # no list: a warning each
+    with caplog.at_level("WARNING", logger="tal_pipeline.inputs"):  # no list: a warning each
         assert collect_inputs([root]) == [a]
     assert [r.getMessage() for r in caplog.records] == [f"{root / 'locked'}: cannot list the folder: permission denied"]
     with pytest.raises(InputError, match="locked: cannot list the folder: permission denied"):

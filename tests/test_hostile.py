@@ -20,8 +20,8 @@ from badfiles import make_bad, unprivileged_prefix, write_clip
 from click.testing import CliRunner
 from videogen import write_video
 
-from tal_pipeline.batch import video_id
 from tal_pipeline.cli import main
+from tal_pipeline.inputs import video_id
 
 BAD = {  # file name in the batch folder -> badfiles kind
     "zero_bytes.mp4": "empty",

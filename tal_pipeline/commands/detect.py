@@ -86,7 +86,7 @@ def command(inputs, output_arg, formats, model, use_features, fps, feature_strid
             quiet, ray_address, workers, gpus_per_worker, threads, busy_wait):
     """Detect actions in INPUT (videos, folders or list files); write ActivityNet results JSON (or
     WebVTT, SRT, CSV, TSV: -o's extension or --format)."""
-    from tal_pipeline.batch import VIDEO_EXTENSIONS, select_inputs
+    from tal_pipeline.inputs import VIDEO_EXTENSIONS, select_inputs
     from tal_pipeline.jobs import DetectJob, DetectWorker, default_threads, set_threads
     from tal_pipeline.pipeline import Detector
     from tal_pipeline.postprocess import PostprocessConfig

@@ -46,9 +46,9 @@ def command(inputs, out_dir, names, flow_backend, weights, backbone, device, pre
         check_output_folder,
         exit_if_failed,
         failures_name,
-        select_inputs,
         write_failures,
     )
+    from tal_pipeline.inputs import select_inputs
     from tal_pipeline.jobs import ExtractJob, default_threads
 
     problems: list = []  # folders that could not be walked: failures of this batch
