@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from tal_pipeline.batch import VIDEO_EXTENSIONS
 from tal_pipeline.errors import InputError
+from tal_pipeline.inputs import VIDEO_EXTENSIONS
 from tal_pipeline.plot import actionness_curve, assign_lanes, class_colors
 from tal_pipeline.writers import SUBTITLE_MIN_SCORE
 

@@ -226,7 +226,7 @@ def _check_size(path, width: int, height: int) -> None:
 def _list_hint(path: Path) -> str:
     """A text file whose first entry (read as ``batch`` reads a list) is an existing file is a
     list of videos without the ``.txt`` that makes it one: say so; else "". Reads 4 KB only."""
-    from tal_pipeline.batch import list_entries
+    from tal_pipeline.inputs import list_entries
 
     try:
         with open(path, "rb") as f:
