@@ -28,7 +28,7 @@ does, the trunk (or the probe's protocol) does.
 
 ``--clean-epe N`` measures TV-L1 alone on N videos of a still scene (photographs, no moving
 objects: the camera's field is then the whole truth), each a 5 s zoom in and a 5 s zoom out:
-EPE centre / edge for OpenCV, torch, and torch without the gain match.
+EPE centre / edge for OpenCV, torch, torch without the gain match, and torch with ``affine_tv``.
 """
 
 from __future__ import annotations
@@ -184,7 +184,8 @@ def clean_zoom_epe(n_videos: int, seed: int) -> dict:
     sources = footage.find_sources("train")
     script = [("static", 1.0), ("zoom_in", 5.0), ("static", 1.0), ("zoom_out", 5.0), ("static", 1.0)]
     flows = {"opencv": ("opencv", None), "torch": ("torch", None),
-             "torch, no gain match": ("torch", TVL1Options(match_gain=False))}
+             "torch, no gain match": ("torch", TVL1Options(match_gain=False)),
+             "torch, affine_tv": ("torch", TVL1Options(affine_tv=True))}
     truth, est = [], {k: [] for k in flows}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n_videos):
