@@ -83,6 +83,8 @@ def worker_memory(log: Path) -> dict[str, tuple[float, float]]:
 
 
 def same_outputs(a: Path, b: Path) -> bool:
+    if not (a.is_dir() and b.is_dir()):  # a run that failed before its first output
+        return False
     names = sorted(p.name for p in a.iterdir())
     return names == sorted(p.name for p in b.iterdir()) and all(
         filecmp.cmp(a / n, b / n, shallow=False) for n in names)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -224,5 +225,6 @@ def ray_cause(err: BaseException) -> str:
     text = str(getattr(err, "cause", None) or err)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     tail = [ln for ln in lines if not ln.startswith(("File ", "Traceback", "^"))]
-    return (tail[-1] if tail else type(err).__name__)[:300]
+    line = tail[-1] if tail else type(err).__name__
+    return re.sub(r"^tal_pipeline\.errors\.\w+: ", "", line)[:300]  # our own error: its words
 

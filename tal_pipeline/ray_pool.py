@@ -83,6 +83,9 @@ class Pool:
             self.bar.set_postfix_str(f"{self.workers} workers", refresh=False)
             while self.queue or self.later or any(s.vid for s in self.slots.values()):
                 self._dispatch()
+                if not self.calls:  # only re-asks waiting for their time
+                    time.sleep(WAIT_S)
+                    continue
                 ready, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=WAIT_S)
                 for ref in ready:
                     self._answer(ref)
