@@ -212,10 +212,12 @@ def _kind_of(path: Path, head: bytes, tail: bytes) -> str:
 def _json_kind(path: Path, head: str) -> str:
     from tal_pipeline.errors import loads_json
 
+    if _CUT_RESULTS.match(head):  # tal's results, whole or cut short: no need to parse them
+        return "results"
     try:
         obj = loads_json(path.read_bytes())
-    except (OSError, ValueError):  # not complete JSON: ours only if it starts as ours does
-        return "results" if _CUT_RESULTS.match(head) else "other"
+    except (OSError, ValueError):  # not complete JSON, and not ours
+        return "other"
     if not isinstance(obj, Mapping):
         return "other"
     if str(obj.get("format", "")).startswith(f"{MARKER}/features") or {
