@@ -355,6 +355,31 @@ def test_formula_cells_are_neutralised_and_numbers_are_not(fmt, delim):
         assert all(not c.startswith("'") and float(c) >= 0 for c in r[2:])
 
 
+def _reader_restores_cells() -> bool:
+    import importlib
+    import inspect
+
+    return "restore_cell" in inspect.getsource(importlib.import_module("tal_pipeline.annotations"))
+
+
+@pytest.mark.xfail(not _reader_restores_cells(), strict=True,
+                   reason="the CSV annotation reader (annotations.py) must undo the neutralising "
+                          "with safety.restore_cell")
+def test_convert_csv_read_back_as_annotations_is_exact(tmp_path):
+    labels = ["=1+1", "-pan", "@x", "+zoom", "'=quoted", "''-two", "plain", "'", "\tlead"]
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps({"results": {vid: [{"label": lab, "score": 0.5, "segment": [k, k + 1.0]}
+                                                   for k, lab in enumerate(labels)]
+                                            for vid in ("-v1", "=v2", "v3")}}))
+    for fmt in ("csv", "tsv"):
+        assert _tal("convert", pred, "-o", tmp_path / f"p.{fmt}").exit_code == 0
+        from tal_pipeline.annotations import load_annotations
+
+        ann = load_annotations(tmp_path / f"p.{fmt}")
+        assert list(ann.videos) == ["-v1", "=v2", "v3"]
+        assert all([s[0] for s in v.segments] == labels for v in ann.videos.values())
+
+
 @given(st.text(max_size=20))
 def test_neutralise_is_undone_exactly(text):
     cell = safety.neutralise_cell(text)
