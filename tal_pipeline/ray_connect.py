@@ -68,7 +68,7 @@ def connect(address: str | None) -> None:
             import ray
     except ImportError:
         raise NotAvailableError("--ray needs Ray: pip install 'tal-pipeline[ray]' "
-                                "(or pip install 'ray[data]')") from None
+                                "(or pip install ray)") from None
     if ray.is_initialized():
         return
     level = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
@@ -77,6 +77,7 @@ def connect(address: str | None) -> None:
     if address is LOCAL:
         kwargs["include_dashboard"] = False
     where = "a local Ray instance" if address is LOCAL else f"the Ray cluster at {address}"
+    _ray_messages_to_log()  # before init: it binds the printer of the workers' logs (-v)
     try:
         with _quiet_fds():
             ray.init(address=address, **kwargs)
@@ -87,7 +88,6 @@ def connect(address: str | None) -> None:
         hint = ("start one with `ray start --head` on the head machine and pass its HOST:PORT"
                 if address is not LOCAL else "check `ray status` and the machine's resources")
         raise InputError(f"--ray: cannot connect to {where}: {cause} ({hint})") from None
-    _ray_messages_to_log()
 
 
 def _ray_messages_to_log() -> None:

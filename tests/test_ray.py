@@ -323,6 +323,7 @@ def test_detect_on_ray_matches_local(videos, tmp_path):
     res = _in_namespace(f"{cmd}")
     assert res.returncode == 1, res.stderr
     assert "4 done, 0 skipped, 1 failed" in res.stderr
+    _no_ray_noise(res)
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")
     assert sorted(json.loads((tmp_path / "ray" / "x.json").read_text())["results"]) == [
         f"clip{k}" for k in range(4)]
