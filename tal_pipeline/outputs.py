@@ -39,10 +39,10 @@ class DetectionOutput:
         from tal_pipeline.batch import check_output_folder
         from tal_pipeline.fsutil import fit_name
         from tal_pipeline.locks import hold_lock
-        from tal_pipeline.safety import Inputs, check_target
+        from tal_pipeline.safety import Inputs, check_output_arg, check_target
         from tal_pipeline.writers import WriterOptions, output_files
 
-        self.path = Path(output_arg)
+        self.path = Path(check_output_arg(output_arg))
         self.split = output_arg.endswith(("/", os.sep)) or self.path.is_dir()
         self.writer_options = writer_options or WriterOptions()
         # files beside the JSON record: split mode, format -> per-video suffix; merged: -> file

@@ -266,6 +266,16 @@ def _special_name(path) -> str:
     return next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
 
 
+def check_output_arg(arg: str) -> str:
+    """``-o`` as given: UsageError (exit 2) for ``''`` (it would mean the current folder) and
+    ``-`` (standard output: no verb writes there)."""
+    if arg == "":
+        raise UsageError("-o '': empty; name a file, or a folder with a trailing /")
+    if arg == "-":
+        raise UsageError("-o -: standard output is not an output of tal; name a file")
+    return arg
+
+
 def refusal(path: str | os.PathLike, kind: str, inputs: Inputs = NO_INPUTS) -> str | None:
     """Why ``path`` may not be written as ``kind`` (a key of :data:`KINDS`), or None: ``-o -``,
     an input of the run, a folder, a broken link, a device/FIFO/socket, or a file of another

@@ -233,6 +233,11 @@ def test_cli_refuses_fifo_and_dash_in_one_line(tmp_path):
     assert r.exit_code == 1 and "named pipe" in _one_error(r)
     r = _tal("convert", src, "-o", "-")
     assert r.exit_code == 2 and "standard output" in _one_error(r)
+    os.chdir(tmp_path)  # -o '' would otherwise mean the current folder
+    for verb, args in (("convert", [src]), ("detect", [*_feats(tmp_path / "feats").glob("*.npy"), *FEATS])):
+        r = _tal(verb, *args, "-o", "")
+        assert r.exit_code == 2 and "-o '': empty" in _one_error(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats", "o.vtt", "r.json"]
     r = _tal("plot", src, "-o", fifo.with_suffix(".png"))
     assert r.exit_code == 0  # a new file is fine
     os.mkfifo(tmp_path / "p.svg")

@@ -35,9 +35,10 @@ def command(pred, output_arg, formats, min_score, video_ids):
     """Write the detections in PRED (results file or folder) as json, vtt, srt, csv or tsv."""
     from tal_pipeline.errors import InputError
     from tal_pipeline.results import load_results, make_results
-    from tal_pipeline.safety import Inputs, file_in, id_names
+    from tal_pipeline.safety import Inputs, check_output_arg, file_in, id_names
     from tal_pipeline.writers import WriterOptions, output_files
 
+    check_output_arg(output_arg)
     res = load_results(pred)
     ids = list(video_ids) or list(res.detections)
     missing = [v for v in ids if v not in res.detections]
