@@ -7,12 +7,15 @@ video's features (T = 9000 at 0.4 s, D = 1024).
     python benchmarks/bench_head.py --seeds 0,1,2          # every method with 3 training seeds
     python benchmarks/bench_head.py --infer-only
 
-Regimes: ``benchmarks/synthetic.py`` (``easy``, ``hard``, ``long``, ``recur``). Methods
+Regimes: ``benchmarks/synthetic.py`` (``easy``, ``hard``, ``long``, ``recur``, ``harder``). Methods
 (``benchmarks/head_harness.py``): ``linear`` (per-position linear probe + runs), ``dilated``
 (5-layer dilated conv per-position classifier, 40 epochs, 5-step moving average + runs),
 ``head-bare`` (the head with TSA off and TPP off), ``head`` (``tal train``'s defaults), and the
-ablations ``head-noTSA``, ``head-noTPP``, ``head-plain``. Every (regime, method, seed) trains in its
-own process with one intra-op thread, ``--jobs`` at a time. ``--seeds`` are *training* seeds (initial
+ablations ``head-noTSA``, ``head-noTPP``, ``head-plain``; ``actionformer``, the peer, by its own THUMOS14
+recipe with its EMA weights (``benchmarks/actionformer_peer.py``; needs ``$ACTIONFORMER_DIR``, a
+checkout at its pinned commit, and ``$ACTIONFORMER_PYTHONPATH`` for its own imports; ``--epochs``
+sets its epochs after warm-up). Every (regime, method, seed) trains in its own process with one
+intra-op thread, ``--jobs`` at a time. ``--seeds`` are *training* seeds (initial
 weights, window order); the data of a regime is fixed by its own seed. With several seeds the
 table adds each method's mean row: one seed of the head moves its mAP by a few points.
 
@@ -43,7 +46,19 @@ HEADS = {  # method -> head overrides on top of tal train's defaults
     "head-noTPP": {"tpp": False},
     "head-plain": {"tsa": "plain"},
 }
-METHODS = ("linear", "dilated", *HEADS)
+PEERS = ("actionformer",)  # benchmarks/actionformer_peer.py
+METHODS = ("linear", "dilated", *HEADS, *PEERS)
+
+
+def _peer_setup():
+    """(checkout, work folder) of the ActionFormer peer, from the environment."""
+    from benchmarks import actionformer_peer
+
+    checkout = os.environ.get("ACTIONFORMER_DIR")
+    if not checkout or not (Path(checkout) / "train.py").is_file():
+        sys.exit(f"method actionformer needs $ACTIONFORMER_DIR: a checkout at {actionformer_peer.AF_COMMIT}")
+    actionformer_peer.EXTRA_PATH.extend(d for d in os.environ.get("ACTIONFORMER_PYTHONPATH", "").split(":") if d)
+    return Path(checkout).resolve(), Path(os.environ.get("ACTIONFORMER_WORK", "actionformer_work")).resolve()
 
 
 def run_method(regime_name: str, method: str, epochs: int | None, seed: int) -> dict:
@@ -57,7 +72,13 @@ def run_method(regime_name: str, method: str, epochs: int | None, seed: int) -> 
 
     torch.set_num_threads(1)
     sp = splits(make_benchmark(regime(regime_name)))
-    if method in HEADS:
+    if method in PEERS:
+        from benchmarks.actionformer_peer import PeerOptions, run_peer
+
+        checkout, work = _peer_setup()
+        row = run_peer(regime_name, checkout, work, PeerOptions(epochs=epochs, seed=seed))[0]  # EMA weights
+        r, val = {"testing": row["test"], "train_s": row["train_s"]}, None
+    elif method in HEADS:
         config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
         with tempfile.TemporaryDirectory() as tmp:
             r = train_head(sp, Path(tmp) / "m.pt", replace(config), head=HEADS[method])
@@ -139,7 +160,7 @@ def _table(rows: list[dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--regimes", default="easy,hard,long,recur")
+    p.add_argument("--regimes", default="easy,hard,long,recur,harder")
     p.add_argument("--methods", default="linear,dilated,head-bare,head")
     p.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated (mean row when several)")
@@ -174,6 +195,10 @@ def main() -> None:
             sys.exit(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
         seeds = [s.strip() for s in args.seeds.split(",")]
         jobs = [(f"{r.strip()}:{m}", s) for r in args.regimes.split(",") for m in methods for s in seeds]
+        if set(methods) & set(PEERS):  # its patched copy and NMS build, once, before parallel jobs
+            from benchmarks.actionformer_peer import prepare
+
+            prepare(*_peer_setup())
         common = ["--epochs", str(args.epochs)] if args.epochs else []
         with ThreadPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(lambda j: _child(["--_run", j[0], "--seeds", j[1], *common]), jobs))

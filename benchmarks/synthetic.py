@@ -26,7 +26,7 @@ Splits (whole videos): ``num_train`` in subset ``training``, ``num_test`` in ``t
 ``num_val`` in ``validation`` (generated last, so adding a validation split leaves the training
 and test videos of a seed unchanged). Choose settings on ``validation``; report ``testing``.
 
-:data:`REGIMES` names the benchmark's settings (``easy``, ``hard``, ``long``).
+:data:`REGIMES` names the benchmark's settings (``easy``, ``hard``, ``long``, ``recur``, ``harder``).
 API: :func:`make_benchmark` (in memory), :func:`write_benchmark` (a features folder plus an
 ActivityNet annotation JSON). ``python -m benchmarks.synthetic OUT_DIR [--regime hard]``.
 """
@@ -121,6 +121,17 @@ REGIMES: dict[str, SyntheticConfig] = {
                              min_steps=200, max_steps=600, max_instances=8, steps_per_instance=100,
                              min_len=4.0, max_len=70.0, signal=0.4, cue=0.5, noise_corr=0.9, scene=0.5,
                              distractors=3, classes_per_video=1, seed=31),
+    # the hard regime made hard again (issue #32: the head scored 94-95 on "hard" but 75 on foreign
+    # features of its description): 50 training videos, a weaker signal (0.33), pairs closer (11 %
+    # own energy), slower oscillation (2.2-5 s, so a short instance shows under one period),
+    # distractors at 72 % of the signal, weaker onset/offset cues, instances 1.2-37 s. Seed fixed
+    # before tuning; of three candidates the head (tal train defaults, seed 0) scored on validation
+    # 47.5, 62.8 (this one) and 83.2 at mAP@0.5: the least hard below 80 was kept
+    "harder": SyntheticConfig(kind="pairs", num_classes=6, dim=128, num_train=50, num_test=30, num_val=20,
+                              min_steps=200, max_steps=600, max_instances=8, steps_per_instance=100,
+                              min_len=3.0, max_len=92.0, signal=0.33, cue=0.38, pair_own=0.11,
+                              period_range=(5.5, 12.5), noise_corr=0.9, scene=0.5, distractors=3,
+                              distractor_gain=0.72, seed=41),
 }
 
 
@@ -312,7 +323,7 @@ def write_benchmark(bench: SyntheticBenchmark, out_dir: str | os.PathLike) -> tu
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.synthetic OUT_DIR [--regime easy|hard|long] [--seed N] [--dim D]``."""
+    """``python -m benchmarks.synthetic OUT_DIR [--regime NAME] [--seed N] [--dim D]``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out_dir")
     p.add_argument("--regime", default="easy", choices=sorted(REGIMES))

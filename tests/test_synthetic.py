@@ -121,3 +121,31 @@ def test_classes_per_video_limits_each_video_to_its_classes():
         SyntheticConfig(kind="pairs", num_classes=6, classes_per_video=7)
     with pytest.raises(ValueError):
         SyntheticConfig(classes_per_video=1)  # the phases kind has no such option
+
+
+def _inside_contrast(cfg) -> float:
+    """rms per channel of (mean feature inside instances - mean outside): the per-position signal."""
+    bench = make_benchmark(cfg)
+    inside, outside = [], []
+    for vid, x in bench.features.items():
+        t = bench.metas[vid].times()
+        m = np.zeros(len(t), bool)
+        for a in bench.annotations["database"][vid]["annotations"]:
+            m |= (t >= a["segment"][0]) & (t <= a["segment"][1])
+        inside.append(x[m])
+        outside.append(x[~m])
+    diff = np.concatenate(inside).mean(0) - np.concatenate(outside).mean(0)
+    return float(np.sqrt(np.mean(diff**2)))
+
+
+def test_harder_regime_is_weaker_than_hard_on_the_same_layout():
+    """'harder' keeps hard's kind and sizes but carries less signal per position (same seed and
+    videos for both, so only the knobs differ) and trains on fewer videos; test and validation sizes
+    stay, so its rows compare with hard's."""
+    hard, harder = REGIMES["hard"], REGIMES["harder"]
+    assert (harder.kind, harder.dim, harder.num_classes) == (hard.kind, hard.dim, hard.num_classes)
+    assert harder.num_train < hard.num_train and (harder.num_test, harder.num_val) == (hard.num_test, hard.num_val)
+    small = {"num_train": 8, "num_test": 0, "num_val": 0, "seed": 7}
+    weak = _inside_contrast(regime("harder", **small))
+    strong = _inside_contrast(regime("hard", **{**small, "max_len": harder.max_len, "min_len": harder.min_len}))
+    assert weak < 0.9 * strong
