@@ -83,12 +83,12 @@ class Pool:
             self.bar.set_postfix_str(f"{self.workers} workers", refresh=False)
             while self.queue or self.later or any(s.vid for s in self.slots.values()):
                 self._dispatch()
-                if not self.calls:  # only re-asks waiting for their time
+                if self.calls:
+                    ready, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=WAIT_S)
+                    for ref in ready:
+                        self._answer(ref)
+                else:  # only re-asks waiting for their time, or no actor left
                     time.sleep(WAIT_S)
-                    continue
-                ready, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=WAIT_S)
-                for ref in ready:
-                    self._answer(ref)
                 self._check_stuck()
 
     def close(self) -> None:
@@ -179,10 +179,14 @@ class Pool:
         slot = self.slots.pop(sid)
         self._kill(slot.actor)
         if slot.node is None:  # died before it was set up
-            if "creation task" in str(err) or not self._dies_young():
+            self.early_deaths += 1
+            if "creation task" in str(err):  # the job's set-up raised: so it will everywhere
                 raise InputError(f"--ray: the workers could not start: {ray_cause(err)}")
-            self._spawn()
-            return
+            if self.early_deaths <= 2 * self.workers + 2:  # a node going away, a busy machine
+                self._spawn()
+            elif not self.ever_ready:
+                raise InputError(f"--ray: the workers could not start: {ray_cause(err)}")
+            return  # else the pool goes on smaller (_check_stuck if it empties)
         node = self._lost_node(slot.node)
         if node is None:
             log.debug("--ray: a worker died on %s: %s", slot.vid, ray_cause(err))
@@ -202,11 +206,6 @@ class Pool:
             self._give_back(vid)
         for _ in range(self.workers - len(self.slots)):
             self._spawn()
-
-    def _dies_young(self) -> bool:
-        """Another early death is still worth a new actor (a broken node is not forever)."""
-        self.early_deaths += 1
-        return self.early_deaths <= 2 * self.workers + 2
 
     def _lost_node(self, node_id: str) -> str | None:
         """The node's address if it is dead or its raylet no longer answers, else None."""

@@ -1,11 +1,11 @@
-"""`tal extract|detect --ray`: a real Ray instance and real `ray start` clusters (one or two
-nodes), lost nodes and workers, a killed driver, wrong addresses and tokens.
+"""`tal extract|detect --ray`: a real Ray instance and real `ray start` clusters (a head and
+two worker nodes), lost nodes and workers, a killed driver, wrong addresses and tokens.
 
 Ray binds its servers to every interface and advertises the machine's address, so every Ray
 process here runs inside private network and PID namespaces with only loopback up (``unshare
 --net --pid``, as root): all traffic stays on 127.0.0.x, and every Ray process ends with the
-namespace's shell, also on failure. A second node listens on 127.0.0.2, so its raylet can be
-told apart and killed.
+namespace's shell, also on failure. Worker nodes listen on 127.0.0.2 and 127.0.0.3, so their
+raylets can be told apart and one killed.
 """
 
 from __future__ import annotations
@@ -118,24 +118,28 @@ def test_local_ray_matches_local_path(videos, local_out, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp or lock left
 
 
-# a second node on 127.0.0.2 beside the head on 127.0.0.1, one CPU each: one worker on each
-TWO_NODES = """
+# the head (127.0.0.1) holds no worker, two worker nodes (127.0.0.2, 127.0.0.3) one each: the
+# one that loses its machine is whichever is first to start videos, the other takes over
+CLUSTER = """
 set -u
 port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-ray start --head --port "$port" --num-cpus 1 --disable-usage-stats --include-dashboard=false \\
+ray start --head --port "$port" --num-cpus 0 --disable-usage-stats --include-dashboard=false \\
     >/dev/null 2>&1 || { echo "ray start failed" >&2; exit 99; }
-ray start --address "127.0.0.1:$port" --node-ip-address 127.0.0.2 --num-cpus 1 \\
-    --disable-usage-stats >/dev/null 2>&1 || { echo "second node failed" >&2; exit 98; }
+for ip in 127.0.0.2 127.0.0.3; do
+  ray start --address "127.0.0.1:$port" --node-ip-address $ip --num-cpus 1 \\
+      --disable-usage-stats >/dev/null 2>&1 || { echo "node $ip failed" >&2; exit 98; }
+done
 """
 
-# Watches TAL_WORKER_LOG: SIGKILLs the second node's raylet and its workers (a lost machine:
-# a raylet alone killed leaves its workers running a while) `delay` s after the `nth` video
-# start of a worker there (the next one if that video ended meanwhile: the kill must land
-# inside a good video), and with `head_worker` 1 also the head's first worker inside its first
-# video. Prints "killed-node|killed-worker <video id> <pid>" on stderr.
+# Watches TAL_WORKER_LOG. With `worker` 1: SIGKILLs the first worker process to start a good
+# video, 0.05 s into it (a worker death). Then the lost machine: `delay` s after the `nth` good
+# video start on one worker node (the next one if that video ended meanwhile: the kill must land
+# inside a video), SIGKILLs that node's raylet and every process it started at the same moment (a
+# raylet alone killed leaves its workers running a while). Prints "killed-worker <video id>
+# <pid>" and "killed-node <video id> <pid> <node ip>" on stderr.
 WATCH = r'''
 import os, sys, time
-log, nth, delay, head_worker = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+log, nth, delay, worker = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
 def raylet(ip):
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -156,31 +160,38 @@ def events():
         return [ln.split()[:3] for ln in open(log).read().splitlines()]
     except OSError:
         return []
-head, second = raylet("127.0.0.1"), raylet("127.0.0.2")
-for _ in range(3000):
+def running():  # good videos started and not ended, in order, with their node
     ev = events()
-    starts = [(p, v) for p, v, e in ev if e == "start"]
     ended = {(p, v) for p, v, e in ev if e != "start"}
-    mine = [(p, v) for p, v in starts if parent(int(p)) == head and v != "broken"
-            and (p, v) not in ended]
-    if head_worker and mine:
+    return [(p, v, nodes.get(parent(int(p)))) for p, v, e in ev
+            if e == "start" and v != "broken" and (p, v) not in ended and p not in dead]
+nodes = {raylet(ip): ip for ip in ("127.0.0.2", "127.0.0.3")}
+seen = {}  # node ip -> good video starts seen there
+dead = set()  # the pid killed by the worker kill
+for _ in range(3000):
+    now = running()
+    if worker and now:
         time.sleep(0.05)
-        if mine[0] not in {(p, v) for p, v, e in events() if e != "start"}:
-            os.kill(int(mine[0][0]), 9)
-            print("killed-worker", mine[0][1], mine[0][0], file=sys.stderr, flush=True)
-            head_worker = False
-    there = [(p, v) for p, v in starts if parent(int(p)) == second]
-    if len(there) >= nth:
-        pid, vid = there[nth - 1]
+        p, v, _ = now[0]
+        if (p, v) in [(q, w) for q, w, _ in running()]:
+            os.kill(int(p), 9)
+            dead.add(p)
+            print("killed-worker", v, p, file=sys.stderr, flush=True)
+            worker = False
+        continue
+    for p, v, ip in now:
+        seen.setdefault(ip, set()).add((p, v))
+    hit = [(p, v, ip) for p, v, ip in now if ip and len(seen[ip]) >= nth]
+    if hit:
+        p, v, ip = hit[0]
         time.sleep(delay)
-        if vid == "broken" or any(p == pid and v == vid and e != "start" for p, v, e in events()):
-            nth += 1  # the corrupt file, or it ended first: the next one
-            continue
-        # the machine is lost: its raylet and, at the same moment, every process it started
-        doomed = [int(p) for p in filter(str.isdigit, os.listdir("/proc")) if parent(int(p)) == second]
-        for p in [second, *doomed]:
-            os.kill(p, 9)
-        print("killed-node", vid, pid, file=sys.stderr, flush=True)
+        if (p, v) not in [(q, w) for q, w, _ in running()]:
+            continue  # it ended first: the next one
+        target = [n for n, i in nodes.items() if i == ip][0]
+        doomed = [int(q) for q in filter(str.isdigit, os.listdir("/proc")) if parent(int(q)) == target]
+        for q in [target, *doomed]:
+            os.kill(q, 9)
+        print("killed-node", v, p, ip, file=sys.stderr, flush=True)
         break
     time.sleep(0.05)
 '''
@@ -190,7 +201,7 @@ def _killed_inside(stderr: str, log: Path, kind: str) -> str:
     """The video the watcher's kill of ``kind`` landed in; asserts that the killed process never
     ended it and that another process did."""
     line = next(ln for ln in stderr.splitlines() if ln.startswith(f"killed-{kind} "))
-    _, vid, pid = line.split()
+    _, vid, pid = line.split()[:3]
     events = [ln.split()[:3] for ln in log.read_text().splitlines()]
     assert not [e for e in events if e[:2] == [pid, vid] and e[2] != "start"], events
     assert [e for e in events if e[1] == vid and e[2] == "done" and e[0] != pid], events
@@ -199,11 +210,11 @@ def _killed_inside(stderr: str, log: Path, kind: str) -> str:
 
 @pytest.mark.parametrize("when", ["early", "late"])
 def test_a_lost_node_loses_nothing(videos, local_out, tmp_path, when):
-    """Head + a second node; the second node's raylet is SIGKILLed while its worker is inside a
-    video: early (its first video, as its worker has just been set up) or late (its second one, other
-    videos done already; and before
-    that a worker process of the head dies inside its first video). Every good video is done,
-    bitwise as on one machine; one line names the lost node; nothing partial or locked is left.
+    """A head and two worker nodes; one worker node's machine is lost (its raylet and workers
+    SIGKILLed) while its worker is inside a video: early (its first video, as its worker has just
+    been set up) or late (its second one, after a worker process died inside its first video).
+    Every good video is done, bitwise as on one machine; one line names the lost node; nothing
+    partial or locked is left.
 
     Early runs on a cluster with token authentication, which `tal` turns on by itself (a wrong
     and a missing token are one line each first); late on a cluster without it, while a token
@@ -221,7 +232,7 @@ def test_a_lost_node_loses_nothing(videos, local_out, tmp_path, when):
              if early else "")
     res = _in_namespace(
         f"""
-        {setup}{TWO_NODES}
+        {setup}{CLUSTER}
         unset RAY_AUTH_MODE  # tal must find the cluster's mode by itself
         {auth}
         python -c {shlex.quote(WATCH)} {log} {1 if early else 2} {0.1 if early else 0.05} \\
@@ -233,11 +244,12 @@ def test_a_lost_node_loses_nothing(videos, local_out, tmp_path, when):
     assert res.returncode == 1, res.stderr  # the corrupt input only
     _no_ray_noise(res)
     vid = _killed_inside(res.stderr, log, "node")
+    ip = next(ln for ln in res.stderr.splitlines() if ln.startswith("killed-node ")).split()[3]
     lost = [ln for ln in res.stderr.splitlines() if "lost" in ln]
-    assert lost[0] == "tal: --ray: node 127.0.0.2 lost: 1 video moved", lost
+    assert lost[0] == f"tal: --ray: node {ip} lost: 1 video moved", lost
     redone = [vid] if early else [vid, _killed_inside(res.stderr, log, "worker")]
     assert (f"4 done, 0 skipped, 1 failed; {len(set(redone))} redone after a worker died "
-            "(node lost: 127.0.0.2)") in res.stderr, res.stderr
+            f"(node lost: {ip})") in res.stderr, res.stderr
     assert "worker process died" not in res.stderr
     _same_outputs(out, local_out)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp or lock left
