@@ -27,7 +27,7 @@ import re
 import stat
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tal_pipeline.errors import InputError, UsageError
@@ -62,8 +62,8 @@ def file_in(folder: str | os.PathLike, video_id: str, suffix: str) -> Path:
 
 
 def prove_inside(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """``path`` if it is a plain name in ``folder`` whose target (links followed, as a write
-    would) is inside ``folder`` (links followed); InputError otherwise."""
+    """``path`` if it is a plain name in ``folder`` and what a write to it reaches (links
+    followed, as the write follows them) is inside ``folder``; InputError otherwise."""
     path = Path(path)
     name = path.name
     if path.parent != Path(folder) or name in ("", ".", "..") or os.sep in name or "\0" in name:
@@ -98,13 +98,13 @@ class Inputs:
     """The files a run reads, by (device, inode), so that none is ever one of its outputs,
     whatever name or link reaches it."""
 
-    files: tuple[tuple[tuple[int, int], str], ...] = ()  # ((st_dev, st_ino), path as given)
+    files: Mapping[tuple[int, int], str] = field(default_factory=dict)  # (dev, inode) -> path
 
     @classmethod
     def of(cls, paths: Iterable[str | os.PathLike | None]) -> Inputs:
         """The files at ``paths`` (links followed; a folder: the files directly in it and in its
         ``.tal/``); paths that do not exist are left out."""
-        found = []
+        found: dict[tuple[int, int], str] = {}
         for p in paths:
             if p is None:
                 continue
@@ -118,8 +118,8 @@ class Inputs:
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    found.append(((st.st_dev, st.st_ino), str(q)))
-        return cls(tuple(found))
+                    found.setdefault((st.st_dev, st.st_ino), str(q))
+        return cls(found)
 
     def which(self, path: str | os.PathLike) -> str | None:
         """The input that ``path`` is (the same file), or None."""
@@ -127,8 +127,7 @@ class Inputs:
             st = os.stat(path)
         except OSError:
             return None
-        key = (st.st_dev, st.st_ino)
-        return next((name for k, name in self.files if k == key), None)
+        return self.files.get((st.st_dev, st.st_ino))
 
 
 NO_INPUTS = Inputs()
