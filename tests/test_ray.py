@@ -125,6 +125,7 @@ set -u
 port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ray start --head --port "$port" --num-cpus 0 --disable-usage-stats --include-dashboard=false \\
     >/dev/null 2>&1 || { echo "ray start failed" >&2; exit 99; }
+$HEAD_ONLY
 for ip in 127.0.0.2 127.0.0.3; do
   ray start --address "127.0.0.1:$port" --node-ip-address $ip --num-cpus 1 \\
       --disable-usage-stats >/dev/null 2>&1 || { echo "node $ip failed" >&2; exit 98; }
@@ -230,9 +231,11 @@ def test_a_lost_node_loses_nothing(videos, local_out, tmp_path, when):
         """ if early else "ray get-auth-token --generate >/dev/null 2>&1")
     setup = ("ray get-auth-token --generate >/dev/null 2>&1; export RAY_AUTH_MODE=token\n"
              if early else "")
+    # late: before the worker nodes join, a cluster where no worker can ever start
+    head_only = "" if early else f"{one} --ray 127.0.0.1:$port 2>{tmp_path}/nocpu; echo $? >>{tmp_path}/nocpu"
     res = _in_namespace(
         f"""
-        {setup}{CLUSTER}
+        {setup}{CLUSTER.replace("$HEAD_ONLY", head_only)}
         unset RAY_AUTH_MODE  # tal must find the cluster's mode by itself
         {auth}
         python -c {shlex.quote(WATCH)} {log} {1 if early else 2} {0.1 if early else 0.05} \\
@@ -253,6 +256,10 @@ def test_a_lost_node_loses_nothing(videos, local_out, tmp_path, when):
     assert "worker process died" not in res.stderr
     _same_outputs(out, local_out)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp or lock left
+    if not early:
+        *lines, rc = (tmp_path / "nocpu").read_text().splitlines()
+        never = "no worker can ever start: each needs a CPU and no node of the cluster has one"
+        assert rc == "1" and lines == [f"tal: error: --ray: {never} (1 node)"], lines
     if early:
         refused = "the cluster refused the token in the RAY_AUTH_TOKEN variable"
         for case, cause in (("wrong", refused),
