@@ -41,7 +41,8 @@ _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x
 def quiet_ray() -> None:
     """Nothing of Ray's on our stdout, and on stderr only under ``-v``: its C++ core's log
     lines, the Python warnings (an IP probe, deprecations) and its loggers. Set before Ray is
-    imported (it reads the environment then); the worker processes inherit the environment."""
+    imported (it reads the environment then); a local instance's workers inherit the
+    environment, and every actor calls this itself (a cluster's raylet starts them)."""
     if log.isEnabledFor(logging.DEBUG):
         return
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -166,11 +167,24 @@ def token_source() -> str | None:
 
 
 def _token_hint(source: str | None) -> str:
+    """What went wrong with the token and what to do, naming where it came from."""
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if named and not os.environ.get("RAY_AUTH_TOKEN") and not _readable(named):
+        return (f"the cluster demands a token and {named} (RAY_AUTH_TOKEN_PATH) cannot be read "
+                "or is empty")
     if source is None:
         return ("the cluster demands a token and none was found (copy the head machine's "
                 "~/.ray/auth_token here, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
     return (f"the cluster refused {source} (use the head machine's token: its "
             "~/.ray/auth_token, `ray get-auth-token` there)")
+
+
+def _readable(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return bool(f.read(1))
+    except OSError:
+        return False
 
 
 def _probe_auth(address: str) -> str:
@@ -195,7 +209,7 @@ def _probe_auth(address: str) -> str:
     if answer["mode"] in ("disabled", "token"):
         return answer["mode"]
     if answer["mode"] in ("no-token", "bad-token"):
-        source = None if answer["mode"] == "no-token" else token_source()
+        source = token_source() if answer["mode"] == "bad-token" else None
         raise InputError(f"--ray: cannot connect to the Ray cluster at {address}: "
                          f"{_token_hint(source)}")
     raise InputError(f"--ray: nothing at {address} answers as a Ray cluster: {answer['error']}")
@@ -223,7 +237,11 @@ elif first != "auth":
 else:
     os.environ["RAY_AUTH_MODE"] = "token"
     Config.initialize("")
-    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+    try:
+        found = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+    except Exception:  # RAY_AUTH_TOKEN_PATH names a file that cannot be read
+        found = False
+    if not found:
         answer = {"mode": "no-token"}
     else:
         second = ask()
