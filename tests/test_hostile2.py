@@ -167,7 +167,8 @@ def test_features_never_replace_detections(tmp_path):
     clip = _clip(tmp_path)
     r = _tal("extract", clip, "-o", out, "--weights", "seeded", "--streams", "rgb", "--size", "32",
              "--no-progress")
-    assert r.exit_code == 1 and "holds detections (a results file), not a feature meta" in r.stderr
+    # refused before any work: the folder holds detections (locks.claim_folder, commands/extract.py)
+    assert r.exit_code == 1 and "the folder holds detections (clip.json, from tal detect)" in r.stderr
     assert (out / "clip.json").read_bytes() == results and not (out / "clip.npy").exists()
 
 
