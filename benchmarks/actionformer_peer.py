@@ -306,6 +306,8 @@ def main() -> None:
     commit = checkout_commit(checkout)
     if commit is not None and commit != AF_COMMIT:
         sys.exit(f"actionformer_peer: {checkout} is at {commit[:10]}, this script is pinned to {AF_COMMIT[:10]}")
+    if commit is None:  # an exported tree (git archive): the patches still check every target they change
+        print(f"actionformer_peer: {checkout} is not a git work tree; its commit is not checked", file=sys.stderr)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     rows = []
