@@ -75,6 +75,9 @@ TRAIN = ["train", "feats", "--annotations", "ann.json", "-o", "m.pt"]
     (["detect", "f.npy", *FEATS, "-o", "x.json", "--format", "bogus"], "--format"),
     (["detect", "f.npy", *FEATS, "-o", "x.json", "--min-score", "nan"], "--min-score"),
     (["convert", "{results}", "-o", "x.json", "--format", "bogus"], "--format"),
+    (["plot", "{results}", "-o", "x.png", "--min-score", "nan"], "--min-score"),
+    (["report", "{results}", "-o", "x.html", "--min-score", "2"], "--min-score"),
+    (["eval", "{results}", "-a", "{results}", "--tiou", "0:1:0"], "--tiou"),
     ([*TRAIN, "--epochs", "0"], "--epochs"),
     ([*TRAIN, "--batch-size", "0"], "--batch-size"),
     ([*TRAIN, "--window", "0"], "--window"),
@@ -94,7 +97,7 @@ def test_option_errors_exit_2_in_one_line_before_any_work(tmp_path, monkeypatch,
     do not even exist)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "r.json").write_text('{"results": {}}')
-    r = _tal(*[a.format(results=tmp_path / "r.json") for a in args])
+    r = _tal(*[a.format(results=tmp_path / "r.json") for a in args])  # the one file there
     assert r.exit_code == 2, r.output
     assert name in _one_error(r)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]

@@ -190,7 +190,7 @@ def view_options(output_help: str, annotations_help: str):
                          help="Ground truth (ActivityNet/ActionFormer JSON, or .csv/.tsv "
                               f"video_id,label,start,end): {annotations_help}."),
             click.option("--subset", default=None, help="Only the ground-truth videos of this subset."),
-            click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+            click.option("--min-score", type=FiniteFloat(0, 1), default=0.0, show_default=True,
                          help="Leave out detections scoring below this."),
         )):
             f = opt(f)
