@@ -4,6 +4,8 @@
     python benchmarks/footage_motion.py --frames 60 --size 256x192
     python benchmarks/footage_motion.py --objects        # local vs global motion, per shot
     python benchmarks/footage_motion.py --objects --videos a.mp4 b.mp4 --seconds 20
+    python benchmarks/footage_motion.py --objects --videos examples/camera_demo.mp4 \
+        --annotations examples/camera_demo.json --seconds 60      # camera moving vs still
 
 Looping-video scenes are where the demo detector loses, on validation as on held-out. This
 measures the footage as the generator loads it (``footage.load_video_shot``: stabilised by the
@@ -22,13 +24,16 @@ moves the edge of a 256-px frame by ~0.5 px a frame at 25 fps.
 ``--objects`` (issue #31) measures instead how much of the motion is *local*, the part no
 camera motion explains, as the detector sees it: frames sampled at 10 fps of real-time playback,
 resized to 171x128 and centre-cropped to 112 as ``decode`` does, TV-L1 flow (the demo model's
-torch backend), a global affine motion fitted to each field robustly (:func:`fit_global`), and
-per shot: the share of the flow's magnitude the global model leaves unexplained, over the whole
-frame, inside the moving regions (residual > ``MOVING_PX``) and outside them; the moving area;
-the global part (translation, zoom at the crop's edge); and the frame-mean of the residual, the
-drift local motion adds to a frame average (what a detector that pools the field reads as a pan
-or tilt). ``--view full`` measures all of the footage's frame instead of the crop (an object
-that fills the crop is a minority there, so the fit finds the background). ``--videos`` measures any video files the same way, through ``decode_video`` itself.
+torch backend) and a global affine motion fitted to each field robustly (:func:`fit_global`).
+Per shot: the moving area (residual > ``MOVING_PX``) and the flow inside and outside it; the
+share of the flow's magnitude the global model leaves unexplained, over the frame and inside
+the moving area; the global part (translation, its largest net over 1 s, zoom at the crop's
+edge); the residual's frame mean, the drift local motion adds to a frame average (what a
+detector that pools the field reads as a pan or tilt); and the worst 2x2 quadrant's mean
+residual (near 0 while only the camera moves). ``--view full`` measures all of the footage's
+frame instead of the crop (an object that fills the crop is a smaller part of it).
+``--videos`` measures video files the same way, through ``decode_video`` itself, split by
+``--annotations`` into the pairs where the camera moves and the rest.
 Units: pixels of the 112-px crop per 0.1 s. The generator's slowest pan
 (``CameraOptions.pan_speed`` 0.04 frame widths/s) is 0.68 px per step there, its slowest zoom
 0.56 px per step at the crop's edge; inside a video scene the camera's crop magnifies the
@@ -40,6 +45,7 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -47,6 +53,7 @@ import numpy as np
 from tal_pipeline.decode import decode_video, rgb_to_gray
 from tal_pipeline.demo import footage
 from tal_pipeline.flow import compute_flow
+from tal_pipeline.results import load_annotations
 
 DETECTOR_FPS = 10.0  # frames per second the detector samples
 DECODE_WH = (171, 128)  # decode's resize before the 112-px centre crop (Kinetics preset)
@@ -115,11 +122,13 @@ def object_motion(flow: np.ndarray, moving_px: float = MOVING_PX, margin: int = 
     ``flow_in`` / ``resid_in``: the same inside the moving regions (residual > ``moving_px``);
     ``area``: their share of the pixels; ``u0``, ``v0``: the global translation (at the centre);
     ``zoom``: the global divergence as px at the crop's edge (half the width from the centre);
-    ``drift``: magnitude of the residual's frame mean (what local motion adds to an average).
+    ``drift``: magnitude of the residual's frame mean (what local motion adds to an average);
+    ``quad``: the largest such magnitude over the 2x2 quadrants (a camera move leaves every
+    quadrant explained, an object fills one or two).
     Pixels within ``margin`` of the border are left out.
     """
     out: dict[str, list[float]] = {k: [] for k in ("flow", "resid", "flow_in", "resid_in", "area",
-                                                   "u0", "v0", "zoom", "drift")}
+                                                   "u0", "v0", "zoom", "drift", "quad")}
     for f in flow:
         f = f[:, margin:f.shape[1] - margin, margin:f.shape[2] - margin]  # (2, h, w)
         coef, model = fit_global(f)
@@ -135,6 +144,9 @@ def object_motion(flow: np.ndarray, moving_px: float = MOVING_PX, margin: int = 
         out["v0"].append(float(coef[1, 0]))
         out["zoom"].append(float((coef[0, 1] + coef[1, 2]) / 2 * (f.shape[2] + 2 * margin) / 2))
         out["drift"].append(float(np.hypot(*res.reshape(2, -1).mean(1))))
+        h2, w2 = res.shape[1] // 2, res.shape[2] // 2
+        out["quad"].append(max(float(np.hypot(*res[:, y:y + h2, x:x + w2].reshape(2, -1).mean(1)))
+                               for y in (0, h2) for x in (0, w2)))
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -166,11 +178,23 @@ def net_shift(u0: np.ndarray, v0: np.ndarray, steps: int = round(DETECTOR_FPS)) 
     return float(np.hypot(*(cum[steps:] - cum[:-steps]).T).max())
 
 
-def object_row(name: str, grey: np.ndarray) -> str:
-    """One markdown table row of :func:`object_motion` over grey 112-px frames (M, H, W)."""
+def object_rows(name: str, grey: np.ndarray, moving: np.ndarray | None = None) -> list[str]:
+    """Markdown table rows of :func:`object_motion` over grey 112-px frames (M, H, W): one for
+    all pairs, or with ``moving`` (bool (M-1,): the camera moves during that pair) one for the
+    pairs where the camera moves and one for those where it is still."""
     m = object_motion(compute_flow(grey, backend="torch"))
-    n = len(grey) - 1
-    npix = (grey.shape[1] - 2 * MARGIN) * (grey.shape[2] - 2 * MARGIN)
+    if moving is None:
+        return [object_row(name, m, grey.shape[1:])]
+    return [object_row(f"{name}, camera {what}", {k: v[sel] for k, v in m.items()}, grey.shape[1:],
+                       contiguous=False)
+            for what, sel in (("moving", moving), ("still", ~moving)) if sel.any()]
+
+
+def object_row(name: str, m: dict[str, np.ndarray], hw: tuple[int, int], contiguous: bool = True) -> str:
+    """One markdown table row of :func:`object_motion`'s ``m`` over frames of ``hw`` pixels
+    (``contiguous``: the pairs follow each other, so a net shift over 1 s means something)."""
+    n = len(m["flow"])
+    npix = (hw[0] - 2 * MARGIN) * (hw[1] - 2 * MARGIN)
     n_in = float((m["area"] * npix).sum())
     flow_in, flow_out = float(m["flow_in"].sum()), float((m["flow"] - m["flow_in"]).sum())
     shift = np.hypot(m["u0"], m["v0"])
@@ -178,16 +202,18 @@ def object_row(name: str, grey: np.ndarray) -> str:
     return (f"| {name} | {n} | {m['flow'].sum() / (n * npix):.2f} | {100 * m['area'].mean():.0f} % | "
             f"{_ratio(flow_in, n_in, px, 1)} / {_ratio(flow_out, n * npix - n_in, px, 1)} | "
             f"{_ratio(m['resid'].sum(), m['flow'].sum())} / {_ratio(m['resid_in'].sum(), flow_in)} | "
-            f"{shift.mean():.2f} / {net_shift(m['u0'], m['v0']):.1f} | {np.abs(m['zoom']).mean():.2f} | "
-            f"{m['drift'].mean():.2f} / {m['drift'].max():.2f} |")
+            f"{shift.mean():.2f} / {net_shift(m['u0'], m['v0']) if contiguous else float('nan'):.1f} | "
+            f"{np.abs(m['zoom']).mean():.2f} | {m['drift'].mean():.2f} / {m['drift'].max():.2f} | "
+            f"{m['quad'].mean():.2f} / {np.quantile(m['quad'], 0.9):.2f} |")
 
 
 OBJECT_HEADER = (
     "| footage | pairs | flow, mean (px/step) | moving area (residual > 0.5 px) | flow inside / "
     "outside it (px/step) | flow magnitude the global model leaves unexplained: all / inside the "
     "moving area | global shift: mean (px/step) / largest net in 1 s (px) | global zoom at the edge, "
-    "mean abs (px/step) | residual's frame-mean drift, mean / max (px/step) |\n"
-    "|---|---|---|---|---|---|---|---|---|")
+    "mean abs (px/step) | residual's frame-mean drift, mean / max (px/step) | worst quadrant's "
+    "mean residual, mean / 90th percentile (px/step) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def video_shots(at_most: int, size: str) -> Iterator[tuple[str, np.ndarray, float]]:
@@ -205,17 +231,26 @@ def video_shots(at_most: int, size: str) -> Iterator[tuple[str, np.ndarray, floa
 
 def objects_main(args: argparse.Namespace) -> None:
     print(OBJECT_HEADER)
+    ann = load_annotations(args.annotations).videos if args.annotations else {}
     if args.videos:
         for path in args.videos:
-            frames = []
+            frames, times = [], []
             for chunk in decode_video(path):
-                frames.append(chunk.frames[chunk.times < args.seconds])
+                keep = chunk.times < args.seconds
+                frames.append(chunk.frames[keep])
+                times.append(chunk.times[keep])
                 if chunk.times[-1] >= args.seconds:
                     break
-            print(object_row(path, rgb_to_gray(np.concatenate(frames))), flush=True)
+            t = np.concatenate(times)[:-1]  # (M-1,) s: each pair's first frame
+            moving = None
+            if Path(path).stem in ann:  # pairs inside an annotated camera motion
+                moving = np.zeros(len(t), bool)
+                for _, t0, t1 in ann[Path(path).stem].segments:
+                    moving |= (t >= t0) & (t < t1)
+            print(*object_rows(path, rgb_to_gray(np.concatenate(frames)), moving), sep="\n", flush=True)
         return
     for name, frames, fps in video_shots(args.frames, args.size):
-        print(object_row(name, detector_view(frames, fps, full=args.view == "full")), flush=True)
+        print(*object_rows(name, detector_view(frames, fps, full=args.view == "full")), flush=True)
 
 
 def main() -> None:
@@ -226,6 +261,8 @@ def main() -> None:
     ap.add_argument("--videos", nargs="+", help="with --objects: these video files instead of the footage")
     ap.add_argument("--view", choices=("crop", "full"), default="crop",
                     help="with --objects: the detector's centre crop of the footage, or all of it")
+    ap.add_argument("--annotations", help="with --videos: ground truth (ActivityNet JSON); a video it "
+                    "lists gets a row for the pairs where the camera moves and one for the rest")
     ap.add_argument("--seconds", type=float, default=20.0, help="with --videos: the first this many seconds")
     args = ap.parse_args()
     if args.objects:

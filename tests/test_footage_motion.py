@@ -59,7 +59,7 @@ def _affine_flow(h: int, w: int, u0: float, v0: float, zoom: float) -> np.ndarra
 def test_the_global_fit_ignores_an_object_and_the_split_measures_it():
     h = w = 112
     flow = _affine_flow(h, w, 1.5, -0.7, 0.01)
-    flow[:, 20:50, 30:60] += np.array([3.0, 1.0], np.float32)[:, None, None]  # a 30x30 object
+    flow[:, 20:50, 10:40] += np.array([3.0, 1.0], np.float32)[:, None, None]  # a 30x30 object, top left
     coef, model = fit_global(flow)
     assert np.allclose(coef, [[1.5, 0.01, 0.0], [-0.7, 0.0, 0.01]], atol=1e-6), coef
     assert np.allclose(model, _affine_flow(h, w, 1.5, -0.7, 0.01), atol=1e-5)
@@ -70,6 +70,8 @@ def test_the_global_fit_ignores_an_object_and_the_split_measures_it():
     assert abs(m["resid_in"][0] - m["resid"][0]) < 1e-2  # none outside it
     assert abs(m["u0"][0] - 1.5) < 1e-6 and abs(m["v0"][0] + 0.7) < 1e-6 and abs(m["zoom"][0] - 0.56) < 1e-6
     assert abs(m["drift"][0] - 900 / inner * np.hypot(3.0, 1.0)) < 1e-4
+    assert abs(m["quad"][0] - 900 / (inner / 4) * np.hypot(3.0, 1.0)) < 1e-4  # all in one quadrant
+    assert object_motion(_affine_flow(h, w, 1.5, -0.7, 0.01)[None])["quad"][0] < 1e-5  # camera only
     # an object the size of most of the frame is the "global" motion: the split cannot know
     big = _affine_flow(h, w, 0.0, 0.0, 0.0)
     big[:, 10:100, 10:100] = 2.0
