@@ -40,6 +40,7 @@ from pathlib import Path
 
 from tal_pipeline.errors import InputError
 from tal_pipeline.results import Annotations, VideoAnnotation, user_file
+from tal_pipeline.safety import restore_cell
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,8 @@ def _parse_rows(name: str, reader, delimiter: str) -> Annotations:
                 f"{name}: line {line}: {len(row)} field(s), the header has {len(header)}"
             )
         cells = {col: row[k].strip() for col, k in header.items()}
-        vid, label = cells["video_id"], cells["label"]
+        # text cells as tal convert neutralised them for spreadsheets (safety.neutralise_cell)
+        vid, label = restore_cell(cells["video_id"]), restore_cell(cells["label"])
         if not vid:
             raise InputError(f"{name}: line {line}: empty video_id")
         times = []

@@ -397,7 +397,3 @@ def _remove_temps_of(outputs: Iterable[Path]) -> None:
         if n:
             log.debug("removed %d stale temp file(s) of %s", n, ", ".join(names))
 
-
-# Importers outside the batch runner that still name these here (report.py, decode/probe.py, some
-# tests) until they import them from ``inputs``, where they live now.
-from tal_pipeline.inputs import VIDEO_EXTENSIONS, collect_inputs, list_entries, video_id  # noqa: F401

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from tal_pipeline.errors import InputError
+from tal_pipeline.safety import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,6 @@ VIDEO_EXTENSIONS = frozenset(  # what a folder contributes (any file named direc
      ".ogv"]
 )
 LIST_EXTENSION = ".txt"  # an input with this suffix is a list of paths, one per line
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+=@,-]")  # characters replaced by "_" in video ids
-
-
 def collect_inputs(
     inputs: Iterable[str | os.PathLike],
     extensions=VIDEO_EXTENSIONS,
@@ -199,10 +197,7 @@ def video_id(path: str | os.PathLike) -> str:
     Characters outside ``[A-Za-z0-9._+=@,-]`` become ``_``; leading dots are replaced so the
     id is never ``.``, ``..`` or hidden; an empty stem becomes ``_``.
     """
-    stem = Path(path).stem
-    safe = _UNSAFE.sub("_", stem)
-    safe = re.sub(r"^\.+", lambda m: "_" * len(m.group()), safe)
-    return safe or "_"
+    return safe_name(Path(path).stem)
 
 
 def check_unique_ids(paths: Iterable[Path]) -> dict[str, Path]:

@@ -31,7 +31,7 @@ from fuzzing import CUT, FLIP, SPLICE_HEAD, SPLICE_INSERT, Worker, apply, seed_c
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tal_pipeline.batch import video_id
+from tal_pipeline.inputs import video_id
 
 EXAMPLES = int(os.environ.get("TAL_FUZZ_EXAMPLES", "60"))
 CLI_EXTRA = int(os.environ.get("TAL_FUZZ_CLI", "0"))  # random mutants per container in the CLI batch

@@ -33,11 +33,12 @@ from click.testing import CliRunner
 from videogen import read_code
 
 from tal_pipeline import fsutil
-from tal_pipeline.batch import collect_inputs, run_batch
+from tal_pipeline.batch import run_batch
 from tal_pipeline.checkpoint import read_checkpoint, save_checkpoint
 from tal_pipeline.cli import main
 from tal_pipeline.decode import decode_video, probe_video
 from tal_pipeline.errors import InputError, VideoDecodeError
+from tal_pipeline.inputs import collect_inputs
 from tal_pipeline.locks import lock_path
 from tal_pipeline.pipeline import demo_checkpoint_path
 from tal_pipeline.results import load_annotations, load_results

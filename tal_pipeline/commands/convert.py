@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from tal_pipeline.commands.options import formats_option
+from tal_pipeline.commands.options import FiniteFloat, formats_option
 from tal_pipeline.writers import FORMATS, SUBTITLE_MIN_SCORE
 
 
@@ -27,7 +27,7 @@ from tal_pipeline.writers import FORMATS, SUBTITLE_MIN_SCORE
               "(one file per video and format).")
 @formats_option(f"Comma-separated formats among {','.join(FORMATS)} [default: from -o's extension; "
                 "json for DIR/].")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=SUBTITLE_MIN_SCORE, show_default=True,
+@click.option("--min-score", type=FiniteFloat(0, 1), default=SUBTITLE_MIN_SCORE, show_default=True,
               help="vtt/srt: segments scoring below this get no cue (json/csv/tsv keep every one).")
 @click.option("--video-id", "video_ids", multiple=True,
               help="Only this video (repeat for several). Default: all.")

@@ -160,8 +160,11 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
     from dataclasses import replace
 
     from tal_pipeline.annotations import load_annotations, without_zero_length
+    from tal_pipeline.safety import Inputs, check_target
     from tal_pipeline.train import TrainConfig, load_feature_set, train
 
+    # a checkpoint that could never be written is refused now, not after the training
+    check_target(output, "checkpoint", Inputs.of([annotations, features_dir]))
     ann = without_zero_length(load_annotations(annotations))  # no length: nothing to learn
     subset, val_subset = _pick_subsets(ann, subset, val_subset)
     train_ann = ann.select(subset)
