@@ -275,3 +275,10 @@ def is_complete(out_dir: str | os.PathLike, video_id: str) -> bool:
     except InputError:
         return False
     return True
+
+
+def recorded_flow_version(extra: dict) -> int | None:
+    """A feature meta's ``flow_version``: 1 for flow features made before the key existed."""
+    if extra.get("flow_backend") is None:
+        return None
+    return extra.get("flow_version", 1)

@@ -186,6 +186,8 @@ def extract_provenance(fx) -> dict:
 
 def recorded_provenance(meta) -> dict:
     """The keys of :func:`extract_provenance`, read from a feature meta (what made those features)."""
+    from tal_pipeline.featio import recorded_flow_version
+
     return {
         "backbone": meta.backbone,
         "weights": meta.weights,
@@ -195,13 +197,6 @@ def recorded_provenance(meta) -> dict:
         "size": meta.extra.get("size"),
         "precision": meta.extra.get("precision", "fp32"),  # features older than the key: fp32
     }
-
-
-def recorded_flow_version(extra: dict) -> int | None:
-    """A feature meta's ``flow_version``: 1 for flow features made before the key existed."""
-    if extra.get("flow_backend") is None:
-        return None
-    return extra.get("flow_version", 1)
 
 
 def features_complete(out_dir: Path, vid: str, fx) -> bool:

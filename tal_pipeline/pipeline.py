@@ -222,7 +222,7 @@ class Detector:
         """Segments from pre-extracted features ``(T, D)`` with their meta, once the model's
         checkpoint accepts them (``HeadMeta.check_features``: width, backbone and weights,
         streams, flow backend)."""
-        from tal_pipeline.jobs import recorded_flow_version
+        from tal_pipeline.featio import recorded_flow_version
 
         source = video or meta.video
         array = np.asarray(array, dtype=np.float32)  # (T, D)

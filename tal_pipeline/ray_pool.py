@@ -19,7 +19,7 @@ from typing import Any
 
 from tal_pipeline.errors import InputError
 from tal_pipeline.locks import lock_path, remove_left_lock
-from tal_pipeline.ray_engine import (
+from tal_pipeline.ray_worker import (
     BUSY_TRIES,
     BUSY_WAIT_S,
     _Tracker,

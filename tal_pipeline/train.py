@@ -47,12 +47,11 @@ import torch
 
 from tal_pipeline.checkpoint import make_checkpoint, save_checkpoint
 from tal_pipeline.errors import InputError
-from tal_pipeline.featio import UNKNOWN
+from tal_pipeline.featio import UNKNOWN, recorded_flow_version
 from tal_pipeline.head.assign import AssignConfig, assign_levels, assign_window, collate_targets
 from tal_pipeline.head.losses import LossWeights, head_loss
 from tal_pipeline.head.model import HeadConfig, HeadModel
 from tal_pipeline.inference import predict_segments
-from tal_pipeline.jobs import recorded_flow_version
 
 log = logging.getLogger(__name__)
 
