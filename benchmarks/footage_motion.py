@@ -199,10 +199,11 @@ def object_row(name: str, m: dict[str, np.ndarray], hw: tuple[int, int], contigu
     flow_in, flow_out = float(m["flow_in"].sum()), float((m["flow"] - m["flow_in"]).sum())
     shift = np.hypot(m["u0"], m["v0"])
     px = "{:.2f}"
+    net = f"{net_shift(m['u0'], m['v0']):.1f}" if contiguous else "-"
     return (f"| {name} | {n} | {m['flow'].sum() / (n * npix):.2f} | {100 * m['area'].mean():.0f} % | "
             f"{_ratio(flow_in, n_in, px, 1)} / {_ratio(flow_out, n * npix - n_in, px, 1)} | "
             f"{_ratio(m['resid'].sum(), m['flow'].sum())} / {_ratio(m['resid_in'].sum(), flow_in)} | "
-            f"{shift.mean():.2f} / {net_shift(m['u0'], m['v0']) if contiguous else float('nan'):.1f} | "
+            f"{shift.mean():.2f} / {net} | "
             f"{np.abs(m['zoom']).mean():.2f} | {m['drift'].mean():.2f} / {m['drift'].max():.2f} | "
             f"{m['quad'].mean():.2f} / {np.quantile(m['quad'], 0.9):.2f} |")
 
