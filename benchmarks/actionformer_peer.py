@@ -42,6 +42,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ AF_COMMIT = "61ea7eb9308a568b0cf45e3804830836e30061de"  # actionformer_release, 
 AF_RECIPE = "configs/thumos_i3d.yaml"  # the recipe we adapt (THUMOS14, I3D features)
 WINDOW_DIVISOR = 576  # ActionFormer needs max_seq_len % (2**5 * (19 // 2) * 2) == 0 for this recipe
 EXTRA_PATH: list[str] = []  # --pythonpath: its own dependencies (h5py, joblib) kept out of our environment
-PATCH_VERSION = 1  # bump when PATCHES change: a scratch copy with another version is rebuilt
+PATCH_VERSION = 1
+DEFAULT_WORK = str(Path(tempfile.gettempdir()) / "tal_actionformer_peer")  # kept: the NMS build is reused  # bump when PATCHES change: a scratch copy with another version is rebuilt
 
 # (file, text in ActionFormer, replacement): the only changes made to its code. Each must match.
 PATCHES: tuple[tuple[str, str, str], ...] = (
@@ -289,7 +291,7 @@ def main() -> None:
                    help=f"ActionFormer checkout at {AF_COMMIT[:10]} (or $ACTIONFORMER_DIR)")
     p.add_argument("--regimes", default="hard")
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated")
-    p.add_argument("--work", default="actionformer_work", help="scratch folder (patched copy, exports, checkpoints)")
+    p.add_argument("--work", default=DEFAULT_WORK, help="scratch folder (patched copy, exports, checkpoints)")
     p.add_argument("--epochs", type=int, default=None, help="epochs after warm-up (default: the recipe's 30)")
     p.add_argument("--warmup-epochs", type=int, default=None)
     p.add_argument("--max-seq-len", type=int, default=None)

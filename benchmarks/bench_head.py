@@ -58,7 +58,7 @@ def _peer_setup():
     if not checkout or not (Path(checkout) / "train.py").is_file():
         sys.exit(f"method actionformer needs $ACTIONFORMER_DIR: a checkout at {actionformer_peer.AF_COMMIT}")
     actionformer_peer.EXTRA_PATH.extend(d for d in os.environ.get("ACTIONFORMER_PYTHONPATH", "").split(":") if d)
-    return Path(checkout).resolve(), Path(os.environ.get("ACTIONFORMER_WORK", "actionformer_work")).resolve()
+    return Path(checkout).resolve(), Path(os.environ.get("ACTIONFORMER_WORK", actionformer_peer.DEFAULT_WORK)).resolve()
 
 
 def run_method(regime_name: str, method: str, epochs: int | None, seed: int) -> dict:
