@@ -284,7 +284,7 @@ def _results_json(preds: Mapping[str, list[Segment]], method: str) -> dict:
 
 
 def main() -> None:
-    from benchmarks.bench_head import _table
+    from benchmarks.head_harness import print_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkout", default=os.environ.get("ACTIONFORMER_DIR"),
@@ -325,7 +325,7 @@ def main() -> None:
     except RuntimeError as e:
         sys.exit(f"actionformer_peer: {e}")
     print()
-    _table(rows)
+    print_table(rows)
     print(f"\nActionFormer {AF_COMMIT[:10]}, its THUMOS14 recipe; train (s) = train.py wall time; "
           f"NMS: {rows[0]['nms'] if rows else '-'}; load average (1 min) before/after training: "
           + ", ".join(f"{r['regime']}/{r['seed']} {r['load1']}" for r in rows[::2]))

@@ -137,27 +137,6 @@ def run_train_time(threads: int, seed: int) -> dict:
             "videos": {k: len(v.data.videos) for k, v in sp.items()}, "test": r["testing"]}
 
 
-def _table(rows: list[dict]) -> None:
-    print("| regime | method | seed | mAP@0.3 | 0.4 | 0.5 | 0.6 | 0.7 | avg | val avg | train (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["regime"], r["method"]), []).append(r)
-    for (regime_name, method), group in groups.items():
-        for r in group:
-            cells = " | ".join(f"{100 * m:.1f}" for m in r["test"]["mAP"])
-            val = f"{100 * r['val']['average_mAP']:.1f}" if r["val"] else "-"
-            print(f"| {regime_name} | {method} | {r['seed']} | {cells} | {100 * r['test']['average_mAP']:.1f} | "
-                  f"{val} | {r['train_s']:.0f} |", flush=True)
-        if len(group) > 1:  # the mean over training seeds
-            mean = [100 * sum(r["test"]["mAP"][k] for r in group) / len(group) for k in range(5)]
-            avg = 100 * sum(r["test"]["average_mAP"] for r in group) / len(group)
-            vals = [r["val"]["average_mAP"] for r in group if r["val"]]
-            val = f"{100 * sum(vals) / len(vals):.1f}" if vals else "-"
-            print(f"| {regime_name} | **{method}** | mean | " + " | ".join(f"{m:.1f}" for m in mean)
-                  + f" | **{avg:.1f}** | {val} | - |", flush=True)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--regimes", default="easy,hard,long,recur,harder")
@@ -202,8 +181,10 @@ def main() -> None:
         common = ["--epochs", str(args.epochs)] if args.epochs else []
         with ThreadPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(lambda j: _child(["--_run", j[0], "--seeds", j[1], *common]), jobs))
+        from benchmarks.head_harness import print_table
+
         print()
-        _table(rows)
+        print_table(rows)
         print("\ntest = held-out testing videos; val avg = validation average mAP (the head: of the selected "
               "epoch); videos per split: " + ", ".join(f"{r['regime']} {r['videos']}"
                                                   for r in rows[::len(methods) * len(seeds)]))

@@ -200,3 +200,26 @@ def train_head(sp: dict[str, Split], out_path, config=None, head: dict | None = 
             for v in test.data.videos}
     return {"testing": score(test, dets), "validation": ckpt["training"]["validation"], "train_s": train_s,
             "cpu_s": cpu_s, "epochs": ckpt["training"]["epochs_done"]}
+
+
+def print_table(rows: list[dict]) -> None:
+    """bench_head's rows (regime, method, seed, test/val mAP, train_s) as a Markdown table, with
+    the mean over seeds where a method ran several."""
+    print("| regime | method | seed | mAP@0.3 | 0.4 | 0.5 | 0.6 | 0.7 | avg | val avg | train (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["regime"], r["method"]), []).append(r)
+    for (regime_name, method), group in groups.items():
+        for r in group:
+            cells = " | ".join(f"{100 * m:.1f}" for m in r["test"]["mAP"])
+            val = f"{100 * r['val']['average_mAP']:.1f}" if r["val"] else "-"
+            print(f"| {regime_name} | {method} | {r['seed']} | {cells} | {100 * r['test']['average_mAP']:.1f} | "
+                  f"{val} | {r['train_s']:.0f} |", flush=True)
+        if len(group) > 1:  # the mean over training seeds
+            mean = [100 * sum(r["test"]["mAP"][k] for r in group) / len(group) for k in range(5)]
+            avg = 100 * sum(r["test"]["average_mAP"] for r in group) / len(group)
+            vals = [r["val"]["average_mAP"] for r in group if r["val"]]
+            val = f"{100 * sum(vals) / len(vals):.1f}" if vals else "-"
+            print(f"| {regime_name} | **{method}** | mean | " + " | ".join(f"{m:.1f}" for m in mean)
+                  + f" | **{avg:.1f}** | {val} | - |", flush=True)
