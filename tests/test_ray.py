@@ -86,8 +86,8 @@ def _no_ray_noise(res: subprocess.CompletedProcess) -> None:
 
 
 def _nothing_made(folder: Path) -> None:
-    """A run that could not reach its cluster wrote nothing (its folder may exist, empty)."""
-    assert not folder.exists() or not list(folder.iterdir()), list(folder.iterdir())
+    """A run that could not reach its cluster wrote nothing, not even its output folder."""
+    assert not folder.exists(), list(folder.iterdir())
 
 
 def _files(folder: Path) -> dict[str, bytes]:

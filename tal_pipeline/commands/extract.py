@@ -66,14 +66,22 @@ def command(inputs, out_dir, names, flow_backend, weights, backbone, device, pre
     from tal_pipeline.locks import claim_folder, release_claim
 
     local = job.setup() if ray_address is None else None  # the weights load before the folder is made
+    made = not os.path.lexists(out_dir)
     # never at the same time as a tal detect into this folder (locks.py)
     claim = claim_folder(out_dir, "features", "detections", _holds_detections)
     try:
         report = run_job(items, job, desc="tal extract", progress=progress, problems=problems,
                          ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
                          local=local, busy_wait=busy_wait)
-    finally:
+    except BaseException:
         release_claim(claim)
+        if made:  # a run that never started (no cluster at --ray's address) leaves no folder
+            try:
+                Path(out_dir).rmdir()
+            except OSError:  # not empty: something was written, or another run uses it
+                pass
+        raise
+    release_claim(claim)
     failures = write_failures(out_dir, report, failures_name(shard))
     click.echo(f"tal extract: {report.summary()} -> {out_dir}", err=True)
     exit_if_failed("extract", report, failures)
