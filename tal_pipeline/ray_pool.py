@@ -20,8 +20,6 @@ from typing import Any
 from tal_pipeline.errors import InputError
 from tal_pipeline.locks import lock_path, remove_left_lock
 from tal_pipeline.ray_worker import (
-    BUSY_TRIES,
-    BUSY_WAIT_S,
     _Tracker,
     _VideoWorker,
     plan_workers,
@@ -32,6 +30,10 @@ from tal_pipeline.ray_worker import (
 log = logging.getLogger(__name__)
 
 WAIT_S = 0.5  # the loop's tick: how often it looks for late re-asks and stuck starts
+# A video moved off a dead worker may find its lock still held while the dead holder's lock is
+# released (not --busy-wait's case: no other live run holds it)
+MOVED_RETRY_S = 2.0  # seconds between asks
+MOVED_RETRIES = 15  # asks before it counts as busy elsewhere
 
 
 @dataclass
@@ -136,10 +138,10 @@ class Pool:
     # -- accounts
 
     def _record(self, vid: str, outcome: str, cause: str) -> None:
-        if outcome == "busy" and vid in self.moved and self.busy_asks.get(vid, 0) < BUSY_TRIES:
+        if outcome == "busy" and vid in self.moved and self.busy_asks.get(vid, 0) < MOVED_RETRIES:
             # most likely the lock of our own dead worker, whose process is still going away
             self.busy_asks[vid] = self.busy_asks.get(vid, 0) + 1
-            self.later.append((time.monotonic() + BUSY_WAIT_S, vid))
+            self.later.append((time.monotonic() + MOVED_RETRY_S, vid))
             return
         if outcome == "skipped" and vid in self.died_in:
             outcome = "done"  # the dead try finished it (its answer was lost, not its work)

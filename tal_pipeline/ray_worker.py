@@ -22,9 +22,6 @@ from tal_pipeline.ray_connect import LOCAL
 
 log = logging.getLogger(__name__)
 
-BUSY_WAIT_S = 2.0  # a moved video found locked: its dead holder's lock is being released
-BUSY_TRIES = 15  # ...asked again this many times before it counts as busy elsewhere
-
 
 @dataclass(frozen=True)
 class RayOptions:
