@@ -389,7 +389,7 @@ def test_compile_failure_falls_back_to_eager(consecutive, monkeypatch):
     monkeypatch.setattr(mod, "_compiled", {})
     monkeypatch.setattr(mod, "_compile_failed", set())
     pairs = (consecutive[:2], consecutive[1:3])
-    opts = TVL1Options(scales=3, warps=2)
+    opts = TVL1Options(scales=3, warps=2, native=False)  # the torch loop both times
     with pytest.warns(RuntimeWarning, match="running it eagerly"):
         flow = tvl1_torch_pairs(*pairs, "cpu", replace(opts, compile="always"), threads=1)
     eager = tvl1_torch_pairs(*pairs, "cpu", replace(opts, compile="never"), threads=1)
@@ -514,3 +514,141 @@ def test_float_frames_outside_0_255_are_clipped_not_refused(backend):
 def test_cuda_without_cuda_is_not_available():
     with pytest.raises(NotAvailableError, match="CUDA"):
         compute_flow(GOOD, backend="torch", device="cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# (g) the C inner loop (tvl1_native): eager's arithmetic, its fallback and its cache
+
+
+def _warp_state(b=3, h=13, w=21, seed=0):
+    """A random inner-loop state of realistic scale: u, p (zero where eager keeps it zero), g,
+    rho_c, 1/|g|²: ``(B, 2, H, W)``, ``(B, 2, 2, H, W)``, ``(B, 2, H, W)``, ``(B, 1, H, W)`` x 2."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(b, 2, h, w, generator=gen)
+    p = 0.3 * torch.randn(b, 2, 2, h, w, generator=gen)
+    p[:, :, 0, :, -1] = 0  # the x dual on the last column, the y dual on the last row
+    p[:, :, 1, -1, :] = 0
+    g = 10 * torch.randn(b, 2, h, w, generator=gen)
+    rho_c = 5 * torch.randn(b, 1, h, w, generator=gen)
+    return u, p, g, rho_c, 1.0 / (g.square().sum(1, keepdim=True) + 1e-9)
+
+
+@pytest.fixture()
+def native_lib():
+    from tal_pipeline.flow import tvl1_native
+
+    lib = tvl1_native.library()
+    if lib is None:
+        pytest.skip("the TV-L1 kernel is not available here (no C compiler, or TAL_FLOW_NATIVE=0)")
+    return lib
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_native_iterations_are_eagers_up_to_rounding(native_lib, n):
+    """n fixed iterations in C and in eager torch from one state: the same numbers, but for
+    the last bits (torch's sqrt is MKL's, not correctly rounded). A wrong border, sign or
+    order of updates gives differences of the order of the values (~0.1-1)."""
+    from tal_pipeline.flow import tvl1_native
+    from tal_pipeline.flow.tvl1_torch import _inner_iterations_inplace
+
+    u, p, g, rho_c, inv_g2 = _warp_state()
+    lt, theta, taut = 0.045, 0.3, 0.25 / 0.3
+    ue, pe = _inner_iterations_inplace(u.clone(), p.clone(), g, rho_c, inv_g2, lt, theta, taut, n)
+    un, pn = u.clone(), p.clone()
+    assert tvl1_native.solve_warp(native_lib, un, pn, g, rho_c, inv_g2, lt, theta, taut, n, 0, 0.0) == 0
+    assert (un - ue).abs().max() < 1e-5 and (pn - pe).abs().max() < 1e-5
+    assert (un - u).abs().max() > 0.01  # and it moved
+
+
+def test_native_convergence_test_freezes_each_pair_as_eager(native_lib):
+    """With the test every 3 iterations, pairs stop on their own as in ``_solve_warp``: one
+    pair of the batch already converged (u, p a fixed point of the iteration: zero data term,
+    zero duals) stops at the first test, the others run on; both paths agree."""
+    from tal_pipeline.flow import tvl1_native
+    from tal_pipeline.flow.tvl1_torch import _solve_warp
+
+    u, p, g, rho_c, inv_g2 = _warp_state(b=3)
+    u[1], p[1], rho_c[1] = 0.0, 0.0, 0.0  # pair 1: flow 0 already fits, nothing changes
+    args = (g, rho_c, inv_g2, 0.045, 0.3, 0.25 / 0.3)
+    opts = TVL1Options(check_every=3, epsilon=0.01)
+    ue, pe = _solve_warp(False, u.clone(), p.clone(), args, replace(opts, native=False), 10)
+    un, pn = u.clone(), p.clone()
+    stopped = tvl1_native.solve_warp(native_lib, un, pn, *args, 10, 3, opts.epsilon**2)
+    assert stopped == 1
+    assert (un - ue).abs().max() < 1e-5 and (pn - pe).abs().max() < 1e-5
+    assert torch.equal(un[1], u[1])
+
+
+@pytest.mark.parametrize("motion", [Motion(dx=1.3, dy=-0.7), Motion(angle_deg=2.5), Motion(zoom=1.04)],
+                         ids=["translation", "rotation", "zoom"])
+def test_native_flow_is_eager_flow_on_known_motion(native_lib, still, motion):
+    """The whole solver with the C loop and without: the same flow up to amplified rounding
+    (mean EPE between them far under the methods' own error), bitwise the same run to run."""
+    f0, f1, truth = known_motion_pair(still, motion, top=8, left=60, size=SIZE)
+    pair = (f0[None], f1[None])
+    native = tvl1_torch_pairs(*pair, "cpu", TVL1Options(), threads=1)
+    eager = tvl1_torch_pairs(*pair, "cpu", TVL1Options(native=False), threads=1)
+    assert endpoint_error(native, eager, border=0) < 1e-3
+    assert abs(endpoint_error(native, truth[None]) - endpoint_error(eager, truth[None])) < 1e-3
+    assert np.array_equal(native, tvl1_torch_pairs(*pair, "cpu", TVL1Options(), threads=1))
+
+
+@pytest.fixture()
+def fresh_native(tmp_path, monkeypatch):
+    """tvl1_native with an empty cache under tmp_path and nothing loaded (restored after)."""
+    from tal_pipeline.flow import tvl1_native
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(tvl1_native.ENV_SWITCH, raising=False)
+    tvl1_native.reset()
+    yield tvl1_native
+    tvl1_native.reset()
+
+
+def test_broken_compiler_falls_back_to_eager_with_one_line(fresh_native, consecutive, monkeypatch, capfd):
+    monkeypatch.setenv("CC", "false")  # a compiler that fails without a word
+    pairs = (consecutive[:2], consecutive[1:3])
+    opts = TVL1Options(scales=3, warps=2)
+    flow = tvl1_torch_pairs(*pairs, "cpu", opts, threads=1)
+    again = tvl1_torch_pairs(*pairs, "cpu", opts, threads=1)
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if "TV-L1 kernel" in ln]
+    assert len(lines) == 1 and "false failed" in lines[0] and "Traceback" not in err, err
+    eager = tvl1_torch_pairs(*pairs, "cpu", replace(opts, native=False), threads=1)
+    assert np.array_equal(flow, eager) and np.array_equal(again, eager)
+    assert not list(fresh_native.cache_dir().glob("*.so"))  # nothing half-built left behind
+
+
+def test_native_switch_off_by_environment(fresh_native, monkeypatch):
+    monkeypatch.setenv(fresh_native.ENV_SWITCH, "0")
+    assert fresh_native.library() is None
+    assert not fresh_native.cache_dir().exists()  # not even built
+
+
+def test_native_library_is_built_once_and_reused(fresh_native, capfd):
+    if fresh_native.library() is None:
+        pytest.skip("no working C compiler here")
+    built = list(fresh_native.cache_dir().glob("*.so"))
+    assert len(built) == 1 and capfd.readouterr().err.count("compiled the TV-L1 kernel") == 1
+    stamp = built[0].stat().st_mtime_ns
+    fresh_native.reset()  # another process: loads the cached file, compiles nothing
+    assert fresh_native.library() is not None
+    assert "compiled" not in capfd.readouterr().err
+    assert built[0].stat().st_mtime_ns == stamp
+    assert [p.name for p in fresh_native.cache_dir().iterdir()] == [built[0].name]  # no temp files
+
+
+def test_native_builds_racing_for_one_file_leave_a_whole_library(fresh_native, tmp_path):
+    """Two builds of the same target at once (two Ray or pytest workers): each writes its own
+    temporary file and renames it; the survivor loads, no temporary file stays."""
+    import ctypes
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = fresh_native.library_path(tmp_path / "race")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda _: fresh_native.build(target), range(2)))
+    except RuntimeError as err:
+        pytest.skip(f"no working C compiler here ({err})")
+    assert ctypes.CDLL(str(target)).tal_tvl1_abi() == fresh_native.ABI
+    assert [p.name for p in target.parent.iterdir()] == [target.name]

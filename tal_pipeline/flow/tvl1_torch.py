@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tal_pipeline.flow import tvl1_native
 from tal_pipeline.flow.tvl1_blocks import (
     _resize,
     aligned_gain,
@@ -102,6 +103,9 @@ class TVL1Options:
     # regularise the flow less its dominant affine part (``dominant_affine``, re-estimated at
     # every warp) instead of the flow: TV-L1 shrinks rotations, zooms and shears otherwise
     affine_tv: bool = False
+    # run the inner iterations in the C kernel (``tvl1_native``) on the CPU when it builds: the
+    # same flow up to float rounding, faster; False (or TAL_FLOW_NATIVE=0): torch operations
+    native: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.tau <= 0.25:
@@ -285,6 +289,11 @@ def _solve_warp(
     and of the batch size. The loop ends when every pair is frozen or at the iteration cap.
     """
     eps2 = opts.epsilon**2
+    lib = None if compiled or u.device.type != "cpu" or not opts.native else tvl1_native.library()
+    if lib is not None:  # the C loop: each pair tested and frozen on its own, as below
+        u, p = u.contiguous(), p.contiguous()
+        tvl1_native.solve_warp(lib, u, p, *args, iterations, opts.check_every, eps2)
+        return u, p
     frozen = None  # (B,) bool, pairs that converged
     kept = None  # (u, p) as they were when the last pairs froze
     done, k = 0, opts.check_every
