@@ -9,7 +9,13 @@ numbers), loaded with ``torch.load(weights_only=True)``, so loading never execut
      "features": {"step": s, "t0": s0, "fps": f, "feature_stride": n, "window_frames": 16,
                   "dim": D, "steps_vary": bool, "streams": [...], "flow_backend": str,
                   "backbone": "r3d_18" | "unknown", "weights": "<id>:sha256:..." | "unknown"},
-     "training": {...epochs, seed, lr, data, final loss, validation mAP...}}
+     "training": {...epochs, seed, lr, data, final loss, validation mAP...},
+     "motion_check": {"columns": [...], "threshold": px, "scale": f,     # optional
+                      "labels": {label: {"column": "tx", "sign": 1}, ...}}}
+
+``motion_check`` (``global_motion.MotionCheck``), for heads whose labels are camera motions:
+each label's global-motion column and sign, and the threshold under which a detection's
+segment did not see that camera motion (its score is then scaled by ``scale``; 0 drops it).
 
 Anything else (not a zip of tensors, missing keys, wrong types, shapes that do not fit the config)
 is refused with an :class:`~tal_pipeline.errors.InputError` naming the file. ``load_head`` reads
@@ -33,6 +39,7 @@ import torch
 
 from tal_pipeline.errors import InputError
 from tal_pipeline.featio import UNKNOWN, WeightsLabel
+from tal_pipeline.global_motion import MotionCheck
 from tal_pipeline.head.model import HeadConfig, HeadModel
 
 log = logging.getLogger(__name__)
@@ -125,6 +132,11 @@ def validate_checkpoint(ckpt: Any, source: str = "<checkpoint>") -> None:
         raise InputError(f"{source}: checkpoint 'head_config' is invalid ({err})") from None
     if config.num_classes != len(names) or config.input_dim != ckpt["input_dim"]:
         raise InputError(f"{source}: checkpoint head_config disagrees with class_names/input_dim")
+    if "motion_check" in ckpt:
+        try:
+            MotionCheck.from_json(ckpt["motion_check"], names)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{source}: checkpoint {err}") from None
 
 
 def build_model(ckpt: dict, source: str = "<checkpoint>") -> HeadModel:
@@ -161,6 +173,7 @@ class HeadMeta:
     flow_backend: str | None = None  # the TV-L1 the training features used, if recorded
     flow_version: int | None = None  # its version (flow.FLOW_VERSIONS), if recorded
     step: float | None = None  # seconds per feature step (None: not recorded)
+    motion_check: MotionCheck | None = None  # the camera-motion check it declares, if any
     training: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # options, epochs, mAP
 
     @classmethod
@@ -177,6 +190,8 @@ class HeadMeta:
             flow_backend=feats.get("flow_backend"),
             flow_version=feats.get("flow_version"),
             step=feats.get("step"),
+            motion_check=(MotionCheck.from_json(ckpt["motion_check"], ckpt["class_names"])
+                          if "motion_check" in ckpt else None),
             training=dict(ckpt["training"]),
         )
 

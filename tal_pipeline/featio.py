@@ -1,7 +1,9 @@
 """Feature files: ``<id>.npy`` (float32 (T, D)) and ``<id>.json`` (:class:`FeatureMeta`).
 
 The ``.npy`` alone is what ActionFormer-style trainers read; the ``.json`` carries time: feature i
-is centred at ``t0 + i * step`` seconds. The ``.json`` is written last, so its presence (with a
+is centred at ``t0 + i * step`` seconds; with flow, it also carries ``global_motion``, the
+per-step camera-motion descriptor (``global_motion.COLUMNS``; ``FeatureMeta.motion``), which
+older files lack and still load without. The ``.json`` is written last, so its presence (with a
 matching shape) marks a complete pair: a run killed between the two writes is redone on resume.
 
 Foreign, meta-less ``.npy`` files (e.g. the public THUMOS14 I3D features) load when the caller
@@ -17,7 +19,7 @@ import json
 import math
 import os
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +66,24 @@ class FeatureMeta:
     dim: int  # D
     num_features: int  # T
     extra: dict[str, Any] = field(default_factory=dict)
+    # float32 (T, K): the per-step global (camera) motion of the flow, ``global_motion.COLUMNS``;
+    # None for features without flow or made before it existed (key "global_motion" in files)
+    motion: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def times(self) -> np.ndarray:
         """Centre time of every feature, seconds: float64 (T,)."""
         return self.t0 + self.step * np.arange(self.num_features, dtype=np.float64)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        from tal_pipeline.global_motion import COLUMNS
+
+        d = asdict(replace(self, motion=None))
+        del d["motion"]
         d["streams"] = list(self.streams)
         d["format"] = META_FORMAT
+        if self.motion is not None:  # 4 decimals: 0.1 mpx, far below TV-L1's own noise
+            d["global_motion"] = {"columns": list(COLUMNS),
+                                  "values": np.round(np.asarray(self.motion, np.float64), 4).tolist()}
         return d
 
 
@@ -107,7 +118,7 @@ def meta_from_json(d: Any, source: str = "<meta>") -> FeatureMeta:
     streams = d.get("streams", [])
     if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
         raise InputError(f"{source}: feature meta 'streams' must be a list of names")
-    known = set(_REQUIRED) | {"backbone", "weights", "streams", "extra", "format"}
+    known = set(_REQUIRED) | {"backbone", "weights", "streams", "extra", "format", "global_motion"}
     extra = dict(d.get("extra") or {})
     extra.update({k: v for k, v in d.items() if k not in known})
     return FeatureMeta(
@@ -123,7 +134,30 @@ def meta_from_json(d: Any, source: str = "<meta>") -> FeatureMeta:
         dim=int(d["dim"]),
         num_features=int(d["num_features"]),
         extra=extra,
+        motion=_motion_from_json(d.get("global_motion"), int(d["num_features"]), source),
     )
+
+
+def _motion_from_json(g: Any, num_features: int, source: str) -> np.ndarray | None:
+    """A meta's ``global_motion`` ``{"columns": [...], "values": (T, K) lists}`` -> float32
+    (T, K); None when absent or of other columns (another version's descriptor: not ours to
+    read). Malformed values are refused like any other bad meta field."""
+    from tal_pipeline.global_motion import COLUMNS
+
+    if g is None:
+        return None
+    if not isinstance(g, dict) or not isinstance(g.get("values"), list):
+        raise InputError(f"{source}: feature meta 'global_motion' must be an object with 'columns' and 'values'")
+    if g.get("columns") != list(COLUMNS):
+        return None
+    try:
+        values = np.asarray(g["values"], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: feature meta 'global_motion' values are not a table of numbers") from None
+    if values.shape != (num_features, len(COLUMNS)) or not np.isfinite(values).all():
+        raise InputError(f"{source}: feature meta 'global_motion' must be {num_features} rows of "
+                         f"{len(COLUMNS)} finite numbers, got shape {values.shape}")
+    return values
 
 
 def feature_paths(out_dir: str | os.PathLike, video_id: str) -> tuple[Path, Path]:

@@ -4,7 +4,8 @@
 ``dim`` columns first, then flow's), ``times float64 (T,)`` seconds (the centre of each feature's
 receptive field: ``(centre_offset + j * feature_stride) / fps``; 0.4 j s for r3d_18) and a
 :class:`~tal_pipeline.featio.FeatureMeta`. ``T = ceil(N / feature_stride)`` for ``N`` decoded
-frames: the last partial step is kept.
+frames: the last partial step is kept. With flow, ``meta.motion`` is the per-step camera-motion
+descriptor of the same TV-L1 fields (``global_motion``: a robust fit per field, averaged per step).
 
 Streaming: frames arrive in chunks; flow keeps the previous chunk's last frame so fields are
 continuous across chunks (only the video's last frame repeats the previous field); each stream's
@@ -44,6 +45,7 @@ from tal_pipeline.errors import InputError, VideoTooShortError
 from tal_pipeline.featio import FeatureMeta
 from tal_pipeline.flow import flow_version
 from tal_pipeline.flow.stream import FlowStream
+from tal_pipeline.global_motion import fit_fields, step_descriptor
 from tal_pipeline.prefetch import prefetch
 from tal_pipeline.transforms import FPS
 from tal_pipeline.weights import LoadedWeights, flow_state_dict, load_weights
@@ -270,6 +272,7 @@ class FeatureExtractor:
         chunks = self._stage_chunks()
         pipes = {s: StreamPipeline(self.nets[s], chunks, self.options.batch_chunks, self._wrap) for s in streams}
         outs: dict[str, list[torch.Tensor]] = {s: [] for s in streams}
+        fits: list[np.ndarray] = []  # per flow field: global_motion.fit_fields rows (n, K)
         n_frames = 0
         with torch.inference_mode():
             for rgb, flow in prefetch(self._inputs(items)):
@@ -278,6 +281,7 @@ class FeatureExtractor:
                     _keep(outs["rgb"], pipes["rgb"].push(self._rgb_tensor(rgb)))
                 if "flow" in pipes and flow is not None and len(flow):
                     _keep(outs["flow"], pipes["flow"].push(self._flow_tensor(flow)))
+                    fits.append(fit_fields(flow))  # raw pixels, before the +-20 px clip
             for s in streams:
                 _keep(outs[s], pipes[s].finish())
         if n_frames == 0:
@@ -305,6 +309,7 @@ class FeatureExtractor:
             streams=streams,
             dim=array.shape[1],
             num_features=array.shape[0],
+            motion=step_descriptor(np.concatenate(fits), array.shape[0], FPS, t0, step) if fits else None,
             extra={
                 "num_frames": n_frames,
                 "receptive_field_frames": self.spec.receptive_field,

@@ -82,6 +82,7 @@ class Detector:
         self.postprocess = postprocess or PostprocessConfig()
         self._extract_kwargs: dict[str, Any] = {}
         self.model_sha256: str | None = None  # of the checkpoint file (``load``)
+        self._warned_no_motion = False  # features without global motion: said once
 
     @classmethod
     def load(
@@ -241,8 +242,26 @@ class Detector:
         array = np.asarray(array, dtype=np.float32)  # (T, D)
         segments = predict_segments(self.model, array, meta.times(), meta.step, meta.duration,
                                     self.meta.class_names, self.postprocess, self.device)
+        segments = self._motion_check(segments, meta, source)
         precision = meta.extra.get("precision")  # the features' (any precision is accepted)
         return Detection(source, segments, meta.duration, meta, {"precision": precision} if precision else {})
+
+    def _motion_check(self, segments: list[Segment], meta: FeatureMeta, source: str) -> list[Segment]:
+        """The checkpoint's camera-motion check (``global_motion.MotionCheck``) on ``segments``,
+        when it declares one and ``postprocess.motion_check`` is on. Features without their
+        global motion (made before it existed) skip it, with a warning once per model."""
+        from tal_pipeline.global_motion import apply_check
+
+        check = self.meta.motion_check
+        if check is None or not self.postprocess.motion_check:
+            return segments
+        if meta.motion is None:
+            if not self._warned_no_motion:
+                self._warned_no_motion = True
+                log.warning("%s: features without their global motion (made by an older tal): the "
+                            "model's camera-motion check is skipped; re-extract them to apply it", source)
+            return segments
+        return apply_check(segments, meta.motion, meta.times(), check)
 
 
 def summary_lines(segments: list[Segment], limit: int = 20) -> list[str]:

@@ -73,6 +73,8 @@ class PostprocessConfig:
     #                          head cannot place boundaries finer than one step, and what is left
     #                          shorter is a clamped sliver at either end of the video. A video
     #                          shorter than this keeps segments as long as the video
+    motion_check: bool = True  # apply the checkpoint's camera-motion check (``global_motion``),
+    #                            when it declares one and the features carry their global motion
 
     def __post_init__(self):
         if self.nms_method not in NMS_METHODS:

@@ -1,0 +1,172 @@
+"""The demo's camera-motion check (issue #31): choose it on validation, score it held-out, ship it.
+
+    # features with their global motion (tal extract of this version), one folder per set
+    python benchmarks/camera_check.py sweep  --set FEAT:ANNOTATIONS.json [--set ...]
+    python benchmarks/camera_check.py score  --set FEAT:ANNOTATIONS.json [--set ...] [--model M]
+    python benchmarks/camera_check.py write  --threshold 0.2 --scale 0 [--model weights/demo.pt]
+
+``sweep`` runs the head once per video with the check off, then applies candidate checks
+(threshold x scale) to the same detections and prints mAP@0.5, the average mAP (tIoU
+0.3:0.7:0.1) and the worst class, over all videos and over the looping-video scenes: run it on
+VALIDATION only. ``score`` prints the model's own check against none (per class, per scene kind).
+``write`` re-saves the checkpoint with a ``motion_check`` (``global_motion.MotionCheck``) and
+nothing else changed: every tensor ``torch.equal`` to the old one, every other key equal.
+
+Splits of issue #31 (declared in docs/method.md before they were generated):
+
+    validation: python -m tal_pipeline.demo.camera --split train --videos 8 --seed 41 --val-fraction 0 --min-duration 30 --max-duration 60
+                ... --videos 6 --seed 43 --scene-kind video (same otherwise)
+    held-out:   python -m tal_pipeline.demo.camera --split heldout --videos 12 --seed 31 --min-duration 30 --max-duration 60
+                ... --videos 6 --seed 33 --scene-kind video
+    features:   tal extract DIR -o FEAT --backbone r3d_18_grid --weights seeded --streams flow --flow torch --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tal_pipeline.global_motion import LabelMotion, MotionCheck, apply_check
+
+# each demo class's camera motion, read from the picture's flow (demo/camera.py's table)
+DEMO_LABELS = {
+    "pan_left": LabelMotion("tx", 1), "pan_right": LabelMotion("tx", -1),
+    "tilt_up": LabelMotion("ty", 1), "tilt_down": LabelMotion("ty", -1),
+    "zoom_in": LabelMotion("zoom", 1), "zoom_out": LabelMotion("zoom", -1),
+}
+THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)  # px per frame pair at 112 px
+SCALES = (0.0, 0.25)  # 0: drop; else the failing detection's score factor
+
+
+@dataclass
+class Video:
+    vid: str
+    scene: str  # the generator's scene kind ("video", "photo", ...)
+    segments: list  # postprocess.Segment, check off
+    motion: np.ndarray | None  # (T, K)
+    times: np.ndarray  # (T,) s
+
+
+def run_head(sets: list[str], model: str) -> tuple[list[Video], dict]:
+    """The head on every feature file of every ``FEAT:ANN`` set, check off; the ground truth."""
+    from tal_pipeline.annotations import load_annotations
+    from tal_pipeline.featio import list_feature_files, load_features
+    from tal_pipeline.pipeline import Detector
+    from tal_pipeline.postprocess import PostprocessConfig
+
+    det = Detector.load(model, build_extractor=False, postprocess=PostprocessConfig(motion_check=False))
+    videos, gts = [], {}
+    for spec in sets:
+        feat, _, ann_path = spec.partition(":")
+        ann = load_annotations(ann_path)
+        scenes = {k: v.get("scene", "?") for k, v in json.loads(Path(ann_path).read_text())["database"].items()}
+        for npy in list_feature_files(feat):
+            if npy.stem not in ann.videos:
+                continue
+            arr, meta = load_features(npy)
+            if meta.motion is None:
+                sys.exit(f"camera_check: {npy} has no global motion; extract it with this version")
+            d = det.detect_features(arr, meta)
+            videos.append(Video(npy.stem, scenes.get(npy.stem, "?"), d.segments, meta.motion, meta.times()))
+        gts[ann_path] = ann
+    return videos, {"annotations": gts, "detector": det}
+
+
+def _merge(gts: dict):
+    from tal_pipeline.results import Annotations
+
+    return Annotations({k: v for a in gts.values() for k, v in a.videos.items()}, " + ".join(gts))
+
+
+def scores(videos: list[Video], gt, check: MotionCheck | None, scene: str | None = None):
+    from tal_pipeline.evaluate import evaluate
+
+    keep = [v for v in videos if scene is None or v.scene == scene]
+    sub = replace(gt, videos={v.vid: gt.videos[v.vid] for v in keep})
+    preds = {v.vid: (apply_check(v.segments, v.motion, v.times, check) if check else v.segments) for v in keep}
+    return evaluate(sub, preds)
+
+
+def _row(name: str, r) -> str:
+    i5 = r.tiou.index(0.5)
+    worst = min(r.per_class, key=lambda c: r.per_class[c][i5])
+    return (f"| {name} | {100 * r.mAP[i5]:.1f} | {100 * r.average_mAP:.1f} | "
+            f"{worst} {100 * r.per_class[worst][i5]:.1f} |")
+
+
+def sweep(args) -> None:
+    videos, ctx = run_head(args.set, args.model)
+    gt = _merge(ctx["annotations"])
+    kinds = sorted({v.scene for v in videos})
+    print(f"{len(videos)} videos ({', '.join(f'{k} {sum(v.scene == k for v in videos)}' for k in kinds)})\n")
+    print("| check | all @0.5 | all avg | worst class @0.5 | video @0.5 | video avg |")
+    print("|---|---|---|---|---|---|")
+    cands = [("none", None)] + [(f"thr {t:g} scale {s:g}", MotionCheck(DEMO_LABELS, t, s))
+                               for s in SCALES for t in THRESHOLDS]
+    for name, check in cands:
+        r = scores(videos, gt, check)
+        rv = scores(videos, gt, check, "video") if "video" in kinds else None
+        video = f"{100 * rv.mAP[rv.tiou.index(0.5)]:.1f} | {100 * rv.average_mAP:.1f}" if rv else "- | -"
+        print(_row(name, r) + f" {video} |")
+
+
+def score(args) -> None:
+    videos, ctx = run_head(args.set, args.model)
+    gt = _merge(ctx["annotations"])
+    check = ctx["detector"].meta.motion_check
+    if check is None:
+        sys.exit(f"camera_check: {args.model} declares no motion_check")
+    print(f"check: threshold {check.threshold:g} px, scale {check.scale:g}; {len(videos)} videos\n")
+    for name, c in (("without the check", None), ("with the check", check)):
+        r = scores(videos, gt, c)
+        print(f"## {name}\n\n{r.table()}\n")
+        for kind in sorted({v.scene for v in videos}):
+            rk = scores(videos, gt, c, kind)
+            print(f"- scene {kind} ({sum(v.scene == kind for v in videos)} videos): "
+                  f"@0.5 {100 * rk.mAP[rk.tiou.index(0.5)]:.1f}, average {100 * rk.average_mAP:.1f}")
+        print()
+
+
+def write(args) -> None:
+    import torch
+
+    from tal_pipeline.checkpoint import read_checkpoint, save_checkpoint
+
+    path = Path(args.model)
+    old = read_checkpoint(path)
+    new = dict(old)
+    new["motion_check"] = MotionCheck(DEMO_LABELS, args.threshold, args.scale).to_json()
+    save_checkpoint(path, new)
+    back = read_checkpoint(path)
+    assert back.keys() == old.keys() | {"motion_check"}
+    assert back["state_dict"].keys() == old["state_dict"].keys()
+    for k, v in old["state_dict"].items():  # the head, bitwise
+        assert torch.equal(back["state_dict"][k], v) and back["state_dict"][k].dtype == v.dtype, k
+    for k in old:
+        if k != "state_dict":
+            assert back[k] == old[k], k
+    print(f"{path}: motion_check {back['motion_check']}; {len(old['state_dict'])} tensors unchanged")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("verb", choices=("sweep", "score", "write"))
+    ap.add_argument("--set", action="append", default=[], help="FEATURE_FOLDER:ANNOTATIONS.json")
+    ap.add_argument("--model", default="weights/demo.pt")
+    ap.add_argument("--threshold", type=float, default=None, help="write: px per frame pair at 112 px")
+    ap.add_argument("--scale", type=float, default=0.0, help="write: score factor of a failing detection (0: drop)")
+    args = ap.parse_args()
+    if args.verb in ("sweep", "score") and not args.set:
+        ap.error("give at least one --set FEAT:ANN")
+    if args.verb == "write" and args.threshold is None:
+        ap.error("write needs --threshold")
+    {"sweep": sweep, "score": score, "write": write}[args.verb](args)
+
+
+if __name__ == "__main__":
+    main()
