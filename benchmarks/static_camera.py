@@ -2,6 +2,7 @@
 
     python benchmarks/static_camera.py                      # make (once) and detect all kinds
     python benchmarks/static_camera.py --kinds walker,crowd --seconds 30
+    python benchmarks/static_camera.py --compare            # with and without the motion check
 
 Issue #31's second goal: ``tal detect`` (demo model, defaults) on a 60 s clip whose camera
 never moves reports no camera motion above the default score, the one the console summary
@@ -23,6 +24,9 @@ The clips are made here from footage installed packages ship (nothing is downloa
 The detector runs as a user runs it: ``tal detect CLIPS -o DIR/`` in a subprocess (its own
 resume skips clips already done with the same settings). Per clip it prints the detections
 scoring >= the threshold, their count, the best score and a verdict against the goal.
+``--compare`` runs the demo detector in this process instead, once per clip, and reports the
+same with and without the checkpoint's camera-motion check (``global_motion.MotionCheck``, on by
+default in ``tal detect``) applied to the same detections.
 """
 
 from __future__ import annotations
@@ -161,6 +165,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="clip length")
     ap.add_argument("--cache", type=Path, default=CACHE, help="where clips and detections are kept")
     ap.add_argument("--make-only", action="store_true", help="make the clips, detect nothing")
+    ap.add_argument("--compare", action="store_true",
+                    help="in this process: detections with and without the model's motion check")
     args = ap.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     if bad := [k for k in kinds if k not in KINDS]:
@@ -175,6 +181,9 @@ def main() -> None:
             print(f"made {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         clips.append(path)
     if args.make_only:
+        return
+    if args.compare:
+        compare(clips)
         return
     out = args.cache / "detect"
     t0 = time.perf_counter()
@@ -195,6 +204,31 @@ def main() -> None:
         verdict = ("goal met: no camera motion" if not shown else
                    f"goal missed: {len(shown)} false camera motion(s)")
         print(f"| {clip.stem} | {len(shown)} | {top:.2f} | {strongest or '-'} | {verdict} |")
+
+
+def compare(clips: list[Path]) -> None:
+    """Per clip, one extraction; the demo's detections without and with its motion check."""
+    from tal_pipeline.global_motion import apply_check
+    from tal_pipeline.pipeline import Detector
+    from tal_pipeline.postprocess import PostprocessConfig
+
+    det = Detector.load("demo", postprocess=PostprocessConfig(motion_check=False))
+    check = det.meta.motion_check
+    if check is None:
+        sys.exit("static_camera: the demo model declares no motion check")
+    print(f"| clip | check | camera-motion detections >= {SUBTITLE_MIN_SCORE:g} | max score | "
+          "the strongest (label score start-end s) |")
+    print("|---|---|---|---|---|")
+    for clip in clips:
+        t0 = time.perf_counter()
+        d = det.detect_video(clip)
+        on = apply_check(d.segments, d.features.motion, d.features.times(), check)
+        for name, segs in (("off", d.segments), ("on", on)):
+            shown = [s for s in segs if s.score >= SUBTITLE_MIN_SCORE]
+            top = max((s.score for s in segs), default=0.0)
+            strongest = ", ".join(f"{s.label} {s.score:.2f} {s.start:.0f}-{s.end:.0f}" for s in shown[:4])
+            print(f"| {clip.stem} | {name} | {len(shown)} | {top:.2f} | {strongest or '-'} |", flush=True)
+        print(f"({clip.stem}: {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":
