@@ -252,7 +252,8 @@ class HaloRunner:
     newly final outputs ``(C', t', ...)`` or None; ``finish`` returns the rest. Core chunks of
     ``chunk`` input steps start at multiples of ``chunk``; each runs with ``halo`` extra steps
     each side (a multiple of ``stride`` >= the stage's radius, so the output grid stays aligned).
-    Up to ``max_batch`` equally long windows run in one forward.
+    Up to ``max_batch`` equally long windows run in one forward. The buffer is kept time-major
+    (:func:`_time_major`), so a window is a view and a stage's input is already channels-last.
     """
 
     def __init__(self, fn: Forward, stage: StageSpec, chunk: int, max_batch: int = 1):
@@ -270,7 +271,7 @@ class HaloRunner:
     def push(self, x: torch.Tensor) -> torch.Tensor | None:
         if x.shape[1] == 0:
             return None
-        self.buf = x if self.buf is None else torch.cat([self.buf, x], dim=1)
+        self.buf = _time_major(x) if self.buf is None else _cat_time([self.buf, x])
         self.n_in += x.shape[1]
         windows = []
         while self.n_in >= self.next_core + self.chunk + self.halo:
@@ -314,19 +315,36 @@ class HaloRunner:
                 group.append(windows[i + len(group)])
             i += len(group)
             b0 = self.buf_start
-            x = torch.stack([self.buf[:, w0 - b0 : w1 - b0] for w0, w1, _, _ in group])  # (B, C, t, ...)
-            y = self.fn(x)  # (B, C', t', ...)
+            views = [self.buf[:, w0 - b0 : w1 - b0].movedim(0, -1) for w0, w1, _, _ in group]  # (t, ..., C)
+            # one window: a view of the buffer, no copy (the stages never write to their input)
+            x = views[0][None] if len(views) == 1 else torch.stack(views)  # (B, t, ..., C)
+            y = self.fn(x.movedim(-1, 1))  # (B, C, t, ...) -> (B, C', t', ...)
             lo, hi = group[0][2], group[0][3]
             outs.extend(y[k, :, lo:hi] for k in range(len(group)))
         if not outs:
             return None
-        return torch.cat(outs, dim=1)
+        return outs[0] if len(outs) == 1 else _cat_time(outs)
 
     def _trim(self) -> None:
         keep_from = max(0, self.next_core - self.halo)
         if keep_from > self.buf_start:
             self.buf = self.buf[:, keep_from - self.buf_start :]
             self.buf_start = keep_from
+
+
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    """``(C, t, ...)`` with its memory ordered time first, channels last (``(t, ..., C)``): the
+    channels-last layout the convolutions take and give, in which a time slice is one block of
+    memory. No copy when ``x`` is laid out so already (a stage's output, the RGB input)."""
+    return x.movedim(0, -1).contiguous().movedim(-1, 0)
+
+
+def _cat_time(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(C, t_i, ...)`` pieces -> ``(C, sum t_i, ...)``, time-major (:func:`_time_major`): the
+    concatenation is then along the outermost memory dimension (block copies). Along ``dim=1``
+    of channels-last pieces it was a strided gather into a channels-first tensor that the next
+    convolution converted back."""
+    return torch.cat([x.movedim(0, -1) for x in xs], dim=0).movedim(-1, 0)
 
 
 class StreamPipeline:
@@ -382,22 +400,33 @@ def forward_chunked(net: StreamNet, x: torch.Tensor, chunk: int, piece: int | No
 
 
 # ---------------------------------------------------------------------------------------------
-# BatchNorm folding for frozen inference (FeatureExtractor applies it to both streams)
+# BatchNorm folding and operator fusion for frozen inference (FeatureExtractor applies it to
+# both streams)
 
 
 class ConvNorm(torch.nn.Module):
-    """A ``Conv3d`` followed by an eval-mode ``BatchNorm3d``, as one conv with a bias.
+    """A ``Conv3d`` followed by an eval-mode ``BatchNorm3d``, as one conv with a bias; optionally
+    then a residual add and a ReLU (``relu(conv(x) + shift + residual)``) in the same call.
 
     The conv's weight tensor is kept as is (shared with the other stream and with the weights
     cache: no second copy); in fp32 the per-channel scale is applied to a transient weight at
     each call (a few MB), the shift is the conv's bias. Under autocast (bf16, fp16) the folded
     weight is made once in that dtype and kept in ``folded`` (shared by both streams' modules of
     the same conv: half the fp32 size in all), instead of a multiply and a cast per call.
+
+    On a CPU with oneDNN (fp32, bf16) the add and the ReLU are the convolution's post-ops
+    (:func:`_onednn_conv`): no separate passes over the activation, which in bf16 cost about as
+    much as the convolutions. The ReLU alone changes nothing (bitwise); the add is made on the
+    convolution's fp32 accumulator and rounded once, where the unfused path rounds the conv's
+    output to bf16 first, so bf16 features move at bf16 rounding.
     """
 
-    def __init__(self, conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d, folded: dict | None = None):
+    def __init__(
+        self, conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d, folded: dict | None = None, relu: bool = False
+    ):
         super().__init__()
         self.conv = conv
+        self.relu = relu  # ReLU after the (conv + shift + residual)
         self.folded = {} if folded is None else folded  # (_key, dtype) -> (weight, bias)
         # identity of (conv weight, BatchNorm): the streams share these tensors, so their
         # modules of the same conv find one folded copy
@@ -409,21 +438,80 @@ class ConvNorm(torch.nn.Module):
         self.register_buffer("scale", scale.detach().view(-1, 1, 1, 1, 1).clone())
         self.register_buffer("shift", shift.detach().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.conv
+        weight, bias = self._weight_bias(x)
+        x = x.to(weight.dtype)
+        if residual is not None:
+            residual = residual.to(weight.dtype)
+        if _onednn_conv(x):
+            return _conv_pointwise(x, weight, bias, c, residual, self.relu)
+        with torch.autocast(x.device.type, enabled=False):
+            y = torch.nn.functional.conv3d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+        if residual is not None:
+            y += residual
+        return y.relu_() if self.relu else y
+
+    def _weight_bias(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded (weight, bias) in the dtype the conv runs in (autocast's, else the weight's)."""
         c = self.conv
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
         if dtype is None or c.weight.dtype == dtype:
-            weight = c.weight * self.scale.to(c.weight.dtype)
-            return torch.nn.functional.conv3d(
-                x, weight, self.shift.to(c.weight.dtype), c.stride, c.padding, c.dilation, c.groups
-            )
+            return c.weight * self.scale.to(c.weight.dtype), self.shift.to(c.weight.dtype)
         key = (*self._key, dtype)
         if key not in self.folded:  # once per conv and dtype (same BatchNorm -> same scale)
             weight = (c.weight * self.scale).to(dtype)
             self.folded[key] = (weight.contiguous(memory_format=_memory_format(c.weight)), self.shift.to(dtype))
-        weight, bias = self.folded[key]
-        with torch.autocast(x.device.type, enabled=False):
-            return torch.nn.functional.conv3d(x.to(dtype), weight, bias, c.stride, c.padding, c.dilation, c.groups)
+        return self.folded[key]
+
+
+def _onednn_conv(x: torch.Tensor) -> bool:
+    """Whether ``x``'s convolution runs through oneDNN's fused convolution (CPU, fp32 or bf16)."""
+    return (
+        x.device.type == "cpu"
+        and x.ndim == 5
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    )
+
+
+def _conv_pointwise(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    conv: torch.nn.Conv3d,
+    residual: torch.Tensor | None,
+    relu: bool,
+) -> torch.Tensor:
+    """``relu?(conv3d(x) + bias + residual?)`` as one oneDNN call (the ops inductor fuses into)."""
+    ops = torch.ops.mkldnn
+    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    if residual is None:
+        return ops._convolution_pointwise(x, weight, bias, *geometry, "relu" if relu else "none", [], "")
+    return ops._convolution_pointwise.binary(
+        x, residual, weight, bias, *geometry, "add", 1.0, "relu" if relu else None, [], ""
+    )
+
+
+class FusedBasicBlock(torch.nn.Module):
+    """torchvision's video ``BasicBlock`` after BatchNorm folding:
+    ``relu(conv2(conv1(x)) + shortcut(x))``, the add and the ReLU made in ``conv2``'s call.
+
+    Same submodule names as the block it replaces (``conv1``, ``conv2``, ``downsample``).
+    """
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        self.conv1 = block.conv1  # Sequential(ConvNorm with ReLU, Identity, Identity)
+        self.conv2 = block.conv2  # Sequential(ConvNorm, Identity)
+        self.downsample = block.downsample  # Sequential(ConvNorm, Identity) or None
+        self.conv2[0].relu = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W) -> (B, C', T', H', W')
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.conv2[0](self.conv1(x), residual)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
@@ -433,10 +521,12 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 
 def fold_batchnorm(module: torch.nn.Module, folded: dict | None = None) -> int:
     """Fold every eval-mode ``BatchNorm3d`` that follows a ``Conv3d`` in an ``nn.Sequential``
-    into it (:class:`ConvNorm`; the norm becomes ``Identity``); returns how many.
+    into it (:class:`ConvNorm`; the norm becomes ``Identity``), and a ``ReLU`` right after the
+    norm with it; then make each torchvision video ``BasicBlock`` whose convs were folded a
+    :class:`FusedBasicBlock` (residual add and ReLU in its second conv). Returns how many norms.
 
     Frozen inference only: one pass over each activation and one activation-sized tensor less
-    per conv; results equal the unfolded net within float rounding.
+    per conv (three with the add and ReLUs); results equal the unfolded net within float rounding.
     """
     n = 0
     for parent in list(module.modules()):
@@ -448,7 +538,31 @@ def fold_batchnorm(module: torch.nn.Module, folded: dict | None = None) -> int:
                 continue
             if norm.training or norm.running_mean is None:
                 continue
-            parent[i] = ConvNorm(conv, norm, folded)
+            relu = i + 2 < len(parent) and type(parent[i + 2]) is torch.nn.ReLU
+            parent[i] = ConvNorm(conv, norm, folded, relu=relu)
             parent[i + 1] = torch.nn.Identity()
+            if relu:
+                parent[i + 2] = torch.nn.Identity()
             n += 1
+    _fuse_basic_blocks(module)
     return n
+
+
+def _fuse_basic_blocks(module: torch.nn.Module) -> None:
+    """Swap each folded torchvision ``BasicBlock`` (its convs are ConvNorms) for a FusedBasicBlock."""
+    from torchvision.models.video.resnet import BasicBlock
+
+    def folded(seq: torch.nn.Module | None) -> bool:
+        return isinstance(seq, torch.nn.Sequential) and isinstance(seq[0], ConvNorm)
+
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if (
+                type(child) is BasicBlock
+                and folded(child.conv1)
+                and child.conv1[0].relu
+                and folded(child.conv2)
+                and not child.conv2[0].relu
+                and (child.downsample is None or folded(child.downsample))
+            ):
+                setattr(parent, name, FusedBasicBlock(child))

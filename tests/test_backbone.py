@@ -206,3 +206,57 @@ def test_batchnorm_folding_keeps_the_outputs(tmp_path):
         return {m.conv.weight.data_ptr() for m in net.modules() if isinstance(m, _ConvNorm)}
 
     assert len(storage(rgb) & storage(flow)) == 19  # every conv but the stem: one copy in memory
+
+
+def test_fused_blocks_match_the_unfused_net_in_fp32_and_bf16(monkeypatch):
+    """Folding also fuses each conv's ReLU and each BasicBlock's residual add + ReLU (oneDNN
+    post-ops on the CPU): fp32 equals the unfused net within float rounding, bf16 stays at bf16
+    rounding of it, and the fallback without oneDNN (the GPU's path: separate add and ReLU)
+    gives the fused path's fp32 numbers."""
+    from tal_pipeline import backbone
+    from tal_pipeline.backbone import ConvNorm, FusedBasicBlock, fold_batchnorm
+
+    torch.manual_seed(6)
+    plain = r3d_18(3).eval()
+    _randomise_bn(plain.body, seed=6)
+    fused = r3d_18(3).eval()
+    fused.body.load_state_dict(plain.body.state_dict())
+    fold_batchnorm(fused.body)
+    assert sum(isinstance(m, FusedBasicBlock) for m in fused.modules()) == 8  # every block
+    assert not any(isinstance(m, torch.nn.ReLU) for m in fused.modules())  # all in the convs
+    assert sum(isinstance(m, ConvNorm) and m.relu for m in fused.modules()) == 1 + 8 + 8  # stem, conv1s, conv2s
+    x = torch.randn(1, 3, 12, 32, 32).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        ref = plain(x)
+        got = fused(x)
+        with monkeypatch.context() as m:
+            m.setattr(backbone, "_onednn_conv", lambda x: False)
+            fallback = fused(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref16 = plain(x).float()
+            got16 = fused(x).float()
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(fallback, got, atol=1e-4, rtol=1e-4)
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+    assert 0 < rel(got16, ref) < 2e-2  # bf16 really ran, near fp32
+    assert rel(got16, ref16) < 2e-2  # and near the unfused bf16 run (rounding apart)
+
+
+def test_halo_buffers_are_time_major_and_windows_are_views(net):
+    """The runner keeps its buffer channels-last in time order: a channels-first input comes out
+    of the stage exactly as it would whole, and the stage gets a channels-last view."""
+    from tal_pipeline.backbone import HaloRunner, StageSpec
+
+    seen = []
+
+    def stage(x):  # (B, C, t, H, W): records the layout, then a stride-1 local op
+        seen.append(x.is_contiguous(memory_format=torch.channels_last_3d))
+        return torch.nn.functional.avg_pool3d(x, (3, 1, 1), 1, (1, 0, 0), count_include_pad=True)
+
+    x = torch.randn(4, 23, 5, 5, generator=torch.Generator().manual_seed(7))  # channels-first
+    whole = stage(x[None])[0]
+    seen.clear()
+    runner = HaloRunner(stage, StageSpec(1, 1), chunk=6)
+    outs = [runner.push(x[:, i : i + 5]) for i in range(0, 23, 5)] + [runner.finish()]
+    got = torch.cat([o for o in outs if o is not None], dim=1)
+    assert torch.allclose(got, whole, atol=1e-6) and seen and all(seen)
