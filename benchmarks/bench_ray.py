@@ -35,6 +35,7 @@ import argparse
 import filecmp
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,11 +76,19 @@ def worker_memory(log: Path) -> dict[str, tuple[float, float]]:
     started (the extractor built, no video yet) and over all its videos."""
     mem: dict[str, tuple[float, float]] = {}
     for line in log.read_text().splitlines():
-        pid, _, _, kib = line.split()
+        pid, _, _, kib = line.split()[:4]
         mb = int(kib) / 1024
         floor, peak = mem.get(pid, (mb, 0.0))
         mem[pid] = (floor, max(peak, mb))
     return mem
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """The names of the files that are in one folder only or differ between them."""
+    if not (a.is_dir() and b.is_dir()):
+        return ["(no folder)"]
+    na, nb = {p.name for p in a.iterdir()}, {p.name for p in b.iterdir()}
+    return sorted((na ^ nb) | {n for n in na & nb if not filecmp.cmp(a / n, b / n, shallow=False)})
 
 
 def same_outputs(a: Path, b: Path) -> bool:
@@ -90,10 +99,220 @@ def same_outputs(a: Path, b: Path) -> bool:
         filecmp.cmp(a / n, b / n, shallow=False) for n in names)
 
 
+# -- --lose-node: a worker node lost mid-video (issue #29's goal: no video lost, and the wall
+# time grows by at most the lost node's work in flight)
+
+# One run in its own network and PID namespaces (every Ray process ends with its shell): a head
+# (the driver's node, 1 CPU) and a second node on 127.0.0.2 (1 CPU), one worker each; the
+# watcher below, then `tal extract` with its stderr lines stamped with the time they came.
+LOSE_RUN = """
+set -u
+ip link set lo up
+port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+ray start --head --port "$port" --num-cpus 1 --disable-usage-stats --include-dashboard=false \\
+    >/dev/null 2>&1 || {{ echo "ray start failed" >&2; exit 99; }}
+ray start --address "127.0.0.1:$port" --node-ip-address 127.0.0.2 --num-cpus 1 \\
+    --disable-usage-stats >/dev/null 2>&1 || {{ echo "the second node failed" >&2; exit 98; }}
+python -c {watch} {log} {plan} &
+t0=$(date +%s.%N)
+{tal} --ray "127.0.0.1:$port" 2>&1 >/dev/null | python -uc {stamp} >{err}
+echo "$t0 $(date +%s.%N) ${{PIPESTATUS[0]}}" >{times}
+touch {stop}
+wait
+"""
+STAMP = "import sys, time\nfor ln in sys.stdin: print(f'{time.time():.3f} {ln}', end='')"
+
+# Watches TAL_WORKER_LOG (`<pid> <id> <event> <peak KiB> <unix time>`), maps each worker to its
+# node (its parent raylet's --node_ip_address) and, if the plan says `kill`, kills the second
+# node `delay` s into the first video a worker starts there after `after` starts in all (by the
+# log's own clock; the next one if that video ended first). `what`: "raylet" SIGKILLs the raylet alone (its
+# workers see it gone and exit by themselves), "machine" the raylet and every process it
+# started at the same instant. Writes {"nodes": {pid: ip}, "kill": unix time, "lost": [pids]}.
+LOSE_WATCH = r'''
+import json, os, sys, time
+log, plan = sys.argv[1], json.loads(sys.argv[2])
+def procs():
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        out[int(pid)] = (ppid, args)
+    return out
+def raylets():
+    found = {}
+    for pid, (_, args) in procs().items():
+        if args[0].endswith(b"raylet/raylet"):
+            ip = [a.split(b"=", 1)[1].decode() for a in args if a.startswith(b"--node_ip_address=")]
+            found[pid] = ip[0] if ip else "?"
+    return found
+def events():
+    try:
+        return [ln.split() for ln in open(log).read().splitlines()]
+    except OSError:
+        return []
+rays, nodes, res, t_end = raylets(), {}, {"nodes": {}, "kill": None, "lost": []}, time.time() + 600
+while time.time() < t_end and not os.path.exists(plan["stop"]):
+    ev, ps = events(), procs()
+    for p, v, e, _, t in ev:
+        if p not in nodes and int(p) in ps:
+            nodes[p] = rays.get(ps[int(p)][0], "?")
+    res["nodes"] = nodes
+    ended = {(p, v) for p, v, e, _, t in ev if e != "start"}
+    starts = [(p, v, float(t)) for p, v, e, _, t in ev if e == "start"]
+    there = [x for x in starts[plan.get("after", 0):] if nodes.get(x[0]) == plan["ip"]]
+    if plan["kill"] and there:
+        running = [x for x in there if x[:2] not in ended]
+        if running:
+            p, v, t = running[0]
+            time.sleep(max(0.0, t + plan["delay"] - time.time()))
+            if (p, v) not in {(q, w) for q, w, e, _, s in events() if e != "start"}:
+                target = [r for r, ip in rays.items() if ip == plan["ip"]][0]
+                ps = procs()
+                doomed = [q for q, (pp, _) in ps.items() if pp == target]
+                res["lost"] = [str(q) for q in doomed]
+                for q in [target, *(doomed if plan["what"] == "machine" else [])]:
+                    os.kill(q, 9)
+                res["kill"], res["video"] = time.time(), v
+                plan["kill"] = False
+    time.sleep(0.02)
+    json.dump(res, open(plan["out"], "w"))
+'''
+
+
+def lose_node_run(root: Path, name: str, clips: Path, opts: list[str], plan: dict) -> dict:
+    """One run of LOSE_RUN; what it left: the worker log, the watcher's record, the stamped
+    stderr, (t0, t1, exit status) and the output folder."""
+    d = root / name
+    d.mkdir()
+    files = {k: d / k for k in ("workers.log", "watch.json", "stderr", "times", "stop")}
+    plan = {**plan, "out": str(files["watch.json"]), "stop": str(files["stop"])}
+    tal = [*TAL, "extract", str(clips), "-o", str(d / "out"), *opts]
+    script = LOSE_RUN.format(watch=shlex.quote(LOSE_WATCH), log=files["workers.log"],
+                             plan=shlex.quote(json.dumps(plan)), tal=shlex.join(tal),
+                             stamp=shlex.quote(STAMP), err=files["stderr"], times=files["times"],
+                             stop=files["stop"])
+    env = {**os.environ, "TAL_WORKER_LOG": str(files["workers.log"]), "RAY_TMPDIR": str(d),
+           "TAL_BENCH_PEAK": str(d / "peak"),
+           "HOME": str(d), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for var in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        env.pop(var, None)
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "bash", "-c",
+                           script], check=False, env=env, capture_output=True, text=True,
+                          timeout=900)
+    if not (files["times"].exists() and files["watch.json"].exists()):
+        sys.exit(f"bench_ray: the {name} run did not run: {proc.stderr.strip()[-500:]}")
+    t0, t1, code = files["times"].read_text().split()
+    events = [ln.split() for ln in files["workers.log"].read_text().splitlines()]
+    return {"t0": float(t0), "t1": float(t1), "exit": int(code), "out": d / "out",
+            "watch": json.loads(files["watch.json"].read_text()),
+            "events": [(p, v, e, float(t)) for p, v, e, _, t in events],
+            "stderr": [(float(ln.split(" ", 1)[0]), ln.split(" ", 1)[1])
+                       for ln in files["stderr"].read_text().splitlines()]}
+
+
+def durations(run: dict) -> dict[str, list[float]]:
+    """node ip -> the start-to-end seconds of each video its workers did."""
+    starts, out = {}, {}
+    for p, v, e, t in run["events"]:
+        if e == "start":
+            starts[(p, v)] = t
+        elif e == "done" and (p, v) in starts:
+            out.setdefault(run["watch"]["nodes"].get(p, "?"), []).append(t - starts.pop((p, v)))
+    return out
+
+
+def loss_figures(run: dict, n_videos: int) -> dict:
+    """What a loss cost, on the log's clock. The reference is a pool that wastes nothing: the
+    node leaves at the kill with nothing in flight (what it had started goes back to the queue
+    whole), each survivor goes on from the moment it is free (its video in flight at the kill
+    done, or its set-up over: its first start) through the queue without a gap, at the pace its
+    videos had after the kill (the same load: on one machine the survivors speed up once the
+    lost node's processes stop competing for the cores). ``added`` is the last video's end
+    minus that reference's (shared out evenly over several survivors)."""
+    t_kill, lost = run["watch"]["kill"], set(run["watch"]["lost"])
+    ev = run["events"]
+    ends = {(p, v): t for p, v, e, t in ev if e != "start"}
+    starts = [(p, v, t) for p, v, e, t in ev if e == "start"]
+    lost_flying = [(p, v, t) for p, v, t in starts
+                   if p in lost and t <= t_kill and ends.get((p, v), t_kill + 1) > t_kill]
+    in_flight = sum(t_kill - t for _, _, t in lost_flying)
+    survivors = {p for p, _, _ in starts if p not in lost}
+    free_at, finished = {}, set()
+    for p, v, t in starts:
+        if p in lost or (t > t_kill and p in free_at):
+            continue
+        if t > t_kill:  # its first video after the kill: set up only then
+            free_at[p] = t
+        elif ends.get((p, v), 0.0) <= t_kill:
+            finished.add(v)
+        else:  # in flight at the kill: free when it ends
+            free_at[p] = ends[(p, v)]
+            finished.add(v)
+    for p in survivors - set(free_at):
+        free_at[p] = t_kill
+    finished |= {v for p, v, t in starts if p in lost and ends.get((p, v), t_kill + 1) <= t_kill}
+    queued = n_videos - len(finished)  # at the kill: not started, or started on the lost node
+    done = {(p, v) for p, v, e, _ in ev if e == "done"}
+    tau = [ends[(p, v)] - t for p, v, t in starts if p not in lost and t > t_kill and (p, v) in done]
+    tau_s = sum(tau) / len(tau) if tau else float("nan")
+    n = max(len(survivors), 1)
+    ideal_last = (sum(free_at.values()) + queued * tau_s) / n
+    last_done = max(t for p, v, e, t in ev if e in ("done", "skipped"))
+    added = last_done - ideal_last
+    lost_line = [t for t, ln in run["stderr"] if " lost: " in ln]
+    detect = (lost_line[0] - t_kill) if lost_line else float("nan")
+    return {"kill_at_s": round(t_kill - run["t0"], 2), "video": run["watch"].get("video"),
+            "in_flight_s": round(in_flight, 2), "detection_s": round(detect, 2),
+            "survivors": len(survivors), "queued_at_kill": queued,
+            "survivor_s_per_video": round(tau_s, 2),
+            "kill_to_last_done_s": round(last_done - t_kill, 2),
+            "reference_s": round(ideal_last - t_kill, 2), "added_s": round(added, 2),
+            "added_le_in_flight": added <= in_flight,
+            "added_le_in_flight_plus_detection": added <= in_flight + detect}
+
+
+def lose_node(args, root: Path, clips: Path, opts: list[str]) -> dict:
+    """The --lose-node mode: a local reference, a run without loss, then one per kill."""
+    base = [*opts, "--threads", "1"]
+    ref = root / "local"
+    wall, _, _, _ = run(["extract", str(clips), *base, "-o", str(ref)])
+    print(f"local     {wall:7.1f} s  (1 worker, --threads 1: the bitwise reference)", flush=True)
+    ray_opts = [*base, "--workers", "2"]
+    res: dict = {"local_wall_s": round(wall, 2), "runs": {}}
+    plain = lose_node_run(root, "no-loss", clips, ray_opts, {"ip": "127.0.0.2", "kill": False})
+    tau2 = durations(plain).get("127.0.0.2", [])
+    tau = sum(tau2) / len(tau2) if tau2 else 5.0
+    # early: 30 % into the first video of the second node; late: 70 % into the first it starts
+    # once half the videos have started
+    kills = {"early": (0, 0.3 * tau), "late": (args.clips // 2, 0.7 * tau)}
+    runs = {"no-loss": plain}
+    for when in args.lose_node.split(","):
+        after, delay = kills[when]
+        runs[when] = lose_node_run(root, when, clips, ray_opts,
+                                   {"ip": "127.0.0.2", "kill": True, "after": after,
+                                    "delay": delay, "what": args.kill})
+    for name, r in runs.items():
+        row = {"wall_s": round(r["t1"] - r["t0"], 2), "exit": r["exit"],
+               "bitwise_eq_local": same_outputs(r["out"], ref), "differ": differences(r["out"], ref),
+               "lines": [ln for _, ln in r["stderr"]][-3:]}
+        if name == "no-loss":
+            row["s_per_video"] = {ip: round(sum(d) / len(d), 2) for ip, d in durations(r).items()}
+        elif r["watch"]["kill"] is None:
+            row["error"] = "the kill never landed inside a video"
+        else:
+            row.update(loss_figures(r, args.clips))
+        res["runs"][name] = row
+        print(f"{name:8s} {json.dumps(row)}", flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clips", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--clips", type=int, default=None, help="default 8 (--lose-node: 6)")
+    ap.add_argument("--seconds", type=float, default=None, help="default 20 (--lose-node: 4)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--address", default=None, help="a running cluster (default: a local instance)")
     ap.add_argument("--device", default="cpu")
@@ -102,7 +321,19 @@ def main() -> None:
     ap.add_argument("--runs", default="floor,local,ray,local-1t,ray-1t",
                     help="which of floor, local, ray, local-1t, ray-1t to run (comma-separated)")
     ap.add_argument("--no-netns", action="store_true", help="do not enter a private network namespace")
+    ap.add_argument("--lose-node", default=None, metavar="early,late",
+                    help="instead of the runs above: a head and a second node, the second lost "
+                         "while its worker is inside a video (early, late or both)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (clips, outputs, logs)")
+    ap.add_argument("--kill", choices=("raylet", "machine"), default="raylet",
+                    help="--lose-node: SIGKILL the node's raylet alone, or with its workers")
     args = ap.parse_args()
+    if args.clips is None:
+        args.clips = 6 if args.lose_node else 8
+    if args.seconds is None:
+        args.seconds = 4.0 if args.lose_node else 20.0
+    if args.lose_node and (args.no_netns or args.address):
+        ap.error("--lose-node starts its own cluster in its own namespaces")
     if not args.no_netns and os.environ.get("TAL_BENCH_NETNS") != "1":
         inner = " ".join(map(repr, [sys.executable, *sys.argv]))
         os.execvpe("unshare", ["unshare", "--net", "--pid", "--fork", "--mount-proc", "sh", "-c",
@@ -128,6 +359,15 @@ def main() -> None:
                  "workers": args.workers, "device": args.device, "runs": {}}
     print(f"# {res['cpu']}; {args.clips} clips x {args.seconds:g} s; {args.workers} Ray workers",
           flush=True)
+    if args.lose_node:
+        res.update(lose_node(args, root, clips, opts))
+        res["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(res, default=str))
+        if args.keep:
+            print(f"# kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     wanted = set(args.runs.split(","))
     if "floor" in wanted:
         broken = root / "broken.mp4"  # not a video: the file fails as soon as it is opened

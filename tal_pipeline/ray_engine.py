@@ -23,7 +23,7 @@ A job (``jobs.ExtractJob``, ``jobs.DetectJob``) is a small picklable description
 ``job.setup()`` returns a worker with ``process``, ``is_done``, ``outputs`` and ``lock_dir``.
 
 ``TAL_WORKER_LOG`` (tests, benchmarks): a file to which each actor appends
-``<pid> <video_id> <event> <peak RSS KiB>`` when it starts (``start``) and ends a video.
+``<pid> <video_id> <event> <peak RSS KiB> <unix time s>`` when it starts (``start``) and ends a video.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,14 +129,15 @@ class _VideoWorker:
 
 
 def _note_worker(pid: int, vid: str, event: str) -> None:
-    """``TAL_WORKER_LOG``: ``<pid> <video_id> <event> <peak RSS in KiB>`` (tests, benchmarks)."""
+    """``TAL_WORKER_LOG``: ``<pid> <video_id> <event> <peak RSS in KiB> <unix time s>`` (tests,
+    benchmarks)."""
     path = os.environ.get("TAL_WORKER_LOG")
     if path:
         from tal_pipeline.memory import peak_rss_kib
 
         peak = peak_rss_kib()
         with open(path, "a", encoding="utf-8") as f:
-            f.write(f"{pid} {vid} {event} {peak}\n")
+            f.write(f"{pid} {vid} {event} {peak} {time.time():.3f}\n")
 
 
 def raylet_reachable(address: str, port: int, timeout: float = 1.0) -> bool:
