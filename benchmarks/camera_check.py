@@ -4,6 +4,8 @@
     python benchmarks/camera_check.py sweep  --set FEAT:ANNOTATIONS.json [--set ...]
     python benchmarks/camera_check.py score  --set FEAT:ANNOTATIONS.json [--set ...] [--model M]
     python benchmarks/camera_check.py write  --threshold 0.2 --scale 0 [--model weights/demo.pt]
+    git worktree add /tmp/before <commit before the descriptor>
+    python benchmarks/camera_check.py speed  --against /tmp/before [--seconds 60 --rounds 2]
 
 ``sweep`` runs the head once per video with the check off, then applies candidate checks
 (threshold x scale) to the same detections and prints mAP@0.5, the average mAP (tIoU
@@ -11,6 +13,9 @@
 VALIDATION only. ``score`` prints the model's own check against none (per class, per scene kind).
 ``write`` re-saves the checkpoint with a ``motion_check`` (``global_motion.MotionCheck``) and
 nothing else changed: every tensor ``torch.equal`` to the old one, every other key equal.
+``speed`` times ``tal detect`` of bench_detect's clip (demo model, a fresh process each, wall
+time and the process's own peak RSS) with this checkout and with another one (its own code and
+its own ``weights/demo.pt``), alternating.
 
 Splits of issue #31 (declared in docs/method.md before they were generated):
 
@@ -153,19 +158,55 @@ def write(args) -> None:
     print(f"{path}: motion_check {back['motion_check']}; {len(old['state_dict'])} tensors unchanged")
 
 
+def speed(args) -> None:
+    import os
+    import subprocess
+    import tempfile
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_extract import TAL_OWN_PEAK, make_clip
+
+    cache = Path(tempfile.gettempdir()) / "tal_bench"
+    cache.mkdir(exist_ok=True)
+    clip = make_clip(cache / f"clip_{int(args.seconds)}s.mp4", args.seconds)
+    here = Path(__file__).resolve().parents[1]
+    trees = {"before": Path(args.against).resolve(), "this": here}
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in trees}
+    for r in range(args.rounds):
+        for name, tree in trees.items():
+            with tempfile.TemporaryDirectory() as out, tempfile.NamedTemporaryFile(suffix=".peak") as peak:
+                t = time.perf_counter()  # cwd = the tree: `python -c` imports tal_pipeline from there
+                subprocess.run([*TAL_OWN_PEAK, "detect", str(clip), "-o", f"{out}/o.json", "--model",
+                                str(tree / "weights" / "demo.pt"), "--no-progress", "-q"], cwd=tree, check=True,
+                               stdout=subprocess.DEVNULL, env={**os.environ, "TAL_BENCH_PEAK": peak.name})
+                dt = time.perf_counter() - t
+                mb = int(Path(peak.name).read_text() or 0) / 1024
+            runs[name].append((dt, mb))
+            print(f"round {r} {name:6s} wall {dt:6.2f} s  peak RSS {mb:.0f} MB", flush=True)
+    med = {k: np.median(np.array(v), axis=0) for k, v in runs.items()}
+    print(f"median wall: this {med['this'][0]:.2f} s, before {med['before'][0]:.2f} s "
+          f"(ratio {med['this'][0] / med['before'][0]:.3f}); peak RSS {med['this'][1]:.0f} vs {med['before'][1]:.0f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("verb", choices=("sweep", "score", "write"))
+    ap.add_argument("verb", choices=("sweep", "score", "write", "speed"))
     ap.add_argument("--set", action="append", default=[], help="FEATURE_FOLDER:ANNOTATIONS.json")
     ap.add_argument("--model", default="weights/demo.pt")
     ap.add_argument("--threshold", type=float, default=None, help="write: px per frame pair at 112 px")
     ap.add_argument("--scale", type=float, default=0.0, help="write: score factor of a failing detection (0: drop)")
+    ap.add_argument("--against", default=None, help="speed: another checkout (e.g. a git worktree)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="speed: clip length")
+    ap.add_argument("--rounds", type=int, default=2, help="speed: runs of each checkout, alternating")
     args = ap.parse_args()
     if args.verb in ("sweep", "score") and not args.set:
         ap.error("give at least one --set FEAT:ANN")
     if args.verb == "write" and args.threshold is None:
         ap.error("write needs --threshold")
-    {"sweep": sweep, "score": score, "write": write}[args.verb](args)
+    if args.verb == "speed" and not args.against:
+        ap.error("speed needs --against CHECKOUT")
+    {"sweep": sweep, "score": score, "write": write, "speed": speed}[args.verb](args)
 
 
 if __name__ == "__main__":
