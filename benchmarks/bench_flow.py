@@ -9,7 +9,10 @@ before any tuning: ``held_out`` (reported first: footage no option was tuned on)
 excluded) per kind, and the torch backend's verdict against OpenCV; then pairs/s of both
 backends on the held-out pairs with ``--threads`` threads each, best of ``--repeats`` runs,
 interleaved so that both see the same machine load, in wall time and in CPU time (the latter
-distorts least on a shared, busy machine).
+distorts least on a shared, busy machine). Where the C inner loop (``tvl1_native``) builds,
+the ``torch`` row runs it and a ``torch eager`` row the same solver with the torch loop; then
+the EPE between the two flows, and the kernel's cold build and warm load times. Every torch
+row's flow is checked bitwise the same in each of the ``--repeats`` runs.
 
     python benchmarks/bench_flow.py                                  # 16 pairs per kind, 2 threads
     python benchmarks/bench_flow.py --variant affine='{"affine_tv": true}'   # and a torch variant
@@ -30,15 +33,17 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from flow_footage import KINDS, footage_suite
 from known_motion import endpoint_error, radial_epe
 
-from tal_pipeline.flow import OpenCVTVL1Options, TVL1Options, options_for
+from tal_pipeline.flow import OpenCVTVL1Options, TVL1Options, options_for, tvl1_native
 from tal_pipeline.flow.opencv_backend import tvl1_opencv_pairs
 from tal_pipeline.flow.tvl1_torch import tvl1_pairs, tvl1_torch_pairs
 
@@ -88,6 +93,9 @@ def epe_table(title: str, epe: dict[str, dict]) -> list[str]:
 
 def bench_cpu(args: argparse.Namespace) -> dict:
     variants = {"torch": replace(TVL1Options(), **json.loads(args.torch_options))}
+    native = variants["torch"].native and tvl1_native.library() is not None
+    if native:  # the same solver with the torch inner loop: the C kernel's speed-up and its drift
+        variants["torch eager"] = replace(variants["torch"], native=False)
     for spec in args.variant:
         name, _, overrides = spec.partition("=")
         variants[f"torch {name}"] = replace(variants["torch"], **json.loads(overrides))
@@ -96,10 +104,14 @@ def bench_cpu(args: argparse.Namespace) -> dict:
     tune = footage_set("tuning", args.pairs, args.seed)
     n = len(held[0])
     runs: dict = {}
+    first: dict = {}  # each torch row's output in the first run: later runs must equal it
+    stable = {}
     for _ in range(args.repeats):  # timed, interleaved: held-out pairs
         best_time(lambda: tvl1_opencv_pairs(held[0], held[1], cv_opts, t), runs, "opencv")
         for name, opts in variants.items():
             best_time(lambda o=opts: tvl1_torch_pairs(held[0], held[1], "cpu", o, t), runs, name)
+            first.setdefault(name, runs[name][2])
+            stable[name] = stable.get(name, True) and np.array_equal(first[name], runs[name][2])
     report: dict = {"held_out": {}, "tuning": {}, "pairs_per_s": {}, "pairs_per_cpu_s": {}}
     for name, (wall, cpu, flow) in runs.items():
         report["held_out"][name] = epe_by_kind(flow, held[2], args.pairs)
@@ -117,10 +129,38 @@ def bench_cpu(args: argparse.Namespace) -> dict:
         wall, cpu = report["pairs_per_s"][name], report["pairs_per_cpu_s"][name]
         print(f"  {name:18s} {wall:8.2f} pairs/s  {cpu:8.2f} pairs/cpu-s   x OpenCV: "
               f"{wall / cv_wall:.2f} wall, {cpu / cv_cpu:.2f} CPU time (goal >= 5)")
+    if "torch eager" in runs:
+        ps = report["pairs_per_s"]
+        print(f"  C inner loop: torch / torch eager = {ps['torch'] / ps['torch eager']:.2f}x wall")
     agree = endpoint_error(runs["torch"][2], runs["opencv"][2], BORDER_PX)
     print(f"torch vs opencv flow on the held-out pairs (EPE between them): {agree:.4f} px")
+    print(f"bitwise the same in each of {args.repeats} runs: "
+          + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in stable.items()))
+    report["bitwise_stable"] = stable
+    if native:
+        report["native"] = native_report(runs["torch"][2], runs["torch eager"][2])
     report["options"] = {name: asdict(opts) for name, opts in variants.items()}
     return report
+
+
+def native_report(native: np.ndarray, eager: np.ndarray) -> dict:
+    """How far the C inner loop's flow is from the torch loop's (whole frame, px), and what
+    the kernel costs at start-up: a cold build (into a temporary folder) and a warm load."""
+    d = np.sqrt(((native - eager) ** 2).sum(1))  # (P, H, W) endpoint distance
+    out = {"epe_mean_px": float(d.mean()), "epe_max_px": float(d.max()),
+           "pixels_over_0.01px": float((d > 0.01).mean()), "bitwise_equal": bool((d == 0).all())}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        tvl1_native.build(tvl1_native.library_path(Path(tmp)))
+        out["cold_build_s"] = time.perf_counter() - start
+    tvl1_native.reset()
+    start = time.perf_counter()
+    tvl1_native.library()  # the cached library: hash the source, stat the compiler, dlopen
+    out["warm_load_s"] = time.perf_counter() - start
+    print(f"native vs eager flow on the held-out pairs: EPE mean {out['epe_mean_px']:.2e} px, "
+          f"max {out['epe_max_px']:.3f} px, pixels over 0.01 px {out['pixels_over_0.01px']:.2e}; "
+          f"kernel cold build {out['cold_build_s']:.2f} s, warm load {1e3 * out['warm_load_s']:.1f} ms")
+    return out
 
 
 def bench_cuda(args: argparse.Namespace) -> dict:

@@ -652,3 +652,35 @@ def test_native_builds_racing_for_one_file_leave_a_whole_library(fresh_native, t
         pytest.skip(f"no working C compiler here ({err})")
     assert ctypes.CDLL(str(target)).tal_tvl1_abi() == fresh_native.ABI
     assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+@pytest.mark.parametrize("gain", [True, False])
+def test_native_linearisation_is_torchs(native_lib, still, gain):
+    """Warp (bicubic, border), the gain of the aligned frames and the data term in C against
+    the torch steps, on a real frame moved by a smooth flow of up to 4 px that reaches past the
+    border, frame 0 4 % brighter than frame 1 but for a darker object (the gain found, or
+    left alone without log0)."""
+    from tal_pipeline.flow import tvl1_native
+    from tal_pipeline.flow.tvl1_blocks import centred_gradient, log_intensity, warp
+    from tal_pipeline.flow.tvl1_torch import _TINY_GRAD2, _linearise
+
+    i1 = torch.from_numpy(still[:48, :64]).float()[None].repeat(2, 1, 1)  # (2, 48, 64)
+    ys, xs = torch.meshgrid(torch.arange(48.0), torch.arange(64.0), indexing="ij")
+    u = torch.stack([3.0 * torch.sin(ys / 7), 4.0 * torch.cos(xs / 9)])[None].repeat(2, 1, 1, 1)
+    u[1] *= -1  # (2, 2, 48, 64), another flow for the second pair
+    stack1 = torch.cat([i1[:, None], centred_gradient(i1)], 1).contiguous()  # (2, 3, 48, 64)
+    img0 = (1.04 * warp(stack1, u, "bicubic")[:, 0:1]).contiguous()  # (2, 1, 48, 64)
+    img0[..., :14, :] *= 0.7  # a darker object over the top quarter of the frame: not the gain
+    log0 = log_intensity(img0) if gain else None
+    native = tvl1_native.linearise(native_lib, stack1, u, img0, log0, _TINY_GRAD2)
+    reference = _linearise(stack1, u, img0, log0, "bicubic")
+    native, reference = (native[0], native[1], 1 / native[2]), (*reference[:2], 1 / reference[2])
+    for mine, theirs in zip(native, reference):  # g, rho_c, |g|² (1 / |g|² blows up where flat)
+        assert mine.shape == theirs.shape
+        # float rounding: torch maps the sample point through [-1, 1] and back
+        assert (mine - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+    rho_c = native[1] + (native[0] * u).sum(1, keepdim=True)  # I1w * gain - I0 (gain ~1.04)
+    if gain:  # the gain found (a median, the object left out): the aligned frames agree
+        assert rho_c.abs().median() < 0.01
+    else:  # no gain: 4 % of the grey level apart
+        assert rho_c.abs().median() > 1.0

@@ -1,5 +1,6 @@
-/* The TV-L1 inner iterations of one warp, fused: the C twin of tvl1_torch's
- * _inner_iterations_inplace + _solve_warp (see tvl1_native.py for how it is built and loaded).
+/* The TV-L1 solver's hot steps, fused: the inner iterations of one warp, the C twin of
+ * tvl1_torch's _inner_iterations_inplace + _solve_warp, and the linearisation before them, the
+ * twin of _linearise (see tvl1_native.py for how it is built and loaded).
  *
  * Why C: in eager PyTorch every iteration is ~20 passes over (B, ..., H, W) arrays that do not
  * fit in cache; here one pair's arrays (~0.5 MB at 112 x 112) stay in L2 for all its
@@ -150,4 +151,147 @@ int tal_tvl1_solve(int B, int H, int W, float *u, float *p, const float *g, cons
         }
     }
     return stopped;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The linearisation at each warp (tvl1_torch.tvl1_pairs' warp loop, bicubic, from the warp to
+ * inv_g2): I1 and its gradient sampled at x + u, the gain of I1 on the aligned frames, the
+ * data term's gradient g, constant rho_c and 1 / |g|^2. */
+
+/* Keys' cubic convolution weights (A = -0.75, torch's bicubic grid_sample) at offset t. */
+static inline void cubic_weights(float t, float w[4]) {
+    const float A = -0.75f;
+    float x0 = t + 1.0f, x2 = 1.0f - t, x3 = 2.0f - t;
+    w[0] = ((A * x0 - 5.0f * A) * x0 + 8.0f * A) * x0 - 4.0f * A;
+    w[1] = ((A + 2.0f) * t - (A + 3.0f)) * t * t + 1.0f;
+    w[2] = ((A + 2.0f) * x2 - (A + 3.0f)) * x2 * x2 + 1.0f;
+    w[3] = ((A * x3 - 5.0f * A) * x3 + 8.0f * A) * x3 - 4.0f * A;
+}
+
+static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* The k-th smallest of v[0..n) (v reordered): Wirth's selection, O(n) on average; the same
+ * value as any selection (NumPy's partition in the torch path). */
+static float select_kth(float *v, int n, int k) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        const float pivot = v[k];
+        int i = lo, j = hi;
+        do {
+            while (v[i] < pivot) i++;
+            while (pivot < v[j]) j--;
+            if (i <= j) {
+                float t = v[i];
+                v[i] = v[j];
+                v[j] = t;
+                i++;
+                j--;
+            }
+        } while (i <= j);
+        if (j < k) lo = i;
+        if (k < i) hi = j;
+    }
+    return v[k];
+}
+
+/* ln max(v, 1): tvl1_blocks.log_intensity */
+static inline float log_intensity(float v) { return logf(v < 1.0f ? 1.0f : v); }
+
+/* Pixel o = (x, y): I1, I1x, I1y (s: 3 planes) at (x, y) + u by bicubic interpolation, the
+ * border replicated (torch's grid_sample, bicubic, padding "border", align_corners). */
+static inline void sample_px(const float *restrict s, int W, int H, size_t HW, size_t o, int x,
+                             int y, const float *restrict ub, float *restrict i1w,
+                             float *restrict gb) {
+    float sx = (float)x + ub[o], sy = (float)y + ub[HW + o];
+    /* far outside, every tap is the border pixel: bound the coordinate so that floor stays
+     * an int (NaN too) */
+    float bx = sx > W + 1.0f ? W + 1.0f : sx, by = sy > H + 1.0f ? H + 1.0f : sy;
+    bx = bx >= -2.0f ? bx : -2.0f; /* NaN: -2 */
+    by = by >= -2.0f ? by : -2.0f;
+    float fx = floorf(bx), fy = floorf(by);
+    float wx[4], wy[4];
+    cubic_weights(bx - fx, wx);
+    cubic_weights(by - fy, wy);
+    int xs[4], ys[4];
+#pragma GCC unroll 4 /* straight-line code, so that the loop over pixels vectorises */
+    for (int k = 0; k < 4; k++) {
+        xs[k] = clampi((int)fx - 1 + k, 0, W - 1); /* border: replicate */
+        ys[k] = clampi((int)fy - 1 + k, 0, H - 1) * W;
+    }
+    float val[3];
+#pragma GCC unroll 3
+    for (int c = 0; c < 3; c++) {
+        const int plane = c * (int)HW;
+        float acc = 0.0f;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const int row = plane + ys[r];
+            float v = s[row + xs[0]] * wx[0];
+            v = v + s[row + xs[1]] * wx[1];
+            v = v + s[row + xs[2]] * wx[2];
+            v = v + s[row + xs[3]] * wx[3];
+            acc = r == 0 ? v * wy[0] : acc + v * wy[r];
+        }
+        val[c] = acc;
+    }
+    i1w[o] = val[0];
+    gb[o] = val[1];
+    gb[HW + o] = val[2];
+}
+
+/* Row y of sample_px; branch-free, so that the loop over x may vectorise (gathers). */
+static void sample_row(const float *restrict s, int W, int H, size_t HW, int y,
+                       const float *restrict ub, float *restrict i1w, float *restrict gb) {
+    const size_t o = (size_t)y * W;
+    for (int x = 0; x < W; x++) sample_px(s, W, H, HW, o + x, x, y, ub, i1w, gb);
+}
+
+/* I1 and its gradient scaled by the gain (exact when it is 1), then the data term's
+ * constant rho_c = I1w - g.u - I0 and 1 / (|g|^2 + tiny), over one pair's HW pixels. */
+static void data_term(size_t HW, float gain, float tiny, const float *restrict ub,
+                      const float *restrict ib, const float *restrict i1w, float *restrict gb,
+                      float *restrict rb, float *restrict qb) {
+    for (size_t o = 0; o < HW; o++) {
+        float g0 = gb[o] * gain, g1 = gb[HW + o] * gain, iw = i1w[o] * gain;
+        gb[o] = g0;
+        gb[HW + o] = g1;
+        float gu = g0 * ub[o];
+        gu = gu + g1 * ub[HW + o];
+        rb[o] = (iw - gu) - ib[o];
+        float g2 = g0 * g0;
+        g2 = g2 + g1 * g1;
+        qb[o] = 1.0f / (g2 + tiny);
+    }
+}
+
+/* For B pairs: stack (B, 3, H, W) = I1, I1x, I1y; u (B, 2, H, W); i0 (B, 1, H, W) frame 0;
+ * log0 (B, 1, H, W) its log_intensity, or NULL for no gain (tvl1_blocks.aligned_gain: the
+ * lower median over the pixels whose sample lies inside, of log0 - log I1w; exp, clamped to
+ * [gain_lo, gain_hi]; 1 with no pixel inside). Writes g (B, 2, H, W), rho_c, inv_g2
+ * (B, 1, H, W). work: 2 * H * W floats. */
+void tal_tvl1_linearise(int B, int H, int W, const float *stack, const float *u, const float *i0,
+                        const float *log0, float gain_lo, float gain_hi, float tiny, float *g,
+                        float *rho_c, float *inv_g2, float *work) {
+    const size_t HW = (size_t)H * W;
+    float *i1w = work, *ratios = work + HW;
+    for (int b = 0; b < B; b++) {
+        const float *s = stack + 3 * HW * b, *ub = u + 2 * HW * b, *ib = i0 + HW * b;
+        float *gb = g + 2 * HW * b, *rb = rho_c + HW * b, *qb = inv_g2 + HW * b;
+        for (int y = 0; y < H; y++) sample_row(s, W, H, HW, y, ub, i1w, gb);
+        int n_inside = 0;
+        if (log0) /* the gain's samples: pixels whose sample lies inside (as aligned_gain) */
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    const size_t o = (size_t)y * W + x;
+                    float sx = (float)x + ub[o], sy = (float)y + ub[HW + o];
+                    if (sx >= 1.0f && sx <= W - 2.0f && sy >= 1.0f && sy <= H - 2.0f)
+                        ratios[n_inside++] = log0[HW * b + o] - log_intensity(i1w[o]);
+                }
+        float gain = 1.0f;
+        if (log0 && n_inside > 0) {
+            gain = expf(select_kth(ratios, n_inside, (n_inside - 1) / 2));
+            gain = gain < gain_lo ? gain_lo : (gain > gain_hi ? gain_hi : gain);
+        }
+        data_term(HW, gain, tiny, ub, ib, i1w, gb, rb, qb);
+    }
 }

@@ -1,9 +1,10 @@
-"""The TV-L1 inner iterations in C (``tvl1_native.c``), built on first use and called through
-ctypes on CPU tensors' memory.
+"""The TV-L1 solver's two hot steps in C (``tvl1_native.c``), built on first use and called
+through ctypes on CPU tensors' memory: the inner iterations of a warp (``solve_warp``) and the
+linearisation before them (``linearise``: bicubic warp, gain, data term).
 
 Why: the eager inner loop is ~20 passes over arrays that do not fit in cache per iteration;
 the C loop keeps one pair's arrays in cache for all its iterations (same operations, same
-order, float rounding apart). No torch headers, so the build takes about a second.
+order, float rounding apart). No torch headers, so the build takes seconds, not a minute.
 
 Build: the system C compiler (``$CC`` or ``cc``) with ``BUILD_FLAGS``, once per machine; the
 library is cached in ``$XDG_CACHE_HOME/tal-pipeline`` (default ``~/.cache/tal-pipeline``)
@@ -30,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from tal_pipeline.flow.tvl1_blocks import GAIN_RANGE
 
 SOURCE = Path(__file__).with_name("tvl1_native.c")
 ABI = 1  # TAL_TVL1_ABI in the source: the exported signature this module calls
@@ -123,6 +126,9 @@ def _load() -> ctypes.CDLL:
     ptr, i, flt = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     f.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, flt, flt, flt, i, i, flt, ptr]
     f.restype = i
+    f = lib.tal_tvl1_linearise
+    f.argtypes = [i, i, i, ptr, ptr, ptr, ptr, flt, flt, flt, ptr, ptr, ptr, ptr]
+    f.restype = None
     return lib
 
 
@@ -179,5 +185,28 @@ def solve_warp(
                               lt, theta, taut, iterations, check_every, eps2, _ptr(change))
 
 
-__all__ = ["BUILD_FLAGS", "ENV_SWITCH", "build", "cache_dir", "library", "library_path", "reset",
-           "solve_warp"]
+def linearise(
+    lib: ctypes.CDLL,
+    stack1: torch.Tensor,  # (B, 3, H, W) I1 and its centred gradient
+    u: torch.Tensor,  # (B, 2, H, W) flow, pixels
+    img0: torch.Tensor,  # (B, 1, H, W) I0
+    log0: torch.Tensor | None,  # (B, 1, H, W) log_intensity(I0); None: no gain estimate
+    tiny: float,  # added to |g|² before the reciprocal
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``tvl1_torch._linearise`` with bicubic warping, one C pass per pair: g ``(B, 2, H, W)``,
+    rho_c and 1 / |g|² ``(B, 1, H, W)``."""
+    b, _, h, w = u.shape
+    for t, c in ((stack1, 3), (u, 2), (img0, 1)) + (((log0, 1),) if log0 is not None else ()):
+        if tuple(t.shape) != (b, c, h, w):
+            raise ValueError(f"TV-L1 kernel: shape {tuple(t.shape)}, expected {(b, c, h, w)}")
+    g = torch.empty(b, 2, h, w)
+    rho_c, inv_g2 = torch.empty(b, 1, h, w), torch.empty(b, 1, h, w)
+    work = torch.empty(2 * h * w)  # the warped I1 and the log ratios of one pair
+    lib.tal_tvl1_linearise(b, h, w, _ptr(stack1), _ptr(u), _ptr(img0),
+                           None if log0 is None else _ptr(log0), *GAIN_RANGE, tiny,
+                           _ptr(g), _ptr(rho_c), _ptr(inv_g2), _ptr(work))
+    return g, rho_c, inv_g2
+
+
+__all__ = ["BUILD_FLAGS", "ENV_SWITCH", "build", "cache_dir", "library", "library_path", "linearise",
+           "reset", "solve_warp"]

@@ -335,6 +335,23 @@ def _restore(
     )
 
 
+def _linearise(
+    stack1: torch.Tensor, u: torch.Tensor, img0: torch.Tensor, log0: torch.Tensor | None,
+    interpolation: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The data term linearised at ``u``: I1 and its gradient ``stack1 (B, 3, h, w)`` warped
+    by ``u (B, 2, h, w)``, scaled by I1's gain on the aligned frames when ``log0`` (frame 0's
+    ``log_intensity``) is given; returns g ``(B, 2, h, w)``, rho_c and 1 / |g|² ``(B, 1, h, w)``.
+    """
+    warped = warp(stack1, u, interpolation)  # (B, 3, h, w)
+    if log0 is not None:  # I1 and its gradient scale together
+        warped.mul_(aligned_gain(img0, warped[:, 0:1], u, log0))
+    g = warped[:, 1:3].contiguous()  # (B, 2, h, w)
+    rho_c = (warped[:, 0:1] - (g * u).sum(1, keepdim=True) - img0).contiguous()
+    inv_g2 = 1.0 / (g.square().sum(1, keepdim=True) + _TINY_GRAD2)
+    return g, rho_c, inv_g2  # peak memory: warped is freed here (g holds it only when B = 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # the solver
 
@@ -354,6 +371,9 @@ def tvl1_pairs(i0: torch.Tensor, i1: torch.Tensor, opts: TVL1Options | None = No
     opts = opts or options_for(i0.device)
     device = i0.device
     compiled = _use_compile(device, opts)
+    # the C kernel's linearisation (bicubic only; bilinear stays in torch)
+    lib = (tvl1_native.library() if device.type == "cpu" and opts.native and not compiled
+           and opts.interpolation == "bicubic" else None)
     b, h, w = i0.shape
     sizes = level_sizes(h, w, opts)
     lt, theta, taut = opts.lambda_ * opts.theta, opts.theta, opts.tau / opts.theta
@@ -375,7 +395,7 @@ def tvl1_pairs(i0: torch.Tensor, i1: torch.Tensor, opts: TVL1Options | None = No
             ph, pw = u.shape[-2:]
             u = _resize(u, (lh, lw))
             u = u * torch.tensor([lw / pw, lh / ph], device=device).view(1, 2, 1, 1)
-        img0 = pyr[level][:, 0:1]  # (B, 1, h, w)
+        img0 = pyr[level][:, 0:1].contiguous()  # (B, 1, h, w)
         img1 = pyr[level][:, 1]  # (B, h, w)
         stack1 = torch.cat([img1[:, None], centred_gradient(img1)], 1)  # (B, 3, h, w): I1, I1x, I1y
         p = torch.zeros(b, 2, 2, lh, lw, device=device, dtype=torch.float32)
@@ -384,13 +404,11 @@ def tvl1_pairs(i0: torch.Tensor, i1: torch.Tensor, opts: TVL1Options | None = No
         iterations = (opts.finest_iterations or opts.iterations) if finest else opts.iterations
         log0 = log_intensity(img0) if opts.warp_gain else None  # (B, 1, h, w)
         for _ in range(warps):
-            warped = warp(stack1, u, opts.interpolation)  # (B, 3, h, w)
-            if opts.warp_gain:  # I1 and its gradient scale together
-                warped.mul_(aligned_gain(img0, warped[:, 0:1], u, log0))
-            g = warped[:, 1:3].contiguous()  # (B, 2, h, w)
-            rho_c = (warped[:, 0:1] - (g * u).sum(1, keepdim=True) - img0).contiguous()
-            inv_g2 = 1.0 / (g.square().sum(1, keepdim=True) + _TINY_GRAD2)
-            del warped  # peak memory: freed before the iterations (g holds it only when B = 1)
+            if lib is not None:  # the same steps in one C pass per pair
+                u = u.contiguous()
+                g, rho_c, inv_g2 = tvl1_native.linearise(lib, stack1, u, img0, log0, _TINY_GRAD2)
+            else:
+                g, rho_c, inv_g2 = _linearise(stack1, u, img0, log0, opts.interpolation)
             if opts.median > 1:
                 u = median_filter(u, opts.median)
             # affine_tv: solve for w = u - a, the flow less its dominant affine part a, so that
