@@ -684,3 +684,36 @@ def test_native_linearisation_is_torchs(native_lib, still, gain):
         assert rho_c.abs().median() < 0.01
     else:  # no gain: 4 % of the grey level apart
         assert rho_c.abs().median() > 1.0
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 instruction sets")
+def test_native_results_do_not_depend_on_the_instruction_set(native_lib, tmp_path):
+    """The kernel built for this CPU (vectorised, AVX-512 gathers where there are) and for a
+    baseline x86-64 (scalar, fmaf in software): bitwise the same g, rho_c, 1/|g|² and
+    iterations, at a pyramid level's odd size too (vector remainders). So a cache keyed by
+    CPU gives every machine the same flow."""
+    from tal_pipeline.flow import tvl1_native
+    from tal_pipeline.flow.tvl1_blocks import centred_gradient, log_intensity
+
+    flags = tuple(f if f != "-march=native" else "-march=x86-64-v2" for f in tvl1_native.BUILD_FLAGS)
+    target = tmp_path / "baseline.so"
+    try:
+        tvl1_native.build(target, flags)
+    except RuntimeError as err:
+        pytest.skip(f"cannot build for x86-64-v2 here ({err})")
+    baseline = tvl1_native.load_library(target)
+    for b, h, w in ((3, 112, 112), (2, 13, 21)):
+        gen = torch.Generator().manual_seed(h)
+        i1 = 255 * torch.rand(b, h, w, generator=gen)
+        img0 = (255 * torch.rand(b, 1, h, w, generator=gen)).contiguous()
+        stack1 = torch.cat([i1[:, None], centred_gradient(i1)], 1).contiguous()
+        u = (6 * torch.randn(b, 2, h, w, generator=gen)).contiguous()  # some samples far outside
+        lin = [tvl1_native.linearise(lib, stack1, u, img0, log_intensity(img0), 1e-9)
+               for lib in (native_lib, baseline)]
+        assert all(torch.equal(x, y) for x, y in zip(*lin))
+        runs = []
+        for lib in (native_lib, baseline):
+            uu, p = u.clone(), torch.zeros(b, 2, 2, h, w)
+            tvl1_native.solve_warp(lib, uu, p, *lin[0], 0.045, 0.3, 0.25 / 0.3, 8, 3, 1e-4)
+            runs.append((uu, p))
+        assert all(torch.equal(x, y) for x, y in zip(*runs))

@@ -88,14 +88,15 @@ def library_path(directory: Path | None = None) -> Path:
     return (directory or cache_dir()) / f"tvl1_native-{h.hexdigest()[:20]}.so"
 
 
-def build(target: Path) -> None:
+def build(target: Path, flags: tuple[str, ...] = BUILD_FLAGS) -> None:
     """Compile the source into ``target`` atomically (temporary file, then rename); raises
-    ``RuntimeError`` with the compiler's first line of complaint."""
+    ``RuntimeError`` with the compiler's first line of complaint. ``flags``: the tests build
+    for another instruction set with them."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [*_compiler(), *BUILD_FLAGS, "-o", tmp, str(SOURCE)]
+        cmd = [*_compiler(), *flags, "-o", tmp, str(SOURCE)]
         try:
             done = subprocess.run(cmd, check=False, capture_output=True, text=True,
                                   timeout=BUILD_TIMEOUT_S)
@@ -119,6 +120,11 @@ def _load() -> ctypes.CDLL:
         build(path)
         print(f"tal: compiled the TV-L1 kernel in {time.perf_counter() - start:.1f} s, once for "
               f"this machine ({path})", file=sys.stderr, flush=True)
+    return load_library(path)
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """Open a built library and declare its functions' arguments."""
     lib = ctypes.CDLL(str(path))
     if lib.tal_tvl1_abi() != ABI:
         raise RuntimeError(f"{path} has ABI {lib.tal_tvl1_abi()}, expected {ABI}")
@@ -209,4 +215,4 @@ def linearise(
 
 
 __all__ = ["BUILD_FLAGS", "ENV_SWITCH", "build", "cache_dir", "library", "library_path", "linearise",
-           "reset", "solve_warp"]
+           "load_library", "reset", "solve_warp"]
