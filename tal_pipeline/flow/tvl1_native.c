@@ -197,8 +197,8 @@ static float select_kth(float *v, int n, int k) {
     return v[k];
 }
 
-/* ln max(v, 1): tvl1_blocks.log_intensity */
-static inline float log_intensity(float v) { return logf(v < 1.0f ? 1.0f : v); }
+/* max(v, 1): the grey level whose log tvl1_blocks.log_intensity takes */
+static inline float at_least_1(float v) { return v < 1.0f ? 1.0f : v; }
 
 /* Pixel o = (x, y): I1, I1x, I1y (s: 3 planes) at (x, y) + u by bicubic interpolation, the
  * border replicated (torch's grid_sample, bicubic, padding "border", align_corners). */
@@ -339,12 +339,14 @@ static void data_term(size_t HW, float gain, float tiny, const float *restrict u
 }
 
 /* For B pairs: stack (B, 3, H, W) = I1, I1x, I1y; u (B, 2, H, W); i0 (B, 1, H, W) frame 0;
- * log0 (B, 1, H, W) its log_intensity, or NULL for no gain (tvl1_blocks.aligned_gain: the
- * lower median over the pixels whose sample lies inside, of log0 - log I1w; exp, clamped to
- * [gain_lo, gain_hi]; 1 with no pixel inside). Writes g (B, 2, H, W), rho_c, inv_g2
+ * with_gain: scale I1w and its gradient by I1's gain on the aligned frames
+ * (tvl1_blocks.aligned_gain: the lower median, over the pixels whose sample lies inside, of
+ * ln max(I0, 1) - ln max(I1w, 1), exponentiated, clamped to [gain_lo, gain_hi], 1 with no pixel
+ * inside; taken here as the lower median of max(I0, 1) / max(I1w, 1), the same order statistic
+ * since ln is increasing, without a logarithm per pixel: the same gain but for rounding). Writes g (B, 2, H, W), rho_c, inv_g2
  * (B, 1, H, W). work: 2 * H * W floats. */
 void tal_tvl1_linearise(int B, int H, int W, const float *stack, const float *u, const float *i0,
-                        const float *log0, float gain_lo, float gain_hi, float tiny, float *g,
+                        int with_gain, float gain_lo, float gain_hi, float tiny, float *g,
                         float *rho_c, float *inv_g2, float *work) {
     const size_t HW = (size_t)H * W;
     float *i1w = work, *ratios = work + HW;
@@ -353,17 +355,17 @@ void tal_tvl1_linearise(int B, int H, int W, const float *stack, const float *u,
         float *gb = g + 2 * HW * b, *rb = rho_c + HW * b, *qb = inv_g2 + HW * b;
         for (int y = 0; y < H; y++) sample_row(s, W, H, HW, y, ub, i1w, gb);
         int n_inside = 0;
-        if (log0) /* the gain's samples: pixels whose sample lies inside (as aligned_gain) */
+        if (with_gain) /* the gain's samples: pixels whose sample lies inside */
             for (int y = 0; y < H; y++)
                 for (int x = 0; x < W; x++) {
                     const size_t o = (size_t)y * W + x;
                     float sx = (float)x + ub[o], sy = (float)y + ub[HW + o];
                     if (sx >= 1.0f && sx <= W - 2.0f && sy >= 1.0f && sy <= H - 2.0f)
-                        ratios[n_inside++] = log0[HW * b + o] - log_intensity(i1w[o]);
+                        ratios[n_inside++] = at_least_1(ib[o]) / at_least_1(i1w[o]);
                 }
         float gain = 1.0f;
-        if (log0 && n_inside > 0) {
-            gain = expf(select_kth(ratios, n_inside, (n_inside - 1) / 2));
+        if (with_gain && n_inside > 0) {
+            gain = select_kth(ratios, n_inside, (n_inside - 1) / 2);
             gain = gain < gain_lo ? gain_lo : (gain > gain_hi ? gain_hi : gain);
         }
         data_term(HW, gain, tiny, ub, ib, i1w, gb, rb, qb);

@@ -133,7 +133,7 @@ def load_library(path: Path) -> ctypes.CDLL:
     f.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, flt, flt, flt, i, i, flt, ptr]
     f.restype = i
     f = lib.tal_tvl1_linearise
-    f.argtypes = [i, i, i, ptr, ptr, ptr, ptr, flt, flt, flt, ptr, ptr, ptr, ptr]
+    f.argtypes = [i, i, i, ptr, ptr, ptr, i, flt, flt, flt, ptr, ptr, ptr, ptr]
     f.restype = None
     return lib
 
@@ -196,20 +196,20 @@ def linearise(
     stack1: torch.Tensor,  # (B, 3, H, W) I1 and its centred gradient
     u: torch.Tensor,  # (B, 2, H, W) flow, pixels
     img0: torch.Tensor,  # (B, 1, H, W) I0
-    log0: torch.Tensor | None,  # (B, 1, H, W) log_intensity(I0); None: no gain estimate
+    with_gain: bool,  # scale I1 by its gain on the aligned frames (``aligned_gain``)
     tiny: float,  # added to |g|² before the reciprocal
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``tvl1_torch._linearise`` with bicubic warping, one C pass per pair: g ``(B, 2, H, W)``,
     rho_c and 1 / |g|² ``(B, 1, H, W)``."""
     b, _, h, w = u.shape
-    for t, c in ((stack1, 3), (u, 2), (img0, 1)) + (((log0, 1),) if log0 is not None else ()):
+    for t, c in ((stack1, 3), (u, 2), (img0, 1)):
         if tuple(t.shape) != (b, c, h, w):
             raise ValueError(f"TV-L1 kernel: shape {tuple(t.shape)}, expected {(b, c, h, w)}")
     g = torch.empty(b, 2, h, w)
     rho_c, inv_g2 = torch.empty(b, 1, h, w), torch.empty(b, 1, h, w)
-    work = torch.empty(2 * h * w)  # the warped I1 and the log ratios of one pair
+    work = torch.empty(2 * h * w)  # the warped I1 and the gain's ratios of one pair
     lib.tal_tvl1_linearise(b, h, w, _ptr(stack1), _ptr(u), _ptr(img0),
-                           None if log0 is None else _ptr(log0), *GAIN_RANGE, tiny,
+                           int(with_gain), *GAIN_RANGE, tiny,
                            _ptr(g), _ptr(rho_c), _ptr(inv_g2), _ptr(work))
     return g, rho_c, inv_g2
 

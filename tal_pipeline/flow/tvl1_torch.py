@@ -402,11 +402,12 @@ def tvl1_pairs(i0: torch.Tensor, i1: torch.Tensor, opts: TVL1Options | None = No
         finest = level == 0
         warps = (opts.finest_warps or opts.warps) if finest else opts.warps
         iterations = (opts.finest_iterations or opts.iterations) if finest else opts.iterations
-        log0 = log_intensity(img0) if opts.warp_gain else None  # (B, 1, h, w)
+        log0 = log_intensity(img0) if opts.warp_gain and lib is None else None  # (B, 1, h, w)
         for _ in range(warps):
             if lib is not None:  # the same steps in one C pass per pair
                 u = u.contiguous()
-                g, rho_c, inv_g2 = tvl1_native.linearise(lib, stack1, u, img0, log0, _TINY_GRAD2)
+                g, rho_c, inv_g2 = tvl1_native.linearise(lib, stack1, u, img0, opts.warp_gain,
+                                                         _TINY_GRAD2)
             else:
                 g, rho_c, inv_g2 = _linearise(stack1, u, img0, log0, opts.interpolation)
             if opts.median > 1:
