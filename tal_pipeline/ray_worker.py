@@ -2,13 +2,15 @@
 
 ``RayOptions`` (the pool's size and each actor's share), ``plan_workers`` (how many actors fit),
 ``_VideoWorker`` (one actor: the job's worker built once, then one video per call through
-``batch.run_item``, the local loop's function) and ``_Tracker`` (the driver's receipts of which
-worker started which video: a try counts only once recorded there). The orchestration is in
+``batch.run_item``, the local loop's function, with a janitor process that removes the video's
+lock file once the worker is gone, whatever killed it) and ``_Tracker`` (the driver's receipts
+of which worker started which video: a try counts only once recorded there). The orchestration is in
 ``ray_pool``; ``ray_engine.run_batch_ray`` is the entry point.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from tal_pipeline.batch import failure_cause, run_item
 from tal_pipeline.errors import InputError
+from tal_pipeline.locks import lock_path
 from tal_pipeline.ray_connect import LOCAL
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,7 @@ class _VideoWorker:
         from tal_pipeline.ray_connect import quiet_ray
 
         quiet_ray()
+        self.janitor = _start_janitor()
         self.tracker = tracker
         self.pid = os.getpid()
         ray.get(tracker.note_placed.remote(slot))  # before the slow part: a process exists
@@ -118,14 +122,69 @@ class _VideoWorker:
         ray.get(self.tracker.note_start.remote(vid))  # the try counts only once it is recorded
         _note_worker(self.pid, vid, "start")
         w = self.worker
+        _tell_janitor(self.janitor, None if w.lock_dir is None else lock_path(w.lock_dir, vid))
         try:
             outcome, cause = run_item(vid, Path(path), w.process, w.is_done, w.lock_dir,
                                       w.outputs), ""
         except Exception as err:  # one bad video fails alone, as on one machine
             log.debug("%s failed", path, exc_info=True)
             outcome, cause = "failed", failure_cause(err, path)
+        _tell_janitor(self.janitor, None)
         _note_worker(self.pid, vid, outcome)
         return outcome, cause
+
+
+# The janitor's program: a small process of its own (see _start_janitor), out of the worker's
+# process tree, so Ray's kill of a worker's children spares it; it reads the lock path of the
+# video in flight (a JSON string a line; an empty line: none) until the worker's end closes the
+# pipe, then removes that lock file if no process holds it (the kernel dropped the dead
+# worker's lock; a retry elsewhere that holds it keeps it)
+_JANITOR = """
+import json, os, sys, time
+if os.fork():
+    os._exit(0)
+path = None
+for line in sys.stdin:
+    path = json.loads(line) if line.strip() else None
+if path:
+    from tal_pipeline.locks import try_lock
+    for _ in range(40):  # the dead worker's descriptors may close after the pipe's
+        lock = try_lock(path) if os.path.exists(path) else None
+        if lock is not None or not os.path.exists(path):
+            if lock is not None:
+                lock.release()
+            break
+        time.sleep(0.05)
+"""
+
+
+def _start_janitor():
+    """The pipe to a janitor (``_JANITOR``) that removes the lock file of the video this worker
+    is on once the worker is gone, however it went: Ray ends a worker whose driver died from
+    C++ (``_Exit``, after a kill request from the GCS or when its raylet dies), so no Python
+    runs in it then. None if it cannot start (the lock file then stays until the next run)."""
+    import subprocess
+    import sys
+
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _JANITOR], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, text=True)
+        proc.wait(timeout=30)  # the first process forks the janitor and ends at once
+    except (OSError, subprocess.SubprocessError) as err:
+        log.debug("no lock janitor: %s", err)
+        return None
+    return proc.stdin
+
+
+def _tell_janitor(pipe, path: Path | None) -> None:
+    if pipe is None:
+        return
+    try:
+        pipe.write((json.dumps(str(path)) if path else "") + "\n")
+        pipe.flush()
+    except (OSError, ValueError):  # the janitor is gone: the next run removes a left lock
+        pass
 
 
 def _note_worker(pid: int, vid: str, event: str) -> None:
