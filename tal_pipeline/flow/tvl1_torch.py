@@ -21,7 +21,10 @@ percent: ``aligned_gain``):
                 p = (p + τ/θ ∇u) / (1 + τ/θ |∇u|)                 (forward differences)
             (affine_tv) u += a
 
-The pyramid, gain, derivative, median and warp helpers are in ``tvl1_blocks``.
+The pyramid, gain, derivative, median and warp helpers are in ``tvl1_blocks``. On the CPU, the
+two hot steps of each warp (the linearisation, from the warp to 1/|∇I1w|², and the inner
+iterations) run in C (``tvl1_native``) when it builds: the same operations, the same flow up
+to float rounding; ``TVL1Options(native=False)`` or ``TAL_FLOW_NATIVE=0`` keeps them in torch.
 The batch dimension is the frame pairs: every tensor is ``(B, ...)`` and there is no Python
 loop over pairs. Loops run over levels, warps and iterations only.
 
