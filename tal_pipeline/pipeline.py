@@ -249,7 +249,8 @@ class Detector:
     def _motion_check(self, segments: list[Segment], meta: FeatureMeta, source: str) -> list[Segment]:
         """The checkpoint's camera-motion check (``global_motion.MotionCheck``) on ``segments``,
         when it declares one and ``postprocess.motion_check`` is on. Features without their
-        global motion (made before it existed) skip it, with a warning once per model."""
+        global motion (made before it existed) skip it, said once per detector at INFO level:
+        they give what they gave before the check existed, which is no cause for a warning."""
         from tal_pipeline.global_motion import apply_check
 
         check = self.meta.motion_check
@@ -258,8 +259,8 @@ class Detector:
         if meta.motion is None:
             if not self._warned_no_motion:
                 self._warned_no_motion = True
-                log.warning("%s: features without their global motion (made by an older tal): the "
-                            "model's camera-motion check is skipped; re-extract them to apply it", source)
+                log.info("%s: features without their global motion (made by an older tal): the "
+                         "model's camera-motion check is skipped; re-extract them to apply it", source)
             return segments
         return apply_check(segments, meta.motion, meta.times(), check)
 

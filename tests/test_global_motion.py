@@ -256,7 +256,7 @@ def test_real_flow_check_drops_an_object_and_keeps_a_pan(demo_detector, one_torc
     demoted = [replace(seg[0], score=0.9 * check.scale)] if check.scale else []
     assert demo_detector._motion_check(seg, obj.meta, "object") == demoted
     assert demo_detector._motion_check(seg, pan.meta, "pan") == seg
-    # check off, or features without their descriptor: untouched (the latter with a warning)
+    # check off, or features without their descriptor: untouched
     off = _detector_with(demo_detector, motion_check=False)
     assert off._motion_check(seg, obj.meta, "object") == seg
     assert demo_detector._motion_check(seg, replace(obj.meta, motion=None), "old") == seg
