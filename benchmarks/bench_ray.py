@@ -141,8 +141,9 @@ STAMP = "import sys, time\nfor ln in sys.stdin: print(f'{time.time():.3f} {ln}',
 
 # Watches TAL_WORKER_LOG (`<pid> <id> <event> <peak KiB> <unix time>`), maps each worker to its
 # node (its parent raylet's --node_ip_address) and, if the plan says `kill`, kills the second
-# node `delay` s into the first video a worker starts there after `after` starts in all (by the
-# log's own clock; the next one if that video ended first). `what`: "raylet" SIGKILLs the raylet alone (its
+# node `frac` into the first video a worker starts there after `after` starts in all (by the
+# log's own clock; the next one if that video ended first), a video taken to last as long as
+# the node's last one did (`tau` before it finished any: the run without loss's). `what`: "raylet" SIGKILLs the raylet alone (its
 # workers see it gone and exit by themselves), "machine" the raylet and every process it
 # started at the same instant. Writes {"nodes": {pid: ip}, "kill": unix time, "lost": [pids]}.
 LOSE_WATCH = r'''
@@ -184,7 +185,9 @@ while time.time() < t_end and not os.path.exists(plan["stop"]):
         running = [x for x in there if x[:2] not in ended]
         if running:
             p, v, t = running[0]
-            time.sleep(max(0.0, t + plan["delay"] - time.time()))
+            took = [float(e[4]) - s for q, w, s in there for e in ev
+                    if e[:2] == [q, w] and e[2] == "done"]  # its videos' seconds so far
+            time.sleep(max(0.0, t + plan["frac"] * (took[-1] if took else plan["tau"]) - time.time()))
             if (p, v) not in {(q, w) for q, w, e, _, s in events() if e != "start"}:
                 target = [r for r, ip in rays.items() if ip == plan["ip"]][0]
                 ps = procs()
@@ -304,14 +307,14 @@ def lose_node(args, root: Path, clips: Path, opts: list[str]) -> dict:
     tau = sum(tau2) / len(tau2) if tau2 else 5.0
     # early: 30 % into the first video of the second node; late: 70 % into the first it starts
     # once a third of the videos have started (later, it may get no other)
-    kills = {"early": (0, 0.3 * tau), "late": (max(args.clips // 3, 1), 0.7 * tau)}
+    kills = {"early": (0, 0.3), "late": (max(args.clips // 3, 1), 0.7)}
     runs = {"no-loss": plain}
     for i, when in enumerate(args.lose_node.split(",")):
-        after, delay = kills[when]
+        after, frac = kills[when]
         name = when if when not in runs else f"{when}-{i + 1}"  # a kill asked for again
         runs[name] = lose_node_run(root, name, clips, ray_opts,
                                    {"ip": "127.0.0.2", "kill": True, "after": after,
-                                    "delay": delay, "what": args.kill})
+                                    "frac": frac, "tau": tau, "what": args.kill})
     for name, r in runs.items():
         row = {"wall_s": round(r["t1"] - r["t0"], 2), "exit": r["exit"],
                "bitwise_eq_local": same_outputs(r["out"], ref), "differ": differences(r["out"], ref),

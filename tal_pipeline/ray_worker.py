@@ -87,6 +87,10 @@ class _Tracker:
         self.starts[vid] = self.starts.get(vid, 0) + 1
         return self.starts[vid]
 
+    def note_busy(self, vid: str) -> None:
+        """The start noted was an ask that found the video locked elsewhere: no try."""
+        self.starts[vid] -= 1
+
     def tries(self, vid: str) -> int:
         return self.starts.get(vid, 0)
 
@@ -130,6 +134,8 @@ class _VideoWorker:
             log.debug("%s failed", path, exc_info=True)
             outcome, cause = "failed", failure_cause(err, path)
         _tell_janitor(self.janitor, None)
+        if outcome == "busy":  # it did no work on it (a moved video still locked)
+            ray.get(self.tracker.note_busy.remote(vid))
         _note_worker(self.pid, vid, outcome)
         return outcome, cause
 
