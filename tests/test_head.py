@@ -167,6 +167,41 @@ def test_output_levels_padding_and_windows(tsa):
         assert (dist - full.reg[0]).abs().max() < 0.2  # coarsest level's field reaches past the overlap
 
 
+@pytest.mark.parametrize("tpp", [True, False])
+def test_final_heads_in_one_pass_equal_each_level_alone(tpp):
+    """The final heads run once over the levels laid end to end (model.py): no level may read
+    another's positions, so each level equals the heads applied to that level alone."""
+    torch.manual_seed(0)
+    cfg = HeadConfig(input_dim=8, num_classes=3, hidden_dim=16, tpp=tpp, output_levels=5,
+                     tpp_strides=(2, 4) if tpp else ())
+    model = HeadModel(cfg).eval()
+    x = torch.randn(2, 61, 8)
+    mask = torch.ones(2, 61, dtype=torch.bool)
+    mask[1, 40:] = False
+    levels = {}
+    # capture each level's input to the final heads, as the pass builds it
+    hook = model.final.register_forward_hook(lambda mod, inp, out: levels.update(x=inp[0], m=inp[1]))
+    with torch.no_grad():
+        out = model(x, mask)
+    hook.remove()
+    first = 0
+    for level, stride in enumerate(cfg.strides):
+        size = (61 + (-61 % model.length_multiple()) + model.length_multiple()) // stride  # padded length
+        xl = levels["x"][:, :, first : first + size]
+        ml = levels["m"][:, first : first + size]
+        assert not ml[:, -1].any(), "every level must end in a padded position"
+        with torch.no_grad():
+            c, r, a = model.final(xl, ml)  # this level alone
+        n = -(-61 // stride)
+        start = sum(-(-61 // s) for s in cfg.strides[:level])
+        assert torch.allclose(out.cls[:, start : start + n], c[:, :n], atol=1e-5), level
+        assert torch.allclose(out.act[:, start : start + n], a[:, :n], atol=1e-5), level
+        scale = model.level_scales[level].exp() * stride
+        assert torch.allclose(out.reg[:, start : start + n], r[:, :n] * scale, atol=1e-4), level
+        first += size
+    assert first == levels["x"].shape[2]
+
+
 def test_old_checkpoint_config_loads_with_old_behaviour():
     """A config saved before output_levels / score_fusion / stem_dilations / embed_kernel existed
     means one level, class scores, undilated stem layers and a 1x1 embedding."""

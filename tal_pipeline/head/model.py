@@ -225,15 +225,25 @@ class HeadModel(nn.Module):
         if self.config.output_levels == 1:
             cls, reg, act = self.final(refined, mask)  # (B, T', C), (B, T', 2), (B, T')
             return HeadOutputs(cls1[:, :t], reg1[:, :t], act1[:, :t], cls[:, :t], reg[:, :t], act[:, :t])
-        outs, x, m = [], refined, mask
-        for level, stride in enumerate(self.config.strides):
-            if level:  # (B, H, T_l) -> (B, H, T_l / 2), padded positions never win the max
-                x = F.max_pool1d(x.masked_fill(~m[:, None, :], float("-inf")), 2, 2)
-                m = F.max_pool1d(m[:, None, :].to(x.dtype), 2, 2)[:, 0] > 0
-                x = self.pyramid[level - 1](x.masked_fill(~m[:, None, :], 0.0), m)
-            c, r, a = self.final(x, m)  # (B, T_l, C), (B, T_l, 2) in level units, (B, T_l)
-            n = -(-t // stride)
-            outs.append((c[:, :n], r[:, :n] * (self.level_scales[level].exp() * stride), a[:, :n]))
+        xs, ms, x, m = [refined], [mask], refined, mask
+        for level in range(1, self.config.output_levels):
+            # (B, H, T_l) -> (B, H, T_l / 2), padded positions never win the max
+            x = F.max_pool1d(x.masked_fill(~m[:, None, :], float("-inf")), 2, 2)
+            m = F.max_pool1d(m[:, None, :].to(x.dtype), 2, 2)[:, 0] > 0
+            x = self.pyramid[level - 1](x.masked_fill(~m[:, None, :], 0.0), m)
+            xs.append(x)
+            ms.append(m)
+        # One pass of the shared final heads over the levels laid end to end along T (one set of
+        # conv calls instead of one per level: the per-call cost dominates at the coarse levels).
+        # Exact: every level ends in at least one padded, zeroed position (pad >= the coarsest
+        # stride), and the heads' 3-tap convs zero their outputs there, so no level reads another.
+        c, r, a = self.final(torch.cat(xs, dim=2), torch.cat(ms, dim=1))  # (B, sum T'_l, C), (.., 2), (..)
+        outs, first = [], 0
+        for level, (stride, xl) in enumerate(zip(self.config.strides, xs)):
+            n = -(-t // stride)  # (B, n, ...) of this level; reg from level units to steps
+            outs.append((c[:, first : first + n], r[:, first : first + n] * (self.level_scales[level].exp() * stride),
+                         a[:, first : first + n]))
+            first += xl.shape[2]
         cls, reg, act = (torch.cat(parts, dim=1) for parts in zip(*outs))  # (B, sum T_l, ...)
         return HeadOutputs(cls1[:, :t], reg1[:, :t], act1[:, :t], cls, reg, act, self.config.strides)
 

@@ -58,13 +58,10 @@ def class_relation_matrix(classes: torch.Tensor, is_action: torch.Tensor) -> tor
     act_i = is_action[:, :, None]  # (B, T, 1)
     act_j = is_action[:, None, :]  # (B, 1, T)
     same = classes[:, :, None] == classes[:, None, :]  # (B, T, T)
-    both = act_i & act_j
-    one = act_i ^ act_j
-    a = torch.zeros(both.shape, dtype=torch.float32, device=classes.device)
-    a = torch.where(both & same, torch.full_like(a, A_SAME_ACTION), a)
-    a = torch.where(both & ~same, torch.full_like(a, A_OTHER_ACTION), a)
-    a = torch.where(one, torch.full_like(a, A_ONE_ACTION), a)
-    return a
+    # nested scalar wheres: two (B, T, T) temporaries fewer than a chain of full_like + where
+    # (this runs in every training step)
+    both = torch.where(same, A_SAME_ACTION, A_OTHER_ACTION)
+    return torch.where(act_i & act_j, both, torch.where(act_i ^ act_j, A_ONE_ACTION, A_BACKGROUND)).float()
 
 
 def interval_tiou_matrix(distances: torch.Tensor) -> torch.Tensor:
