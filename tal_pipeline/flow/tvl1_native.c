@@ -70,7 +70,10 @@ static inline void primal_row(int y, int W, size_t HW, float *restrict u0, float
         b[x] = v1;                                                                             \
     } while (0)
     TAL_PRIMAL_PX(0, px0[0], px1[0]); /* column 0: the dual itself */
-    for (int x = 1; x < W; x++) TAL_PRIMAL_PX(x, px0[x] - px0[x - 1], px1[x] - px1[x - 1]);
+    if (change) /* two loops, so that each vectorises */
+        for (int x = 1; x < W; x++) TAL_PRIMAL_PX(x, px0[x] - px0[x - 1], px1[x] - px1[x - 1]);
+    else
+        for (int x = 1; x < W; x++) TAL_PRIMAL_PX(x, px0[x] - px0[x - 1], px1[x] - px1[x - 1]);
 #undef TAL_PRIMAL_PX
 }
 
