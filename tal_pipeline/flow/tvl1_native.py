@@ -58,7 +58,7 @@ def cache_dir() -> Path:
 
 def _compiler() -> list[str]:
     """The C compiler command: ``$CC`` (may carry arguments) or ``cc``."""
-    return shlex.split(os.environ.get("CC") or "cc")
+    return shlex.split(os.environ.get("CC") or "") or ["cc"]
 
 
 def _cpu_identity() -> bytes:
@@ -98,7 +98,7 @@ def build(target: Path, flags: tuple[str, ...] = BUILD_FLAGS) -> None:
     try:
         cmd = [*_compiler(), *flags, "-o", tmp, str(SOURCE)]
         try:
-            done = subprocess.run(cmd, check=False, capture_output=True, text=True,
+            done = subprocess.run(cmd, check=False, capture_output=True, text=True, errors="replace",
                                   timeout=BUILD_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as err:
             raise RuntimeError(f"{cmd[0]}: {err}") from None
@@ -150,10 +150,10 @@ def library() -> ctypes.CDLL | None:
         if _lib is None and _failed is None:
             try:
                 _lib = _load()
-            except (OSError, RuntimeError) as err:
+            except (OSError, RuntimeError, ValueError) as err:  # ValueError: $CC unparsable
                 _failed = str(err).splitlines()[0] if str(err) else type(err).__name__
-                print(f"tal: TV-L1 kernel not available ({_failed}); computing flow with torch "
-                      "(same flow, slower)", file=sys.stderr, flush=True)
+                print(f"tal: TV-L1 kernel not available ({_failed}); computing the flow in torch "
+                      "instead (slower)", file=sys.stderr, flush=True)
     return _lib
 
 
