@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from tal_pipeline.flow.tvl1_blocks import GAIN_RANGE
+from tal_pipeline.weights import cache_dir  # the seeded weights' folder: one cache per user
 
 SOURCE = Path(__file__).with_name("tvl1_native.c")
 ABI = 1  # TAL_TVL1_ABI in the source: the exported signature this module calls
@@ -48,12 +49,6 @@ ENV_SWITCH = "TAL_FLOW_NATIVE"  # "0": never use the C loop in this process
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _failed: str | None = None  # why the library is not available (said once on stderr)
-
-
-def cache_dir() -> Path:
-    """Where built libraries are kept: ``$XDG_CACHE_HOME/tal-pipeline`` or ``~/.cache/tal-pipeline``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tal-pipeline"
 
 
 def _compiler() -> list[str]:
