@@ -17,7 +17,8 @@ The same batch as ``batch.run_batch``, spread over worker processes on one or ma
    to the queue, for a live actor, until it has had ``retries + 1`` tries; a video that never
    started costs no try. A lost node is one line (``tal: --ray: node 10.0.0.7 lost: 2 videos
    moved``), every actor of that node is replaced at once, and the summary names what was redone.
-   If the driver dies, its actors stop with it and the same command resumes.
+   If the driver dies, its actors stop with it (each one's janitor process removes the lock
+   file of the video it was on) and the same command resumes.
 
 A job (``jobs.ExtractJob``, ``jobs.DetectJob``) is a small picklable description of the work;
 ``job.setup()`` returns a worker with ``process``, ``is_done``, ``outputs`` and ``lock_dir``.
