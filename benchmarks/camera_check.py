@@ -4,8 +4,9 @@
     python benchmarks/camera_check.py sweep  --set FEAT:ANNOTATIONS.json [--set ...]
     python benchmarks/camera_check.py score  --set FEAT:ANNOTATIONS.json [--set ...] [--model M]
     python benchmarks/camera_check.py write  --threshold 0.2 --scale 0 [--model weights/demo.pt]
-    git worktree add /tmp/before <commit before the descriptor>
-    python benchmarks/camera_check.py speed  --against /tmp/before [--seconds 60 --rounds 2]
+    # the descriptor's cost: two clean worktrees of one commit, the second without the
+    # extractor's fit_fields call (features.py), run from the first
+    python benchmarks/camera_check.py speed  --against /tmp/nodesc [--seconds 60 --rounds 3]
 
 ``sweep`` runs the head once per video with the check off, then applies candidate checks
 (threshold x scale) to the same detections and prints mAP@0.5, the average mAP (tIoU
