@@ -262,7 +262,9 @@ class Detector:
                 log.info("%s: features without their global motion (made by an older tal): the "
                          "model's camera-motion check is skipped; re-extract them to apply it", source)
             return segments
-        return apply_check(segments, meta.motion, meta.times(), check)
+        # demoted scores obey --min-score like every other score (Soft-NMS's own rule: >= keeps)
+        floor = self.postprocess.min_score
+        return [s for s in apply_check(segments, meta.motion, meta.times(), check) if s.score >= floor]
 
 
 def summary_lines(segments: list[Segment], limit: int = 20) -> list[str]:

@@ -266,3 +266,36 @@ def _detector_with(det, **post):
     from tal_pipeline.pipeline import Detector
 
     return Detector(det.model, det.meta, None, replace(det.postprocess, **post), det.device)
+
+
+def test_cli_no_motion_check_keeps_what_the_check_demotes(tmp_path, one_torch_thread):
+    """`tal detect --features` on the demo's features of a fixed camera with a crossing object:
+    with the check every detection's score is the unchecked one x the check's scale; with
+    --no-motion-check they are the head's own, and the provenance says which ran."""
+    from click.testing import CliRunner
+
+    from tal_pipeline.cli import main
+    from tal_pipeline.featio import save_features
+    from tal_pipeline.pipeline import Detector
+
+    det = Detector.load("demo")
+    feats = det.extractor.extract_frames(_object_video(60))
+    assert feats.meta.motion is not None
+    npy, _ = save_features(tmp_path / "feat", "object", np.asarray(feats.array), feats.meta)
+    runs = {}
+    for name, extra in (("on", []), ("off", ["--no-motion-check"])):
+        out = tmp_path / f"{name}.json"
+        res = CliRunner().invoke(main, ["detect", "--features", str(npy), "-o", str(out), "--no-progress", *extra])
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads(out.read_text())
+    on, off = (runs[k]["results"]["object"] for k in ("on", "off"))
+    assert off and max(s["score"] for s in off) > 0.01
+    # every kept score is the head's own or its demoted one, and none is below --min-score's 0.001
+    scale = det.meta.motion_check.scale
+    own = np.array([s["score"] for s in off])
+    assert all(s["score"] >= 0.001 for s in on)
+    assert all(np.isclose(own, s["score"], atol=2e-4).any() or np.isclose(own * scale, s["score"], atol=2e-4).any()
+               for s in on)
+    assert max(s["score"] for s in on) < max(own)  # the best detection of an object is demoted
+    prov = {k: runs[k]["external_data"]["provenance"] for k in runs}
+    assert prov["on"] != prov["off"]

@@ -77,13 +77,16 @@ def provenance(det, use_features: bool) -> dict:
 @click.option("--min-score", type=FiniteFloat(0, 1), default=None,
               help="Drop detections scoring below this [default: 0.001; vtt/srt cues: 0.3].")
 @click.option("--top-k", type=click.IntRange(1), default=200, show_default=True, help="At most this many detections per video.")
+@click.option("--no-motion-check", "no_motion_check", is_flag=True,
+              help="Do not apply the model's camera-motion check (the demo declares one: a detection whose "
+              "camera motion the global fit of the flow does not show is demoted; docs/method.md).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write a self-contained HTML report of the detections.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (same as --no-progress).")
 @batch_options
 def command(inputs, output_arg, formats, model, use_features, fps, feature_stride, window_frames, annotations,
-            device, flow_backend, weights, precision, min_score, top_k, overwrite, shard, report_path, progress,
-            quiet, ray_address, workers, gpus_per_worker, threads, busy_wait):
+            device, flow_backend, weights, precision, min_score, top_k, no_motion_check, overwrite, shard,
+            report_path, progress, quiet, ray_address, workers, gpus_per_worker, threads, busy_wait):
     """Detect actions in INPUT (videos, folders or list files); write ActivityNet results JSON (or
     WebVTT, SRT, CSV, TSV: -o's extension or --format)."""
     from tal_pipeline.inputs import VIDEO_EXTENSIONS, select_inputs
@@ -102,7 +105,8 @@ def command(inputs, output_arg, formats, model, use_features, fps, feature_strid
     else:
         items = select_inputs(inputs, shard, VIDEO_EXTENSIONS, problems=problems)
 
-    post = PostprocessConfig(min_score=0.001 if min_score is None else min_score, max_segments=top_k)
+    post = PostprocessConfig(min_score=0.001 if min_score is None else min_score, max_segments=top_k,
+                             motion_check=not no_motion_check)
     threads = threads or default_threads()
     set_threads(threads)  # before torch starts its pools: the local path computes like a worker
     if ray_address is None:
