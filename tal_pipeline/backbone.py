@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import cache, partial
 
 import torch
 from torch import nn
@@ -478,13 +478,27 @@ class ConvNorm(torch.nn.Module):
 
 
 def _onednn_conv(x: torch.Tensor) -> bool:
-    """Whether ``x``'s convolution runs through oneDNN's fused convolution (CPU, fp32 or bf16)."""
+    """Whether ``x``'s convolution runs through oneDNN's fused convolution (CPU, fp32 or bf16).
+
+    x86 only: there torch's own CPU convolutions are oneDNN's already (same kernels, the post-ops
+    added); elsewhere (Arm's oneDNN runs on other libraries) the plain path stays.
+    """
     return (
         x.device.type == "cpu"
         and x.ndim == 5
         and x.dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
+        and _onednn_fusion_available()
+    )
+
+
+@cache
+def _onednn_fusion_available() -> bool:
+    import platform
+
+    return (
+        platform.machine().lower() in ("x86_64", "amd64")
+        and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
     )
 

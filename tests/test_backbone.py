@@ -237,6 +237,9 @@ def test_fused_blocks_match_the_unfused_net_in_fp32_and_bf16(monkeypatch):
             got16 = fused(x).float()
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
     assert torch.allclose(fallback, got, atol=1e-4, rtol=1e-4)
+    if backbone._onednn_conv(x):  # bf16 weights were prepacked in oneDNN's layout, once each
+        cached = [w for m in fused.modules() if isinstance(m, ConvNorm) for w, _ in m.folded.values()]
+        assert len(cached) == 20 and all(w.layout == torch._mkldnn for w in cached)
     rel = lambda a, b: ((a - b).norm() / b.norm()).item()
     assert 0 < rel(got16, ref) < 2e-2  # bf16 really ran, near fp32
     assert rel(got16, ref16) < 2e-2  # and near the unfused bf16 run (rounding apart)
