@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from tal_pipeline.head.assign import AssignConfig, assign_levels, assign_window, collate_targets
-from tal_pipeline.head.losses import diou_loss_1d, head_loss, sigmoid_focal_loss
+from tal_pipeline.head.losses import (
+    LossWeights,
+    diou_loss_1d,
+    head_loss,
+    sigmoid_focal_loss,
+    stage_loss,
+)
 from tal_pipeline.head.model import HeadOutputs
 
 LN2 = math.log(2.0)
@@ -74,6 +80,31 @@ def test_head_loss_ignores_padding():
     out2 = HeadOutputs(cls2, reg2, act2, cls2, reg2, act2)
     assert torch.allclose(head_loss(out2, targets)["loss"], base)
     assert torch.isfinite(base) and base > 0
+
+
+def test_final_actionness_iou_target():
+    """final_act="iou": the final stage's actionness learns the tIoU of each positive's own
+    predicted interval (0 elsewhere, also inside the instance); stage 1 keeps "inside"."""
+    w = assign_window(np.array([[0, 2.0, 8.0]]), 12, 1)  # positives at steps 4, 5, 6 (centre 5)
+    targets = collate_targets([w], [12], 12)
+    pos = targets.positive[0]
+    assert pos.nonzero()[:, 0].tolist() == [4, 5, 6]
+    reg = targets.distances.clone()
+    reg[0, 4] = torch.tensor([2.0, 4.0])  # exact: tIoU 1
+    reg[0, 5] = torch.tensor([1.5, 1.5])  # [3.5, 6.5] in [2, 8]: tIoU 3 / 6
+    reg[0, 6] = torch.tensor([4.0, 4.0])  # [2, 10] vs [2, 8]: tIoU 6 / 8
+    expect = torch.zeros(1, 12)
+    expect[0, 4:7] = torch.tensor([1.0, 0.5, 0.75])
+    cls, act = torch.zeros(1, 12, 1), torch.randn(1, 12)
+    got = stage_loss(cls, reg, act, targets, LossWeights(), "iou")["bce"]
+    assert torch.allclose(got, torch.nn.functional.binary_cross_entropy_with_logits(act, expect))
+    inside = stage_loss(cls, reg, act, targets, LossWeights(), "inside")["bce"]
+    assert not torch.allclose(got, inside)  # steps 2-3 and 7-8 are inside: target 1 there
+    out = HeadOutputs(cls, reg, act, cls, reg, act)
+    both = head_loss(out, targets, LossWeights(final_act="iou"))
+    assert torch.allclose(both["bce"], got) and torch.allclose(both["stage1"] - both["final"], inside - got)
+    with pytest.raises(ValueError, match="final_act"):
+        LossWeights(final_act="quality")
 
 
 def test_assign_levels_ranges_centres_and_collate():

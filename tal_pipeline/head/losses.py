@@ -24,6 +24,7 @@ from tal_pipeline.head.model import HeadOutputs
 
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
+FINAL_ACT_TARGETS = ("inside", "iou")
 
 
 def sigmoid_focal_loss(
@@ -75,12 +76,30 @@ class LossWeights:
     reg: float = 1.0  # DIoU relative to focal
     act: float = 1.0  # actionness BCE relative to focal
     stage1: float = 1.0  # stage-1 total relative to the final stage
+    final_act: str = "inside"  # final stage's actionness target: "inside" (1 inside any instance)
+    #   or "iou" (the tIoU of the position's own predicted interval with its target at positives,
+    #   0 elsewhere: a localisation-quality score, which score fusion multiplies in, so better
+    #   placed candidates outrank worse ones at high tIoU; stage 1's actionness, which steers TSA
+    #   and TPP, keeps "inside")
+
+    def __post_init__(self):
+        if self.final_act not in FINAL_ACT_TARGETS:
+            raise ValueError(f"final_act must be one of {FINAL_ACT_TARGETS}, got {self.final_act!r}")
+
+
+def interval_iou(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """tIoU ``(...)`` of intervals given as ``(..., 2)`` distances around the same point (>= 0)."""
+    inter = (torch.minimum(pred[..., 0], target[..., 0]) + torch.minimum(pred[..., 1], target[..., 1])).clamp(min=0)
+    union = pred.sum(-1) + target.sum(-1) - inter
+    return inter / union.clamp(min=eps)
 
 
 def stage_loss(
-    cls: torch.Tensor, reg: torch.Tensor, act: torch.Tensor, targets: Targets, weights: LossWeights
+    cls: torch.Tensor, reg: torch.Tensor, act: torch.Tensor, targets: Targets, weights: LossWeights,
+    act_target: str = "inside",
 ) -> dict[str, torch.Tensor]:
-    """Losses of one stage. ``cls (B,T,C)``, ``reg (B,T,2)`` steps, ``act (B,T)`` logits."""
+    """Losses of one stage. ``cls (B,T,C)``, ``reg (B,T,2)`` steps, ``act (B,T)`` logits;
+    ``act_target``: see :attr:`LossWeights.final_act`."""
     valid = targets.mask  # (B, T)
     pos = targets.positive & valid  # (B, T)
     n_pos = pos.sum().clamp(min=1).to(cls.dtype)
@@ -89,7 +108,11 @@ def stage_loss(
         diou = diou_loss_1d(reg[pos], targets.distances[pos]).sum() / n_pos
     else:
         diou = reg.sum() * 0.0
-    bce = F.binary_cross_entropy_with_logits(act[valid], targets.actionness[valid])
+    act_t = targets.actionness  # (B, T)
+    if act_target == "iou":  # detached: the quality score learns the regression, not the reverse
+        act_t = torch.zeros_like(act_t)
+        act_t[pos] = interval_iou(reg[pos].detach(), targets.distances[pos])
+    bce = F.binary_cross_entropy_with_logits(act[valid], act_t[valid])
     total = focal + weights.reg * diou + weights.act * bce
     return {"total": total, "focal": focal, "diou": diou, "bce": bce}
 
@@ -104,7 +127,7 @@ def head_loss(
     """
     weights = weights or LossWeights()
     s1 = stage_loss(out.cls1, out.reg1, out.act1, targets, weights)
-    s2 = stage_loss(out.cls, out.reg, out.act, final if final is not None else targets, weights)
+    s2 = stage_loss(out.cls, out.reg, out.act, final if final is not None else targets, weights, weights.final_act)
     loss = weights.stage1 * s1["total"] + s2["total"]
     return {"loss": loss, "stage1": s1["total"], "final": s2["total"], "focal": s2["focal"],
             "diou": s2["diou"], "bce": s2["bce"]}
