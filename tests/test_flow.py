@@ -9,6 +9,8 @@ frame with the inverse map (cv2.remap, bicubic) and cropping (``benchmarks/known
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import replace
 
 import numpy as np
@@ -720,3 +722,26 @@ def test_native_results_do_not_depend_on_the_instruction_set(native_lib, tmp_pat
             tvl1_native.solve_warp(lib, uu, p, *lin[0], 0.045, 0.3, 0.25 / 0.3, 8, 3, 1e-4)
             runs.append((uu, p))
         assert all(torch.equal(x, y) for x, y in zip(*runs))
+
+
+def test_native_builds_for_the_process_when_the_cache_cannot_be_written(fresh_native, tmp_path,
+                                                                        monkeypatch, capfd):
+    """A cache folder that cannot be made (here: its parent is a file; a read-only home in
+    practice): the kernel is built in a private temporary folder for this process, one line
+    says so, and nothing is left behind."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    if shutil.which(fresh_native._compiler()[0]) is None:
+        pytest.skip("no C compiler here")
+    lib = fresh_native.library()
+    assert lib is not None
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if "TV-L1 kernel" in ln]
+    assert len(lines) == 1 and "for this process only" in lines[0], lines
+    assert not list((tmp_path / "tmp").iterdir())  # the private folder is gone
+    u, p, g, rho_c, inv_g2 = _warp_state()
+    fresh_native.solve_warp(lib, u, p, g, rho_c, inv_g2, 0.045, 0.3, 0.25 / 0.3, 2, 0, 0.0)
+    assert torch.isfinite(u).all()  # and the loaded library runs

@@ -11,7 +11,8 @@ library is cached in ``$XDG_CACHE_HOME/tal-pipeline`` (default ``~/.cache/tal-pi
 under a name keyed by the source, the compiler, the flags and the CPU (``-march=native``: a
 library built on another CPU may not run here). Several processes may build at once (Ray
 workers, pytest workers): each writes a temporary file and renames it into place, so a
-reader never sees half a library. One line on stderr when it has compiled; when there is no
+reader never sees half a library (a cache folder that cannot be written: a private build for
+the process). One line on stderr when it has compiled; when there is no
 compiler or the build fails, one line on stderr and the eager path (the same flow, float
 rounding apart). ``TAL_FLOW_NATIVE=0`` (or ``TVL1Options(native=False)``) forces eager.
 """
@@ -108,13 +109,25 @@ def build(target: Path, flags: tuple[str, ...] = BUILD_FLAGS) -> None:
 
 
 def _load() -> ctypes.CDLL:
-    """Load the cached library, building it first if it is not there."""
+    """Load the cached library, building it first if it is not there; where the cache folder
+    cannot be written (a read-only home), build one for this process in a private temporary
+    folder, removed once loaded (the loaded library stays mapped)."""
     path = library_path()
-    if not path.exists():  # said after the build: a failed build is then one line, not two
-        start = time.perf_counter()
+    if path.exists():
+        return load_library(path)
+    start = time.perf_counter()  # said after the build: a failed build is then one line
+    try:
         build(path)
-        print(f"tal: compiled the TV-L1 kernel in {time.perf_counter() - start:.1f} s, once for "
-              f"this machine ({path})", file=sys.stderr, flush=True)
+    except OSError as err:  # the folder, not the compiler (that is a RuntimeError)
+        with tempfile.TemporaryDirectory(prefix="tal-tvl1-") as private:
+            path = library_path(Path(private))
+            build(path)
+            lib = load_library(path)
+        print(f"tal: compiled the TV-L1 kernel in {time.perf_counter() - start:.1f} s for this "
+              f"process only (cache folder not writable: {err})", file=sys.stderr, flush=True)
+        return lib
+    print(f"tal: compiled the TV-L1 kernel in {time.perf_counter() - start:.1f} s, once for "
+          f"this machine ({path})", file=sys.stderr, flush=True)
     return load_library(path)
 
 
