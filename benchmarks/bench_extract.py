@@ -3,6 +3,7 @@
     python benchmarks/bench_extract.py                       # CPU, 60 s clip, all stages
     python benchmarks/bench_extract.py --device cuda         # one GPU (fp16, torch flow too)
     python benchmarks/bench_extract.py --rss 1 10            # + peak RSS, 1- and 10-min clips
+    python benchmarks/bench_extract.py --skip-stages --against REV   # backbone: this tree vs a commit
 
 Generates 640x360 30 fps clips of textured moving content (cached in --workdir), then prints
 video-seconds processed per wall-second ("x real time") for: decode (10 fps, 112 px), TV-L1
@@ -18,6 +19,11 @@ on the same frames and flow fields, with the same weights, precision and memory 
 our fully convolutional pass (``FeatureExtractor.extract_frames``). It prints both wall times,
 their ratio, and how close the two feature sets are (cosine and relative L2 per stream: they
 differ by design, 16 frames against our 109-frame receptive field).
+
+``--against REV`` times the backbone (both streams, the first 20 s of the clip at most, with
+precomputed flow) of this working tree and of git revision REV in alternating fresh processes,
+``--rounds`` each, and prints the best CPU and wall seconds of each side, their ratio, the
+features' relative L2 per stream, and whether each side gave the same bytes on every run.
 """
 
 from __future__ import annotations
@@ -201,6 +207,89 @@ def bench_clips(frames: np.ndarray, flow: np.ndarray, precision: str = "auto", r
     return res
 
 
+def backbone_worker(inputs: Path, out: Path, precision: str, repeats: int = 2) -> None:
+    """``--against``'s child: both streams' backbone (``StreamPipeline`` as the extractor runs
+    it, 64-frame pieces) on the frames and flow in ``inputs`` (.npz), with whichever
+    ``tal_pipeline`` is first on the path; best wall and CPU seconds of ``repeats`` runs after a
+    warm-up, the features (T, D) and whether the runs were bitwise equal, into ``out`` (.npz)."""
+    import torch
+
+    from tal_pipeline.backbone import StreamPipeline
+    from tal_pipeline.features import FeatureExtractor
+
+    data = np.load(inputs)
+    frames, flow = data["frames"], data["flow"]
+    fx = FeatureExtractor(weights="seeded", precision=precision)
+
+    def run() -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for s, src, tensor in (("rgb", frames, fx._rgb_tensor), ("flow", flow, fx._flow_tensor)):
+                pipe = StreamPipeline(fx.nets[s], fx._stage_chunks(), fx.options.batch_chunks, fx._wrap)
+                ys = [pipe.push(tensor(src[i : i + 64])) for i in range(0, len(src), 64)] + [pipe.finish()]
+                out.append(torch.cat([y for y in ys if y is not None], dim=1).float().numpy())
+        return np.concatenate(out).T  # (T, 2 * dim)
+
+    run()  # warm-up: oneDNN kernels, folded weights
+    walls, cpus, feats = [], [], []
+    for _ in range(repeats):
+        (y, dt) = timed(run, "backbone")
+        walls.append(dt)
+        cpus.append(CPU_S["backbone"])
+        feats.append(y)
+    stable = all(np.array_equal(feats[0], f) for f in feats[1:])
+    np.savez(out, wall=min(walls), cpu=min(cpus), feats=feats[0], stable=stable, precision=fx.options.precision)
+
+
+def bench_against(rev: str, clip: Path, seconds: float, precision: str, rounds: int) -> dict:
+    """This tree's backbone against git revision ``rev``'s on the same inputs, in alternating
+    fresh processes (both see the same load): best CPU and wall seconds, ratio, relative L2."""
+    from tal_pipeline.decode import decode_video, rgb_to_gray
+    from tal_pipeline.flow import compute_flow
+
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        other = tmp / "rev"
+        other.mkdir()
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "tal_pipeline"], capture_output=True,
+                                 check=False)
+        if archive.returncode != 0:
+            raise SystemExit(f"--against {rev}: {archive.stderr.decode().strip()}")
+        subprocess.run(["tar", "-x", "-C", str(other)], input=archive.stdout, check=True)
+        frames = np.concatenate([c.frames for c in decode_video(clip)])[: round(seconds * 10)]
+        flow = compute_flow(rgb_to_gray(frames), backend="torch")
+        np.savez(tmp / "inputs.npz", frames=frames, flow=np.concatenate([flow, flow[-1:]]))
+        sides = {"this tree": str(repo), rev: str(other)}
+        best: dict = {}
+        for r in range(rounds):
+            for i, (name, root) in enumerate(sides.items()):
+                out = tmp / f"round{r}_side{i}.npz"
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+                code = ("import sys; sys.path.insert(0, sys.argv[1]); from bench_extract import backbone_worker;"
+                        "from pathlib import Path; backbone_worker(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])")
+                subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp / "inputs.npz"),
+                                str(out), precision], env=env, check=True, cwd=tmp)
+                got = dict(np.load(out))
+                b = best.setdefault(name, got)
+                b["wall"], b["cpu"] = min(b["wall"], got["wall"]), min(b["cpu"], got["cpu"])
+                b["stable"] = bool(b["stable"]) and bool(got["stable"])
+    new, old = best["this tree"], best[rev]
+    d = new["feats"].shape[1] // 2
+    res = {"precision": str(new["precision"]), "seconds": seconds, "load": os.getloadavg()[0],
+           "cpu_ratio": float(old["cpu"] / new["cpu"]), "wall_ratio": float(old["wall"] / new["wall"])}
+    for name, cols in (("rgb", slice(0, d)), ("flow", slice(d, None))):
+        a, b = old["feats"][:, cols], new["feats"][:, cols]
+        res[f"{name}_rel_l2"] = float(np.linalg.norm(a - b) / np.linalg.norm(a))
+    for name, b in best.items():
+        print(f"backbone {name:>12s}: best of {rounds} rounds: wall {float(b['wall']):6.2f} s  cpu "
+              f"{float(b['cpu']):6.2f} s  bitwise stable across runs: {bool(b['stable'])}", flush=True)
+    print(f"this tree against {rev} ({res['precision']}, {seconds:g} s of video, load "
+          f"{res['load']:.1f}): {res['cpu_ratio']:.2f}x in CPU seconds, {res['wall_ratio']:.2f}x in wall time; "
+          f"features' relative L2: rgb {res['rgb_rel_l2']:.2e}, flow {res['flow_rel_l2']:.2e}", flush=True)
+    return res
+
+
 # ``tal`` itself (its console script's code), writing its own peak RSS (``memory.peak_rss_kib``,
 # KiB) to $TAL_BENCH_PEAK once the command is over. Not wait4's ru_maxrss: Linux keeps the
 # high-water mark across exec and subprocess starts children with vfork, so a child's ru_maxrss
@@ -247,7 +336,10 @@ def main() -> None:
     ap.add_argument("--skip-stages", action="store_true")
     ap.add_argument("--clips", type=float, default=None, metavar="SECONDS",
                     help="also compare with clip-based r3d_18 on the first SECONDS of the clip")
-    ap.add_argument("--precision", default="auto", help="--clips: backbone precision of both sides")
+    ap.add_argument("--precision", default="auto", help="--clips, --against: backbone precision of both sides")
+    ap.add_argument("--against", default=None, metavar="REV",
+                    help="time this tree's backbone against git revision REV's (alternating processes)")
+    ap.add_argument("--rounds", type=int, default=3, help="--against: processes per side")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tal_bench"))
     ap.add_argument("--json", default=None, help="write the numbers here")
     args = ap.parse_args()
@@ -268,6 +360,9 @@ def main() -> None:
         flow = compute_flow(rgb_to_gray(frames), backend="torch")
         flow = np.concatenate([flow, flow[-1:]])
         results["clips"] = bench_clips(frames, flow, args.precision)
+    if args.against:
+        clip = make_clip(work / f"clip_{args.seconds:g}s.mp4", args.seconds)
+        results["against"] = bench_against(args.against, clip, min(args.seconds, 20.0), args.precision, args.rounds)
     for minutes in args.rss or []:
         clip = make_clip(work / f"clip_{minutes * 60:g}s.mp4", minutes * 60)
         mb, dt = peak_rss(clip, args.device, args.rss_args.split())
