@@ -308,9 +308,14 @@ def _check_resume(state: dict, config: TrainConfig, source: str) -> None:
         raise InputError(f"{source}: not a tal-pipeline training state")
     saved = state.get("train_config", {})
     ignore = {"epochs", "device", "val_every"}
+    defaults = asdict(TrainConfig())
     for f in fields(TrainConfig):
         if f.name in ignore:
             continue
+        if isinstance(saved.get(f.name), dict) and isinstance(defaults[f.name], dict):
+            # a nested option added since the state was written (e.g. loss.final_act) ran at its
+            # default then: a state from an older tal resumes under today's defaults
+            saved = {**saved, f.name: {**defaults[f.name], **saved[f.name]}}
         if f.name in saved and saved[f.name] != asdict(config)[f.name]:
             raise InputError(
                 f"{source}: cannot resume with {f.name}={asdict(config)[f.name]!r}; "

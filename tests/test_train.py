@@ -203,3 +203,21 @@ def test_select_best_keeps_the_best_validation_epoch(data, tmp_path):
         hist[-1]["average_mAP"])
     with pytest.raises(ValueError):
         TrainConfig(select="first")
+
+
+def test_resume_state_from_before_a_new_loss_option_resumes_at_its_default():
+    """A resume state written before ``loss.final_act`` existed ran with its default: it resumes
+    under today's defaults, and is refused when the run asks for another value."""
+    from dataclasses import asdict, replace
+
+    from tal_pipeline.head.losses import LossWeights
+    from tal_pipeline.train import STATE_FORMAT, _check_resume
+
+    config = TrainConfig()
+    saved = asdict(config)
+    del saved["loss"]["final_act"]
+    state = {"format": STATE_FORMAT, "train_config": saved}
+    _check_resume(state, config, "old.pt.ckpt")  # no error
+    iou = replace(config, loss=LossWeights(final_act="iou"))
+    with pytest.raises(InputError, match=r"old\.pt\.ckpt: cannot resume with loss="):
+        _check_resume(state, iou, "old.pt.ckpt")
