@@ -79,7 +79,6 @@ def fit_fields(flow: np.ndarray) -> np.ndarray:
     design = np.concatenate([np.ones((len(centres), 1)), centres], 1)  # (B, 3): 1, x, y
     coef = np.zeros((n, 3, 2))  # per field: [[tx, ty], [du/dx, dv/dx], [du/dy, dv/dy]]
     coef[:, 0] = np.median(values, axis=1)
-    weights = np.ones(values.shape[:2])
     for _ in range(ITERATIONS):
         resid = np.linalg.norm(values - design @ coef, axis=-1)  # (N, B) px
         sigma = np.maximum(1.4826 * np.median(resid, axis=1, keepdims=True), MIN_SIGMA)
