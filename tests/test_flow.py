@@ -643,6 +643,36 @@ def test_native_library_is_built_once_and_reused(fresh_native, capfd):
     assert [p.name for p in fresh_native.cache_dir().iterdir()] == [built[0].name]  # no temp files
 
 
+def test_native_build_prunes_libraries_unused_for_a_month(fresh_native, capfd):
+    """A new build removes other kernels nobody loaded for STALE_LIBRARY_S and dead build
+    temporaries; a recently used library (another CPU sharing the home) and other files stay;
+    loading an old library renews its time, so a library in use is never pruned."""
+    import os
+    import time
+
+    folder = fresh_native.cache_dir()
+    folder.mkdir(parents=True)
+    now = time.time()
+    month = fresh_native.STALE_LIBRARY_S
+    files = {"tvl1_native-old.so": now - month - 60, "tvl1_native-recent.so": now - month + 3600,
+             "tvl1_native-x.so.tmp": now - 2 * fresh_native.STALE_TEMP_S,
+             "tvl1_native-y.so.tmp": now - 10, "seeded-r3d_18-0.bin": now - 10 * month}
+    for name, t in files.items():
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (t, t))
+    if fresh_native.library() is None:
+        pytest.skip("no working C compiler here")
+    built = fresh_native.library_path()
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted([built.name, "tvl1_native-recent.so", "tvl1_native-y.so.tmp",
+                           "seeded-r3d_18-0.bin"]), left
+    old = now - 2 * fresh_native.TOUCH_AFTER_S  # loaded again two days later: renewed
+    os.utime(built, (old, old))
+    fresh_native.reset()
+    assert fresh_native.library() is not None and built.stat().st_mtime > now - 60
+    capfd.readouterr()
+
+
 def test_native_builds_racing_for_one_file_leave_a_whole_library(fresh_native, tmp_path):
     """Two builds of the same target at once (two Ray or pytest workers): each writes its own
     temporary file and renames it; the survivor loads, no temporary file stays."""

@@ -45,6 +45,12 @@ ABI = 1  # TAL_TVL1_ABI in the source: the exported signature this module calls
 BUILD_FLAGS = ("-O3", "-march=native", "-fno-fast-math", "-ffp-contract=off", "-fno-math-errno",
                "-shared", "-fPIC")
 BUILD_TIMEOUT_S = 120.0  # a compiler that hangs longer than this counts as a failed build
+# A library no process has loaded for this long is another source's, compiler's or CPU's and is
+# removed when a new one is built (a shared home keeps one per CPU in use); a build's temporary
+# file this old was left by a killed build.
+STALE_LIBRARY_S = 30 * 86400.0
+STALE_TEMP_S = 3600.0
+TOUCH_AFTER_S = 86400.0  # a loaded library's modification time is renewed at most this often
 ENV_SWITCH = "TAL_FLOW_NATIVE"  # "0": never use the C loop in this process
 
 _lock = threading.Lock()
@@ -114,6 +120,7 @@ def _load() -> ctypes.CDLL:
     folder, removed once loaded (the loaded library stays mapped)."""
     path = library_path()
     if path.exists():
+        _mark_used(path)
         return load_library(path)
     start = time.perf_counter()  # said after the build: a failed build is then one line
     try:
@@ -128,7 +135,38 @@ def _load() -> ctypes.CDLL:
         return lib
     print(f"tal: compiled the TV-L1 kernel in {time.perf_counter() - start:.1f} s, once for "
           f"this machine ({path})", file=sys.stderr, flush=True)
+    prune(path)
     return load_library(path)
+
+
+def _mark_used(path: Path) -> None:
+    """Renew a loaded library's modification time (at most once a day), which :func:`prune`
+    reads as its last use; a read-only cache is left as it is."""
+    try:
+        if time.time() - path.stat().st_mtime > TOUCH_AFTER_S:
+            os.utime(path)
+    except OSError:
+        pass
+
+
+def prune(keep: Path, now: float | None = None) -> list[Path]:
+    """Remove, beside ``keep``, the kernel libraries unused for ``STALE_LIBRARY_S`` and build
+    temporaries older than ``STALE_TEMP_S`` (each source or compiler change builds a new
+    library, so without this the cache only grows). Returns what was removed; a file another
+    process removes first, or one that cannot be removed, is skipped."""
+    now = time.time() if now is None else now
+    removed = []
+    for p in keep.parent.glob("tvl1_native-*"):
+        if p == keep:
+            continue
+        stale = STALE_TEMP_S if p.name.endswith(".tmp") else STALE_LIBRARY_S
+        try:
+            if p.suffix in (".so", ".tmp") and now - p.stat().st_mtime > stale:
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
 
 
 def load_library(path: Path) -> ctypes.CDLL:
@@ -223,4 +261,4 @@ def linearise(
 
 
 __all__ = ["BUILD_FLAGS", "ENV_SWITCH", "build", "cache_dir", "library", "library_path", "linearise",
-           "load_library", "reset", "solve_warp"]
+           "load_library", "prune", "reset", "solve_warp"]
