@@ -11,13 +11,17 @@ Regimes: ``benchmarks/synthetic.py`` (``easy``, ``hard``, ``long``, ``recur``, `
 (``benchmarks/head_harness.py``): ``linear`` (per-position linear probe + runs), ``dilated``
 (5-layer dilated conv per-position classifier, 40 epochs, 5-step moving average + runs),
 ``head-bare`` (the head with TSA off and TPP off), ``head`` (``tal train``'s defaults), and the
-ablations ``head-noTSA``, ``head-noTPP``, ``head-plain``; ``actionformer``, the peer, by its own THUMOS14
+ablations ``head-noTSA``, ``head-noTPP``, ``head-plain``; ``head-fp32`` and ``head-bf16``, the
+head trained in float32 / under bfloat16 autocast whatever ``tal train``'s default; ``actionformer``, the peer, by its own THUMOS14
 recipe with its EMA weights (``benchmarks/actionformer_peer.py``; needs ``$ACTIONFORMER_DIR``, a
 checkout at its pinned commit, and ``$ACTIONFORMER_PYTHONPATH`` for its own imports; ``--epochs``
 sets its epochs after warm-up). Every (regime, method, seed) trains in its own process with one
 intra-op thread, ``--jobs`` at a time. ``--seeds`` are *training* seeds (initial
 weights, window order); the data of a regime is fixed by its own seed. With several seeds the
 table adds each method's mean row: one seed of the head moves its mAP by a few points.
+
+``--train-time THREADS [--precision P]`` times ``tal train``'s default schedule on 80 training
+videos of 5 minutes (D = 128).
 
 Inference is timed with ``--infer-threads`` torch threads (default 1: on a busy 2-core machine
 one thread beat two by 2.5x) in a fresh process per T; peak memory is the growth of the
@@ -45,6 +49,12 @@ HEADS = {  # method -> head overrides on top of tal train's defaults
     "head-noTSA": {"tsa": "none"},
     "head-noTPP": {"tpp": False},
     "head-plain": {"tsa": "plain"},
+    "head-fp32": {},
+    "head-bf16": {},
+}
+TRAIN = {  # method -> TrainConfig overrides on top of tal train's defaults
+    "head-fp32": {"precision": "fp32"},  # training forward pass in float32 / under bfloat16 autocast
+    "head-bf16": {"precision": "bf16"},
 }
 PEERS = ("actionformer",)  # benchmarks/actionformer_peer.py
 METHODS = ("linear", "dilated", *HEADS, *PEERS)
@@ -79,9 +89,9 @@ def run_method(regime_name: str, method: str, epochs: int | None, seed: int) -> 
         row = run_peer(regime_name, checkout, work, PeerOptions(epochs=epochs, seed=seed))[0]  # EMA weights
         r, val = {"testing": row["test"], "train_s": row["train_s"]}, None
     elif method in HEADS:
-        config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+        config = replace(TrainConfig(seed=seed), **TRAIN.get(method, {}), **({} if epochs is None else {"epochs": epochs}))
         with tempfile.TemporaryDirectory() as tmp:
-            r = train_head(sp, Path(tmp) / "m.pt", replace(config), head=HEADS[method])
+            r = train_head(sp, Path(tmp) / "m.pt", config, head=HEADS[method])
         val = max(r["validation"], key=lambda h: h["average_mAP"]) if r["validation"] else None
     else:
         r = train_baseline(method, sp, seed=seed, **({} if epochs is None else {"epochs": epochs}))
@@ -120,7 +130,7 @@ def _child(args: list[str], one_thread: bool = True) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_train_time(threads: int, seed: int) -> dict:
+def run_train_time(threads: int, seed: int, precision: str | None = None) -> dict:
     """``tal train``'s default schedule on 80 training videos of 5 minutes (750 steps at 0.4 s,
     D = 128, the hard regime's signal) with 20 validation videos, ``threads`` torch threads."""
     import torch
@@ -132,8 +142,9 @@ def run_train_time(threads: int, seed: int) -> dict:
     torch.set_num_threads(threads)
     sp = splits(make_benchmark(regime("hard", min_steps=750, max_steps=750, num_test=5, seed=seed + 100)))
     with tempfile.TemporaryDirectory() as tmp:
-        r = train_head(sp, Path(tmp) / "m.pt", TrainConfig(seed=seed))
-    return {"threads": threads, "train_s": r["train_s"], "cpu_s": r["cpu_s"], "epochs": r["epochs"],
+        config = TrainConfig(seed=seed) if precision is None else TrainConfig(seed=seed, precision=precision)
+        r = train_head(sp, Path(tmp) / "m.pt", config)
+    return {"threads": threads, "precision": config.precision, "train_s": r["train_s"], "cpu_s": r["cpu_s"], "epochs": r["epochs"],
             "videos": {k: len(v.data.videos) for k, v in sp.items()}, "test": r["testing"]}
 
 
@@ -149,6 +160,8 @@ def main() -> None:
     p.add_argument("--infer-threads", type=int, default=1, help="torch threads for inference (1 is fastest on a busy machine)")
     p.add_argument("--train-time", type=int, default=0, metavar="THREADS",
                    help="only time tal train's default schedule on 80 five-minute videos with THREADS threads")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="--train-time: the training precision (default: tal train's)")
     p.add_argument("--_run", help=argparse.SUPPRESS)
     p.add_argument("--_infer", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -161,7 +174,7 @@ def main() -> None:
         return
 
     if args.train_time:
-        print(json.dumps(run_train_time(args.train_time, int(args.seeds.split(",")[0]))))
+        print(json.dumps(run_train_time(args.train_time, int(args.seeds.split(",")[0]), args.precision)))
         return
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()}")

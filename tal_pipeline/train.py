@@ -18,13 +18,18 @@ Recipe (defaults in :class:`TrainConfig`):
    default) the weights of the validation run with the best average mAP are saved (early
    stopping by model selection: small training sets overfit late in the schedule); with
    ``"last"``, or without validation videos, the last epoch's.
-6. Head options: :func:`head_defaults` (:data:`HEAD_DEFAULTS`, plus :data:`WIDE_DEFAULTS` for
+6. Precision (``precision``): float32, or the training forward pass under bfloat16 autocast
+   ("bf16"; "auto": where the hardware multiplies bfloat16, AMX or AVX512-BF16 CPUs and CUDA);
+   weights, gradients, the optimizer and the losses stay float32, validation and inference are
+   float32.
+7. Head options: :func:`head_defaults` (:data:`HEAD_DEFAULTS`, plus :data:`WIDE_DEFAULTS` for
    features of at least :data:`WIDE_DIM` channels) under the caller's overrides (``tal train``'s
    defaults; :class:`HeadConfig`'s own defaults are the earlier behaviour old checkpoints rely on).
 
 Reproducibility: everything random comes from ``seed`` (torch for the initial weights, a numpy
 PCG64 generator for windows and order); on CPU the same seed gives a bit-identical checkpoint
-(the checkpoint holds no times or dates).
+on one machine in either precision (the checkpoint holds no times or dates). A bf16 and an fp32
+machine train different (equally good) weights from one seed.
 
 Resume: after every epoch the full training state goes to the sidecar ``<out>.ckpt``
 (the model checkpoint dict, optimizer state, epochs done, iteration, the numpy generator's
@@ -38,7 +43,7 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,7 @@ from tal_pipeline.errors import InputError
 from tal_pipeline.featio import UNKNOWN, recorded_flow_version
 from tal_pipeline.head.assign import AssignConfig, assign_levels, assign_window, collate_targets
 from tal_pipeline.head.losses import LossWeights, head_loss
-from tal_pipeline.head.model import HeadConfig, HeadModel
+from tal_pipeline.head.model import HeadConfig, HeadModel, HeadOutputs
 from tal_pipeline.inference import predict_segments
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,7 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "tal-pipeline/head-train-state"
 THUMOS_TIOU = (0.3, 0.4, 0.5, 0.6, 0.7)
 SELECT = ("best", "last")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 # HeadConfig fields that new models get unless the caller overrides them, chosen on the hard
 # synthetic regime's validation split (BENCHMARKS.md, "Head"): the old head regressed long
@@ -109,12 +115,18 @@ class TrainConfig:
     select: str = "best"  # saved weights: "best" validation average mAP, or "last" epoch
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # training forward pass: "fp32", "bf16" (autocast: convolutions and
+    #   attention in bfloat16; weights, gradients, optimizer and losses in float32) or "auto"
+    #   (resolve_precision: bf16 where the hardware multiplies bfloat16, else fp32). Validation
+    #   and inference run in float32 whatever this says.
     loss: LossWeights = field(default_factory=LossWeights)
     assign: AssignConfig = field(default_factory=AssignConfig)
 
     def __post_init__(self):
         if self.select not in SELECT:
             raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -307,7 +319,7 @@ def _check_resume(state: dict, config: TrainConfig, source: str) -> None:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise InputError(f"{source}: not a tal-pipeline training state")
     saved = state.get("train_config", {})
-    ignore = {"epochs", "device", "val_every"}
+    ignore = {"epochs", "device", "val_every", "precision"}  # where and how fast, not what is learnt
     defaults = asdict(TrainConfig())
     for f in fields(TrainConfig):
         if f.name in ignore:
@@ -380,12 +392,32 @@ def _resume(state_path: Path, config: TrainConfig, model: HeadModel, optimizer, 
                      state.get("last_loss", float("nan")), state.get("best", {}))
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """``TrainConfig.precision`` with "auto" resolved: "bf16" on a CUDA device that supports it
+    and on a CPU that multiplies bfloat16 in hardware (AMX or AVX512-BF16: emulated bfloat16 is
+    slower than float32), else "fp32"."""
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    # imported here, not at the top: tal_pipeline.features imports the backbones
+    from tal_pipeline.features import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def _float_outputs(out: HeadOutputs) -> HeadOutputs:
+    """The outputs in float32 (the losses sum thousands of terms: not in bfloat16)."""
+    return replace(out, **{f.name: getattr(out, f.name).float() for f in fields(out) if f.name != "strides"})
+
+
 def _train_epoch(model: HeadModel, optimizer, data: FeatureSet, config: TrainConfig, schedule: _Schedule,
                  run: _Progress, rng, bar) -> None:
     """One epoch of iterations; advances ``run.iteration`` and sets ``run.last_loss``."""
     device = torch.device(config.device)
     model.train()
     plan = _epoch_plan(data.videos, config, rng)
+    amp = torch.bfloat16 if config.precision == "bf16" else None  # resolved by train()
     running = []
     for b in range(0, len(plan), config.batch_size):
         feats, targets, final = _make_batch(data.videos, plan[b : b + config.batch_size], config,
@@ -394,7 +426,9 @@ def _train_epoch(model: HeadModel, optimizer, data: FeatureSet, config: TrainCon
         final = final.to(device) if final is not None else None
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(run.iteration, schedule.total, schedule.warmup, config.lr)
-        losses = head_loss(model(feats, targets.mask), targets, config.loss, final)
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            out = model(feats, targets.mask)
+        losses = head_loss(_float_outputs(out) if amp is not None else out, targets, config.loss, final)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -486,6 +520,8 @@ def train(
     from tqdm import tqdm
 
     out = Path(out)
+    # the checkpoint records the precision this run trained in, not "auto"
+    config = replace(config, precision=resolve_precision(config.precision, config.device))
     model = _build_model(train_data, config, head)
     optimizer = _optimizer(model, config)
     rng = np.random.Generator(np.random.PCG64(config.seed))

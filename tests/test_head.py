@@ -238,3 +238,24 @@ def test_input_dropout_drops_whole_channels_in_training_only():
     model(x)
     assert torch.equal(seen[-1][..., :40], x.transpose(1, 2))
     assert isinstance(HeadModel(HeadConfig(input_dim=4, num_classes=2)).input_dropout, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("kernel,dilation,stride", [(1, 1, 1), (3, 1, 1), (3, 4, 1), (3, 1, 2)])
+def test_channels_last_conv1d_is_nn_conv1d(kernel, dilation, stride):
+    """The head's Conv1d: nn.Conv1d's parameters, state-dict keys and result (up to rounding),
+    its output stored position by position ((B, T, C) underneath), on a contiguous or a
+    transposed input."""
+    from torch import nn
+
+    from tal_pipeline.head.tpp import Conv1d
+
+    torch.manual_seed(0)
+    ref = nn.Conv1d(24, 40, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation)
+    ours = Conv1d(24, 40, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation)
+    ours.load_state_dict(ref.state_dict())
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    x = torch.randn(3, 24, 57)
+    for inp in (x, x.transpose(1, 2).contiguous().transpose(1, 2)):
+        y = ours(inp)
+        torch.testing.assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
+        assert y.shape == ref(x).shape and y.stride(1) == 1  # channels innermost

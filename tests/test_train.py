@@ -221,3 +221,35 @@ def test_resume_state_from_before_a_new_loss_option_resumes_at_its_default():
     iou = replace(config, loss=LossWeights(final_act="iou"))
     with pytest.raises(InputError, match=r"old\.pt\.ckpt: cannot resume with loss="):
         _check_resume(state, iou, "old.pt.ckpt")
+
+
+def test_precision_auto_resolves_by_hardware_and_bf16_training_is_reproducible(data, tmp_path):
+    """``precision="auto"`` trains in bf16 only where the hardware multiplies it; a bf16 run is
+    bit-identical run to run, keeps float32 weights, records what it ran in, and is a different
+    run from the fp32 one (the autocast really is on)."""
+    from dataclasses import replace
+
+    from tal_pipeline.features import cpu_has_native_bf16
+    from tal_pipeline.train import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    if not torch.cuda.is_available():
+        assert resolve_precision("auto", "cuda") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp16")
+    fs, _ = data
+    bf16, fp32 = replace(QUICK, precision="bf16"), replace(QUICK, precision="fp32")
+    a = train(fs, tmp_path / "a.pt", bf16, head=TINY_HEAD, progress=False)
+    train(fs, tmp_path / "b.pt", bf16, head=TINY_HEAD, progress=False)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert a["training"]["config"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in a["state_dict"].values() if v.is_floating_point())
+    assert np.isfinite(a["training"]["final_loss"])
+    c = train(fs, tmp_path / "c.pt", fp32, head=TINY_HEAD, progress=False)
+    assert c["training"]["config"]["precision"] == "fp32"
+    assert not torch.equal(a["state_dict"]["embed.weight"], c["state_dict"]["embed.weight"])
+    # how fast is not what is learnt: a run started in fp32 resumes on a bf16 machine
+    assert train(fs, tmp_path / "d.pt", fp32, head=TINY_HEAD, progress=False, stop_after=1) == {}
+    train(fs, tmp_path / "d.pt", bf16, head=TINY_HEAD, progress=False, resume=True)
+    assert (tmp_path / "d.pt").is_file()

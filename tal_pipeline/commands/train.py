@@ -147,11 +147,14 @@ def _check_head(head: dict[str, Any], data) -> None:
               help="Weights to save: the best validation average mAP, or the last epoch's. Use 'last' when the "
                    "validation subset is the test set (report only, choose nothing on it).")
 @device_option("cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="Training forward pass [default: fp32]; auto: bf16 on CPUs that multiply bfloat16 in "
+                   "hardware (AMX, AVX512-BF16) and on CUDA, else fp32. Weights and losses stay fp32.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(features_dir, annotations, output, subset, val_subset, fps, feature_stride, window_frames, epochs,
-            batch_size, lr, window, hidden_dim, tsa, tpp, extra_head, val_every, select, device, seed, resume, quiet):
+            batch_size, lr, window, hidden_dim, tsa, tpp, extra_head, val_every, select, device, precision, seed, resume, quiet):
     """Train the TSA/TPP head on FEATURES_DIR (<id>.npy [+ <id>.json]) and ANNOTATIONS.
 
     Foreign meta-less features (e.g. ActionFormer's THUMOS14 I3D .npy) need --feature-stride and
@@ -180,7 +183,8 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
                                         feature_stride=feature_stride, window_frames=window_frames)
             val_ann = type(val_ann)({v.video_id: val_ann.videos[v.video_id] for v in val_data.videos}, val_ann.source)
     config = TrainConfig(seed=seed, device=device, select=select)
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "window": window, "val_every": val_every}
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "window": window, "val_every": val_every,
+                 "precision": precision}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     head = {"tsa": tsa, "tpp": tpp}
     if hidden_dim is not None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tal_pipeline.head.tpp import ChannelNorm, ConvNormReLU, TemporalPyramidPooling
+from tal_pipeline.head.tpp import ChannelNorm, Conv1d, ConvNormReLU, TemporalPyramidPooling
 from tal_pipeline.head.tsa import TSA_MODES, TemporalSelfAttention
 
 SCORE_FUSIONS = ("class", "actionness")
@@ -148,9 +148,9 @@ class PredictionHeads(nn.Module):
         super().__init__()
         self.cls_tower = nn.ModuleList(ConvNormReLU(dim, dim) for _ in range(layers))
         self.reg_tower = nn.ModuleList(ConvNormReLU(dim, dim) for _ in range(layers))
-        self.cls_out = nn.Conv1d(dim, num_classes, 3, padding=1)
-        self.reg_out = nn.Conv1d(dim, 2, 3, padding=1)
-        self.act_out = nn.Conv1d(dim, 1, 3, padding=1)
+        self.cls_out = Conv1d(dim, num_classes, 3, padding=1)
+        self.reg_out = Conv1d(dim, 2, 3, padding=1)
+        self.act_out = Conv1d(dim, 1, 3, padding=1)
         self.log_scale = nn.Parameter(torch.tensor(math.log(reg_init)))  # distances' unit, steps
         nn.init.constant_(self.cls_out.bias, -math.log((1 - prior_prob) / prior_prob))
 
@@ -174,7 +174,7 @@ class HeadModel(nn.Module):
         super().__init__()
         self.config = config
         h = config.hidden_dim
-        self.embed = nn.Conv1d(config.input_dim, h, config.embed_kernel, padding=config.embed_kernel // 2)
+        self.embed = Conv1d(config.input_dim, h, config.embed_kernel, padding=config.embed_kernel // 2)
         self.embed_norm = ChannelNorm(h)
         self.dropout = nn.Dropout(config.dropout)
         # (B, D, T): whole channels; Identity when off, so a model without it draws the same

@@ -24,6 +24,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class Conv1d(nn.Conv1d):
+    """``nn.Conv1d`` (same parameters and state-dict keys) run in the channels-last layout.
+
+    ``(B, Cin, T) -> (B, Cout, T)``; the output is stored position by position (strides
+    ``(T * Cout, 1, Cout)``, a transposed ``(B, T, Cout)`` tensor). Why: on CPU a channels-last
+    convolution is as fast as a contiguous one, and :class:`ChannelNorm`'s transposes, the TSA's
+    ``(B, T, H)`` matrices and the heads' ``(B, T, C)`` outputs then read it without copies (the
+    contiguous layout cost a copy before and after every LayerNorm). The same result up to rounding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, Cin, 1, T), no copy if already
+        y = F.conv2d(x4, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), (0, self.padding[0]),
+                     (1, self.dilation[0]), self.groups)  # (B, Cout, 1, T) channels-last
+        return y.squeeze(2)
+
+
 class ChannelNorm(nn.Module):
     """LayerNorm over the channel axis of a ``(B, C, T)`` tensor, position by position."""
 
@@ -40,7 +57,7 @@ class ConvNormReLU(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3, dilation: int = 1):
         super().__init__()
-        self.conv = nn.Conv1d(c_in, c_out, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        self.conv = Conv1d(c_in, c_out, kernel, padding=dilation * (kernel // 2), dilation=dilation)
         self.norm = ChannelNorm(c_out)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,7 +74,7 @@ class TemporalPyramidPooling(nn.Module):
         self.strides = tuple(strides)
         self.dilated = nn.ModuleList(ConvNormReLU(dim + 1, dim, 3, d) for d in dilations)
         self.pooled = nn.ModuleList(ConvNormReLU(dim + 1, dim, 3, 1) for _ in strides)
-        self.fuse = nn.Conv1d(dim * (len(dilations) + len(strides)), dim, 1)
+        self.fuse = Conv1d(dim * (len(dilations) + len(strides)), dim, 1)
         self.norm = ChannelNorm(dim)
 
     def length_multiple(self) -> int:

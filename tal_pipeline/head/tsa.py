@@ -35,6 +35,8 @@ import math
 import torch
 from torch import nn
 
+from tal_pipeline.head.tpp import Conv1d
+
 TSA_MODES = ("full", "plain", "none")
 
 # eq. 1 weights
@@ -97,10 +99,10 @@ class TemporalSelfAttention(nn.Module):
         self.dim = dim
         self.normalise = normalise  # "full" only: rescale G's rows to sum 1 (see fusion)
         if mode != "none":
-            self.query = nn.Conv1d(dim, dim, 1)
-            self.key = nn.Conv1d(dim, dim, 1)
-            self.value = nn.Conv1d(dim, dim, 1)
-            self.out = nn.Conv1d(dim, dim, 1)
+            self.query = Conv1d(dim, dim, 1)
+            self.key = Conv1d(dim, dim, 1)
+            self.value = Conv1d(dim, dim, 1)
+            self.out = Conv1d(dim, dim, 1)
 
     def fusion(
         self,
