@@ -4,6 +4,10 @@
     python benchmarks/camera_check.py sweep  --set FEAT:ANNOTATIONS.json [--set ...]
     python benchmarks/camera_check.py score  --set FEAT:ANNOTATIONS.json [--set ...] [--model M]
     python benchmarks/camera_check.py write  --threshold 0.2 --scale 0 [--model weights/demo.pt]
+    # the fit itself (issue #31, third session): extract once, caching each field's block medians,
+    # then score each fit x threshold x scale without re-extracting
+    python benchmarks/camera_check.py cache VIDEOS... -o FEAT [--threads 1]
+    python benchmarks/camera_check.py fits --set FEAT:ANN [--set ...] [--lowtex FEAT:ANN] [--still FEAT]
     # the descriptor's cost: two clean worktrees of one commit, the second without the
     # extractor's fit_fields call (features.py), run from the first
     python benchmarks/camera_check.py speed  --against /tmp/nodesc [--seconds 60 --rounds 3]
@@ -14,6 +18,17 @@
 VALIDATION only. ``score`` prints the model's own check against none (per class, per scene kind).
 ``write`` re-saves the checkpoint with a ``motion_check`` (``global_motion.MotionCheck``) and
 nothing else changed: every tensor ``torch.equal`` to the old one, every other key equal.
+``cache`` is ``tal extract --backbone r3d_18_grid --weights seeded --streams flow --flow torch``
+(the demo's extractor; ``jobs.ExtractJob``, the code path ``tal extract`` runs) that also saves
+each video's per-field block medians (``global_motion.block_medians`` of the raw TV-L1 fields,
+through ``FeatureExtractor.field_hook``) as ``FEAT/<id>.blocks.npz``; a video whose two files
+exist is skipped. ``fits`` runs the head once per video with the check off, refits every video's
+global motion from its cached blocks with each fit (``--fits``: ``none`` is today's median start,
+a number is ``fit_fields``' ``zero_margin``), and scores each fit x threshold x scale: the
+``--set`` videos' mAP (all, and the looping-video scenes), the ``--lowtex`` set's average and,
+on ``--still`` (fixed-camera clips, no annotations), the detections at or above the console's
+0.3 per clip. With ``--choose`` it applies the selection rule of docs/method.md (issue #31,
+third session) against the model's own check with ``none``: run it on VALIDATION only.
 ``speed`` times ``tal detect`` of bench_detect's clip (demo model, a fresh process each, wall
 time and the process's own peak RSS) with this checkout and with another one (its own code and
 its own ``weights/demo.pt``), alternating.
@@ -25,6 +40,11 @@ Splits of issue #31 (declared in docs/method.md before they were generated):
     held-out:   python -m tal_pipeline.demo.camera --split heldout --videos 12 --seed 31 --min-duration 30 --max-duration 60
                 ... --videos 6 --seed 33 --scene-kind video
     features:   tal extract DIR -o FEAT --backbone r3d_18_grid --weights seeded --streams flow --flow torch --threads 1
+                (or `camera_check.py cache DIR -o FEAT`, the same features plus the block medians)
+    third session's validation, beside the two sets above (the fit's second start):
+                python -m tal_pipeline.demo.camera --split train --videos 4 --seed 47 --val-fraction 0 --min-duration 30 --max-duration 40 --contrast 0.4 --blur 1.5
+                python benchmarks/static_camera.py --set val --make-only --cache DIR   (fixed-camera clips: --still)
+                camera_check.py fits --set F41:A41 --set F43:A43 --lowtex F47:A47 --still FVAL --choose
 """
 
 from __future__ import annotations
@@ -37,7 +57,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tal_pipeline.global_motion import LabelMotion, MotionCheck, apply_check
+from tal_pipeline.global_motion import (
+    LabelMotion,
+    MotionCheck,
+    apply_check,
+    block_centres,
+    block_medians,
+    fit_blocks,
+    step_descriptor,
+)
 
 # each demo class's camera motion, read from the picture's flow (demo/camera.py's table)
 DEMO_LABELS = {
@@ -47,6 +75,10 @@ DEMO_LABELS = {
 }
 THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)  # px per frame pair at 112 px
 SCALES = (0.0, 0.25)  # 0: drop; else the failing detection's score factor
+# the demo's extractor, as `tal extract --backbone r3d_18_grid --weights seeded --streams flow --flow torch`
+EXTRACT = {"backbone": "r3d_18_grid", "weights": "seeded", "streams": ("flow",), "flow_backend": "torch",
+           "device": "cpu", "chunk_frames": 64, "size": 0}
+STILL_MAX_SCORE = 0.3  # the console summary's detection score (writers.SUBTITLE_MIN_SCORE)
 
 
 @dataclass
@@ -56,6 +88,8 @@ class Video:
     segments: list  # postprocess.Segment, check off
     motion: np.ndarray | None  # (T, K)
     times: np.ndarray  # (T,) s
+    npy: Path | None = None  # its feature file (``cache``'s blocks lie beside it)
+    meta: object = None  # featio.FeatureMeta
 
 
 def run_head(sets: list[str], model: str) -> tuple[list[Video], dict]:
@@ -78,7 +112,8 @@ def run_head(sets: list[str], model: str) -> tuple[list[Video], dict]:
             if meta.motion is None:
                 sys.exit(f"camera_check: {npy} has no global motion; extract it with this version")
             d = det.detect_features(arr, meta)
-            videos.append(Video(npy.stem, scenes.get(npy.stem, "?"), d.segments, meta.motion, meta.times()))
+            videos.append(Video(npy.stem, scenes.get(npy.stem, "?"), d.segments, meta.motion, meta.times(),
+                                npy, meta))
         gts[ann_path] = ann
     return videos, {"annotations": gts, "detector": det}
 
@@ -119,6 +154,128 @@ def sweep(args) -> None:
         rv = scores(videos, gt, check, "video") if "video" in kinds else None
         video = f"{100 * rv.mAP[rv.tiou.index(0.5)]:.1f} | {100 * rv.average_mAP:.1f}" if rv else "- | -"
         print(_row(name, r) + f" {video} |")
+
+
+def cache(args) -> None:
+    """``tal extract`` of the demo's extractor, plus each video's block medians beside its features."""
+    from tal_pipeline.featio import is_complete
+    from tal_pipeline.features import auto_precision
+    from tal_pipeline.inputs import select_inputs
+    from tal_pipeline.jobs import ExtractJob
+
+    out = Path(args.output)
+    worker = ExtractJob(out, {**EXTRACT, "precision": auto_precision("cpu")}, threads=args.threads).setup()
+    items = select_inputs(args.inputs)
+    for i, (vid, path) in enumerate(sorted(items.items())):
+        blocks = out / f"{vid}.blocks.npz"
+        if blocks.exists() and is_complete(out, vid):
+            continue
+        got: list[np.ndarray] = []
+        size: list[int] = []
+
+        def hook(flow: np.ndarray, got=got, size=size) -> None:
+            got.append(block_medians(flow)[0].astype(np.float32))  # medians of float32: exact
+            size[:] = flow.shape[2:]
+
+        worker.fx.field_hook = hook
+        worker.process(vid, path)
+        tmp = blocks.with_name(f".{blocks.name}.tmp.npz")
+        np.savez(tmp, values=np.concatenate(got), size=np.array(size))
+        tmp.replace(blocks)
+        print(f"[{i + 1}/{len(items)}] {vid}: {sum(len(g) for g in got)} fields", flush=True)
+
+
+def refit(v: Video, margin: float | None) -> np.ndarray:
+    """``v``'s per-step global motion (T, K) refitted from its cached block medians."""
+    z = np.load(v.npy.with_name(f"{v.vid}.blocks.npz"))
+    h, w = (int(x) for x in z["size"])
+    per_field = fit_blocks(z["values"], block_centres(h, w), w, margin)
+    m = v.meta
+    return step_descriptor(per_field, m.num_features, m.fps, m.t0, m.step)
+
+
+def still_videos(feat: str, det) -> list[Video]:
+    """The head, check off, on every feature file of ``feat`` (fixed-camera clips: no annotations)."""
+    from tal_pipeline.featio import list_feature_files, load_features
+
+    out = []
+    for npy in list_feature_files(feat):
+        arr, meta = load_features(npy)
+        d = det.detect_features(arr, meta)
+        out.append(Video(npy.stem, "still", d.segments, meta.motion, meta.times(), npy, meta))
+    return out
+
+
+def _fit_name(margin: float | None) -> str:
+    return "(a) median start" if margin is None else f"(b) zero start, margin {margin:g}"
+
+
+def fits(args) -> None:
+    margins = [None if f == "none" else float(f) for f in args.fits.split(",")]
+    checks = ([tuple(float(x) for x in c.split(":")) for c in args.checks.split(",")] if args.checks
+              else [(t, s) for s in SCALES for t in THRESHOLDS])
+    videos, ctx = run_head(args.set, args.model)
+    gt = _merge(ctx["annotations"])
+    det, today = ctx["detector"], ctx["detector"].meta.motion_check
+    low, low_gt = ([], None)
+    if args.lowtex:
+        low, low_ctx = run_head([args.lowtex], args.model)
+        low_gt = _merge(low_ctx["annotations"])
+    still = still_videos(args.still, det) if args.still else []
+    drift = max(float(np.abs(refit(v, None) - v.motion).max()) for v in videos + low + still)
+    print(f"{len(videos)} videos ({sum(v.scene == 'video' for v in videos)} looping-video scenes), "
+          f"{len(low)} low-texture, {len(still)} fixed-camera ({', '.join(v.vid for v in still)}); "
+          f"today's fit from the cached blocks vs the stored descriptor: max |diff| {drift:.1e}\n")
+    print("| fit | check | all @0.5 | all avg | video @0.5 | video avg | low-texture avg | "
+          f"fixed-camera >= {STILL_MAX_SCORE:g} | qualifies |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+
+    def row(fit: str, name: str, vids, lows, stills, check) -> dict:
+        r, rv = scores(vids, gt, check), scores(vids, gt, check, "video")
+        rl = scores(lows, low_gt, check) if lows else None
+        counts = [sum(s.score >= STILL_MAX_SCORE for s in (apply_check(v.segments, v.motion, v.times, check)
+                                                          if check else v.segments)) for v in stills]
+        i5 = r.tiou.index(0.5)
+        return {"fit": fit, "check": name, "at5": 100 * r.mAP[i5], "avg": 100 * r.average_mAP,
+                "v5": 100 * rv.mAP[i5], "vavg": 100 * rv.average_mAP,
+                "low": 100 * rl.average_mAP if rl else float("nan"), "still": counts}
+
+    def show(d: dict, verdict: str = "") -> None:
+        print(f"| {d['fit']} | {d['check']} | {d['at5']:.2f} | {d['avg']:.2f} | {d['v5']:.2f} | {d['vavg']:.2f} | "
+              f"{d['low']:.2f} | {sum(d['still'])} ({' '.join(map(str, d['still']))}) | {verdict} |")
+
+    show(row("-", "none", videos, low, still, None))
+    for k, margin in enumerate(margins):
+        def moved(vs, margin=margin):
+            return [replace(v, motion=refit(v, margin)) for v in vs]
+        fv, fl, fs = moved(videos), moved(low), moved(still)
+        for t, sc in checks:
+            d = row(_fit_name(margin), f"thr {t:g} scale {sc:g}", fv, fl, fs, MotionCheck(DEMO_LABELS, t, sc))
+            d.update(order=k, margin=margin, threshold=t, scale=sc)
+            rows.append(d)
+    base = next((d for d in rows if d["margin"] is None and today is not None
+                 and (d["threshold"], d["scale"]) == (today.threshold, today.scale)), None)
+    for d in rows:
+        d["ok"] = base is not None and (sum(d["still"]) == 0 and d["avg"] >= base["avg"] - 0.3
+                                        and not d["low"] < base["low"] - 0.3)
+        show(d, ("yes" if d["ok"] else "no") if args.choose else "-")
+    if not args.choose:
+        return
+    if base is None:
+        sys.exit("camera_check: --choose needs 'none' in --fits and the model's own check among --checks")
+    ok = [d for d in rows if d["ok"]]
+    print(f"\ntoday's (fit (a), thr {today.threshold:g} scale {today.scale:g}): average {base['avg']:.2f}, "
+          f"low-texture {base['low']:.2f}, fixed-camera {sum(base['still'])}")
+    if not ok:
+        print("rule: no candidate qualifies; today's fit and check stay")
+        return
+    best = max(d["avg"] for d in ok)
+    tied = [d for d in ok if d["avg"] >= best - 0.1]
+    # ties: the smaller margin (the order of --fits: none, 0, 0.05, 0.1), the larger threshold, scaling
+    win = min(tied, key=lambda d: (d["order"], -d["threshold"], d["scale"] == 0))
+    print(f"rule: {len(ok)} qualify, best average {best:.2f}; chosen: {win['fit']}, {win['check']} "
+          f"(average {win['avg']:.2f}, low-texture {win['low']:.2f})")
 
 
 def score(args) -> None:
@@ -192,7 +349,16 @@ def speed(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("verb", choices=("sweep", "score", "write", "speed"))
+    ap.add_argument("verb", choices=("sweep", "score", "write", "speed", "cache", "fits"))
+    ap.add_argument("inputs", nargs="*", help="cache: videos, folders or .txt lists")
+    ap.add_argument("-o", "--output", default=None, help="cache: the features folder")
+    ap.add_argument("--threads", type=int, default=1, help="cache: torch threads")
+    ap.add_argument("--fits", default="none,0,0.05,0.1",
+                    help="fits: comma-separated; none = today's median start, a number = zero_margin")
+    ap.add_argument("--checks", default=None, help="fits: THRESHOLD:SCALE,... (default: the sweep's grid)")
+    ap.add_argument("--lowtex", default=None, help="fits: FEAT:ANN of the low-texture set")
+    ap.add_argument("--still", default=None, help="fits: a folder of fixed-camera clips' features")
+    ap.add_argument("--choose", action="store_true", help="fits: apply the declared selection rule")
     ap.add_argument("--set", action="append", default=[], help="FEATURE_FOLDER:ANNOTATIONS.json")
     ap.add_argument("--model", default="weights/demo.pt")
     ap.add_argument("--threshold", type=float, default=None, help="write: px per frame pair at 112 px")
@@ -200,14 +366,16 @@ def main() -> None:
     ap.add_argument("--against", default=None, help="speed: another checkout (e.g. a git worktree)")
     ap.add_argument("--seconds", type=float, default=60.0, help="speed: clip length")
     ap.add_argument("--rounds", type=int, default=2, help="speed: runs of each checkout, alternating")
-    args = ap.parse_args()
-    if args.verb in ("sweep", "score") and not args.set:
+    args = ap.parse_intermixed_args()
+    if args.verb in ("sweep", "score", "fits") and not args.set:
         ap.error("give at least one --set FEAT:ANN")
     if args.verb == "write" and args.threshold is None:
         ap.error("write needs --threshold")
     if args.verb == "speed" and not args.against:
         ap.error("speed needs --against CHECKOUT")
-    {"sweep": sweep, "score": score, "write": write, "speed": speed}[args.verb](args)
+    if args.verb == "cache" and not (args.inputs and args.output):
+        ap.error("cache needs VIDEOS... and -o FEAT")
+    {"sweep": sweep, "score": score, "write": write, "speed": speed, "cache": cache, "fits": fits}[args.verb](args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -155,6 +155,10 @@ class FeatureExtractor:
             weakref.finalize(self, self._flow_workers.close, False)
         # keep the identity, not a second copy of the tensors (the nets hold them)
         self.loaded: LoadedWeights = replace(loaded, state_dict={})
+        # called with each batch of raw flow fields (float32 (n, 2, S, S) px, the fields
+        # global_motion.fit_fields gets, in order): benchmarks/camera_check.py caches their block
+        # medians to compare fits without re-extracting. Never changes the features.
+        self.field_hook: Callable[[np.ndarray], None] | None = None
 
     # ---------------------------------------------------------------- identity
 
@@ -282,6 +286,8 @@ class FeatureExtractor:
                 if "flow" in pipes and flow is not None and len(flow):
                     _keep(outs["flow"], pipes["flow"].push(self._flow_tensor(flow)))
                     fits.append(fit_fields(flow))  # raw pixels, before the +-20 px clip
+                    if self.field_hook is not None:
+                        self.field_hook(flow)
             for s in streams:
                 _keep(outs[s], pipes[s].finish())
         if n_frames == 0:

@@ -4,7 +4,9 @@ A camera that pans, tilts, zooms or rolls moves the whole picture by one paramet
 object moves part of it. :func:`fit_fields` fits the camera model (an affine field about the
 frame's centre) to the block medians of each flow field by iteratively reweighted least
 squares (Tukey's biweight), so blocks an object covers are outliers as long as it covers less
-than about half of the frame. :func:`step_descriptor` averages the per-field numbers over each
+than about half of the frame (a second start from the zero model, ``zero_margin``, was tried
+for a still background under a large object and not adopted: docs/method.md, issue #31's third
+session). :func:`step_descriptor` averages the per-field numbers over each
 feature step, giving the per-step array ``(T, K)`` that feature files carry (``COLUMNS``), and
 :func:`segment_motion` reads it back over a detection's time span (``MotionCheck``, which a
 checkpoint may declare, demotes or drops detections whose camera did not move in their label's
@@ -41,44 +43,43 @@ INLIER_PX = 0.3  # px: a block the model explains (the demo's slowest pan is ~0.
 TUKEY_C = 4.685  # Tukey biweight's cut-off, in robust sigmas (95 % efficiency under Gaussian noise)
 MIN_SIGMA = 0.1  # px: floor of the robust scale, so near-perfect fits do not reject noise
 ITERATIONS = 12  # IRLS rounds (converges in a handful)
+# fit_fields' second start (issue #31): None, the median block's start alone; a share of the
+# blocks m, also the zero model's, kept when it explains as many blocks less m (docs/method.md)
+ZERO_MARGIN: float | None = None
+
+
+def _blocks(h: int, w: int, grid: int, margin: int) -> tuple[int, int, int, int, np.ndarray]:
+    """The tiling of an ``h x w`` field: (top row, left column, block height, block width,
+    centres (G*G, 2) as (x, y) px from the frame's centre)."""
+    m = margin if min(h, w) > 2 * margin + grid else 0
+    bh, bw = (h - 2 * m) // grid, (w - 2 * m) // grid
+    if bh < 1 or bw < 1:
+        raise ValueError(f"a flow field of {h}x{w} px is too small for a {grid}x{grid} grid")
+    y0, x0 = m + ((h - 2 * m) - bh * grid) // 2, m + ((w - 2 * m) - bw * grid) // 2
+    cy = y0 + bh * (np.arange(grid) + 0.5) - h / 2
+    cx = x0 + bw * (np.arange(grid) + 0.5) - w / 2
+    yy, xx = np.meshgrid(cy, cx, indexing="ij")
+    return y0, x0, bh, bw, np.stack([xx.ravel(), yy.ravel()], 1)
+
+
+def block_centres(h: int, w: int, grid: int = GRID, margin: int = MARGIN) -> np.ndarray:
+    """Centres (G*G, 2), (x, y) px from the frame's centre, of :func:`block_medians`' blocks."""
+    return _blocks(h, w, grid, margin)[4]
 
 
 def block_medians(flow: np.ndarray, grid: int = GRID, margin: int = MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """Median flow of each block of a ``grid x grid`` tiling: ``flow`` float32 (N, 2, H, W) px ->
     (values (N, G*G, 2) px, centres (G*G, 2) as (x, y) px from the frame's centre)."""
     n, _, h, w = flow.shape
-    m = margin if min(h, w) > 2 * margin + grid else 0
-    bh, bw = (h - 2 * m) // grid, (w - 2 * m) // grid
-    if bh < 1 or bw < 1:
-        raise ValueError(f"a flow field of {h}x{w} px is too small for a {grid}x{grid} grid")
-    y0, x0 = m + ((h - 2 * m) - bh * grid) // 2, m + ((w - 2 * m) - bw * grid) // 2
+    y0, x0, bh, bw, centres = _blocks(h, w, grid, margin)
     core = flow[:, :, y0 : y0 + bh * grid, x0 : x0 + bw * grid]
     blocks = core.reshape(n, 2, grid, bh, grid, bw).transpose(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, 2, -1)
     values = np.median(blocks, axis=-1)  # (N, G*G, 2)
-    cy = y0 + bh * (np.arange(grid) + 0.5) - h / 2
-    cx = x0 + bw * (np.arange(grid) + 0.5) - w / 2
-    yy, xx = np.meshgrid(cy, cx, indexing="ij")
-    return values.astype(np.float64), np.stack([xx.ravel(), yy.ravel()], 1)
+    return values.astype(np.float64), centres
 
 
-def fit_fields(flow: np.ndarray) -> np.ndarray:
-    """The per-field descriptor: ``flow`` float32 (N, 2, H, W) px -> float32 (N, K), ``COLUMNS``.
-
-    Starts from the median block (a translation: what most of the frame does), then IRLS with
-    Tukey's biweight on the block residuals' length (scale: 1.4826 x their median, at least
-    ``MIN_SIGMA``), solving the 3x3 weighted normal equations of ``u`` and ``v`` for all fields
-    at once.
-    """
-    flow = np.asarray(flow, dtype=np.float32)
-    if flow.ndim != 4 or flow.shape[1] != 2:
-        raise ValueError(f"flow must be (N, 2, H, W), got {flow.shape}")
-    n, _, _, w = flow.shape
-    if n == 0:
-        return np.zeros((0, len(COLUMNS)), np.float32)
-    values, centres = block_medians(flow)  # (N, B, 2), (B, 2)
-    design = np.concatenate([np.ones((len(centres), 1)), centres], 1)  # (B, 3): 1, x, y
-    coef = np.zeros((n, 3, 2))  # per field: [[tx, ty], [du/dx, dv/dx], [du/dy, dv/dy]]
-    coef[:, 0] = np.median(values, axis=1)
+def _irls(values: np.ndarray, design: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """IRLS with Tukey's biweight from ``coef`` (N, 3, 2): the fitted (N, 3, 2)."""
     for _ in range(ITERATIONS):
         resid = np.linalg.norm(values - design @ coef, axis=-1)  # (N, B) px
         sigma = np.maximum(1.4826 * np.median(resid, axis=1, keepdims=True), MIN_SIGMA)
@@ -88,11 +89,51 @@ def fit_fields(flow: np.ndarray) -> np.ndarray:
         rhs = np.einsum("nb,bi,nbk->nik", weights, design, values)  # (N, 3, 2)
         new = np.linalg.solve(normal, rhs)
         if np.allclose(new, coef, atol=1e-4):
-            coef = new
-            break
+            return new
         coef = new
+    return coef
+
+
+def fit_fields(flow: np.ndarray, zero_margin: float | None = ZERO_MARGIN) -> np.ndarray:
+    """The per-field descriptor: ``flow`` float32 (N, 2, H, W) px -> float32 (N, K), ``COLUMNS``.
+
+    Starts from the median block (a translation: what most of the frame does), then IRLS with
+    Tukey's biweight on the block residuals' length (scale: 1.4826 x their median, at least
+    ``MIN_SIGMA``), solving the 3x3 weighted normal equations of ``u`` and ``v`` for all fields
+    at once. ``zero_margin`` (a share of the blocks; None: the median start alone): the fit is
+    also run from the zero model (a still camera), and a field keeps that one when it explains
+    (residual under ``INLIER_PX``) at least as many blocks as the median start's less
+    ``zero_margin`` of them. :func:`fit_blocks` does the same from block medians.
+    """
+    flow = np.asarray(flow, dtype=np.float32)
+    if flow.ndim != 4 or flow.shape[1] != 2:
+        raise ValueError(f"flow must be (N, 2, H, W), got {flow.shape}")
+    if len(flow) == 0:
+        return np.zeros((0, len(COLUMNS)), np.float32)
+    values, centres = block_medians(flow)  # (N, B, 2), (B, 2)
+    return fit_blocks(values, centres, flow.shape[3], zero_margin)
+
+
+def fit_blocks(values: np.ndarray, centres: np.ndarray, width: int,
+               zero_margin: float | None = ZERO_MARGIN) -> np.ndarray:
+    """:func:`fit_fields` from :func:`block_medians`' ``values`` (N, B, 2) px and ``centres``
+    (B, 2) of fields ``width`` px wide -> float32 (N, K)."""
+    values = np.asarray(values, np.float64)
+    n = len(values)
+    if n == 0:
+        return np.zeros((0, len(COLUMNS)), np.float32)
+    design = np.concatenate([np.ones((len(centres), 1)), centres], 1)  # (B, 3): 1, x, y
+    coef = np.zeros((n, 3, 2))  # per field: [[tx, ty], [du/dx, dv/dx], [du/dy, dv/dy]]
+    coef[:, 0] = np.median(values, axis=1)
+    if zero_margin is None:
+        coef = _irls(values, design, coef)
+    else:  # both starts in one batch: the median block's (first n), the zero model's (last n)
+        both = _irls(np.concatenate([values, values]), design, np.concatenate([coef, np.zeros_like(coef)]))
+        share = (np.linalg.norm(np.concatenate([values, values]) - design @ both, axis=-1) < INLIER_PX).mean(axis=1)
+        zero_wins = share[n:] >= share[:n] - zero_margin  # (N,)
+        coef = np.where(zero_wins[:, None, None], both[n:], both[:n])
     resid = np.linalg.norm(values - design @ coef, axis=-1)  # (N, B) px
-    r = w / 2  # px: the frame's half width, where the affine part is read
+    r = width / 2  # px: the frame's half width, where the affine part is read
     dudx, dvdx, dudy, dvdy = coef[:, 1, 0], coef[:, 1, 1], coef[:, 2, 0], coef[:, 2, 1]
     g = round(np.sqrt(resid.shape[1]))
     quads = resid.reshape(n, 2, g // 2, 2, g // 2).mean(axis=(2, 4)).reshape(n, 4)  # (N, 4)
