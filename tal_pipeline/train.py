@@ -18,10 +18,11 @@ Recipe (defaults in :class:`TrainConfig`):
    default) the weights of the validation run with the best average mAP are saved (early
    stopping by model selection: small training sets overfit late in the schedule); with
    ``"last"``, or without validation videos, the last epoch's.
-6. Precision (``precision``): float32, or the training forward pass under bfloat16 autocast
-   ("bf16"; "auto": where the hardware multiplies bfloat16, AMX or AVX512-BF16 CPUs and CUDA);
-   weights, gradients, the optimizer and the losses stay float32, validation and inference are
-   float32.
+6. Precision (``precision``, default "auto"): the training forward pass under bfloat16
+   autocast where the hardware multiplies bfloat16 (AMX or AVX512-BF16 CPUs, CUDA), float32
+   elsewhere ("bf16" and "fp32" force one); weights, gradients, the optimizer and the losses stay
+   float32, validation and inference are float32. Chosen on the synthetic regimes' validation
+   splits (docs/method.md, "Training"; BENCHMARKS.md, "Head").
 7. Head options: :func:`head_defaults` (:data:`HEAD_DEFAULTS`, plus :data:`WIDE_DEFAULTS` for
    features of at least :data:`WIDE_DIM` channels) under the caller's overrides (``tal train``'s
    defaults; :class:`HeadConfig`'s own defaults are the earlier behaviour old checkpoints rely on).
@@ -115,7 +116,7 @@ class TrainConfig:
     select: str = "best"  # saved weights: "best" validation average mAP, or "last" epoch
     seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"  # training forward pass: "fp32", "bf16" (autocast: convolutions and
+    precision: str = "auto"  # training forward pass: "fp32", "bf16" (autocast: convolutions and
     #   attention in bfloat16; weights, gradients, optimizer and losses in float32) or "auto"
     #   (resolve_precision: bf16 where the hardware multiplies bfloat16, else fp32). Validation
     #   and inference run in float32 whatever this says.

@@ -148,7 +148,7 @@ def _check_head(head: dict[str, Any], data) -> None:
                    "validation subset is the test set (report only, choose nothing on it).")
 @device_option("cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
-              help="Training forward pass [default: fp32]; auto: bf16 on CPUs that multiply bfloat16 in "
+              help="Training forward pass [default: auto]; auto: bf16 on CPUs that multiply bfloat16 in "
                    "hardware (AMX, AVX512-BF16) and on CUDA, else fp32. Weights and losses stay fp32.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt if it exists.")
