@@ -126,9 +126,10 @@ def test_cli_train_detect_eval(bench_dir, tmp_path):
     runner = CliRunner()
     model = tmp_path / "model.pt"
     r = runner.invoke(main, ["train", str(feats), "--annotations", str(ann), "-o", str(model), "--epochs", "2",
-                             "--hidden-dim", "16", "--window", "128", "--batch-size", "32", "--precision", "fp32", "-q"])
+                             "--hidden-dim", "16", "--window", "128", "--batch-size", "32", "--precision", "fp32", "--final-act", "iou", "-q"])
     assert r.exit_code == 0, r.output
-    assert load_head(model)[1].training["config"]["precision"] == "fp32"
+    config = load_head(model)[1].training["config"]
+    assert config["precision"] == "fp32" and config["loss"]["final_act"] == "iou"
     pred_json = tmp_path / "pred.json"
     r = runner.invoke(main, ["detect", str(feats), "--features", "--model", str(model), "-o", str(pred_json), "-q"])
     assert r.exit_code == 0, r.output

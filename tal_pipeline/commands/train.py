@@ -150,11 +150,14 @@ def _check_head(head: dict[str, Any], data) -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
               help="Training forward pass [default: auto]; auto: bf16 on CPUs that multiply bfloat16 in "
                    "hardware (AMX, AVX512-BF16) and on CUDA, else fp32. Weights and losses stay fp32.")
+@click.option("--final-act", type=click.Choice(["inside", "iou"]), default=None,
+              help="Final actionness target [default: inside]; iou: each positive's own predicted tIoU "
+                   "(a localisation-quality score; opt-in, docs/method.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(features_dir, annotations, output, subset, val_subset, fps, feature_stride, window_frames, epochs,
-            batch_size, lr, window, hidden_dim, tsa, tpp, extra_head, val_every, select, device, precision, seed, resume, quiet):
+            batch_size, lr, window, hidden_dim, tsa, tpp, extra_head, val_every, select, device, precision, final_act, seed, resume, quiet):
     """Train the TSA/TPP head on FEATURES_DIR (<id>.npy [+ <id>.json]) and ANNOTATIONS.
 
     Foreign meta-less features (e.g. ActionFormer's THUMOS14 I3D .npy) need --feature-stride and
@@ -186,6 +189,8 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "window": window, "val_every": val_every,
                  "precision": precision}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if final_act is not None:
+        config = replace(config, loss=replace(config.loss, final_act=final_act))
     head = {"tsa": tsa, "tpp": tpp}
     if hidden_dim is not None:
         head["hidden_dim"] = hidden_dim
