@@ -128,8 +128,9 @@ def fit_blocks(values: np.ndarray, centres: np.ndarray, width: int,
     if zero_margin is None:
         coef = _irls(values, design, coef)
     else:  # both starts in one batch: the median block's (first n), the zero model's (last n)
-        both = _irls(np.concatenate([values, values]), design, np.concatenate([coef, np.zeros_like(coef)]))
-        share = (np.linalg.norm(np.concatenate([values, values]) - design @ both, axis=-1) < INLIER_PX).mean(axis=1)
+        twice = np.concatenate([values, values])  # (2N, B, 2)
+        both = _irls(twice, design, np.concatenate([coef, np.zeros_like(coef)]))
+        share = (np.linalg.norm(twice - design @ both, axis=-1) < INLIER_PX).mean(axis=1)  # (2N,)
         zero_wins = share[n:] >= share[:n] - zero_margin  # (N,)
         coef = np.where(zero_wins[:, None, None], both[n:], both[:n])
     resid = np.linalg.norm(values - design @ coef, axis=-1)  # (N, B) px
