@@ -444,18 +444,27 @@ class ConvNorm(torch.nn.Module):
         x = x.to(dtype or c.weight.dtype)
         if residual is not None:
             residual = residual.to(x.dtype)
+        steps, batch = _slice_steps(c, x), x.shape[0]  # TIME_SLICE says why
+        if steps:
+            t_out = x.shape[2] + 2 * c.padding[0] - c.dilation[0] * (c.kernel_size[0] - 1)
+            x = _to_slices(x, c, steps)
+            residual = _residual_slices(residual, steps) if residual is not None else None
+        geometry = _geometry(c, bool(steps))
         fused = _onednn_conv(x)
-        weight, bias = self._weight_bias(x, dtype, fused)
+        weight, bias = self._weight_bias(x, dtype, fused, geometry)
         if fused:
-            return _conv_pointwise(x, weight, bias, c, residual, self.relu)
-        with torch.autocast(x.device.type, enabled=False):
-            y = torch.nn.functional.conv3d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
-        if residual is not None:
-            y += residual
-        return y.relu_() if self.relu else y
+            y = _conv_pointwise(x, weight, bias, geometry, residual, self.relu)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                padding, stride, dilation, groups = geometry
+                y = torch.nn.functional.conv3d(x, weight, bias, stride, padding, dilation, groups)
+            if residual is not None:
+                y += residual
+            y = y.relu_() if self.relu else y
+        return _from_slices(y, batch, t_out) if steps else y
 
     def _weight_bias(
-        self, x: torch.Tensor, dtype: torch.dtype | None, fused: bool
+        self, x: torch.Tensor, dtype: torch.dtype | None, fused: bool, geometry: tuple
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The folded (weight, bias) for ``x``'s conv: ``dtype`` is autocast's (None: the weight's).
 
@@ -471,10 +480,73 @@ class ConvNorm(torch.nn.Module):
         if key not in self.folded:  # once per conv and dtype (same BatchNorm -> same scale)
             weight = (c.weight * self.scale).to(dtype).contiguous(memory_format=_memory_format(c.weight))
             if fused:
-                geometry = (list(c.padding), list(c.stride), list(c.dilation), c.groups)
                 weight = torch._C._nn.mkldnn_reorder_conv3d_weight(weight.to_mkldnn(), *geometry, list(x.shape))
             self.folded[key] = (weight, self.shift.to(dtype))
         return self.folded[key]
+
+
+# oneDNN's bf16 (AMX) kernels for 3-D convs on small frames slow down 5-13x per output step
+# once a call's output has more than ~53 steps of 7 x 7 (~25 % already at 14 x 14), a cliff in
+# its blocking heuristic; fp32 and large frames show none. So such convs run on slices of
+# TIME_SLICE output steps, stacked in the batch (the same sums: bitwise the same results).
+TIME_SLICE = 32  # output steps per slice
+SMALL_FRAME = 14 * 14  # output pixels per step at or under which convs are sliced
+
+
+def _slice_steps(conv: torch.nn.Conv3d, x: torch.Tensor) -> int:
+    """Output steps per time slice for ``conv`` on ``x`` (0: one call, no slicing)."""
+    if x.device.type != "cpu" or x.ndim != 5 or x.dtype != torch.bfloat16 or conv.stride[0] != 1:
+        return 0
+    out_hw = 1
+    for i in (1, 2):
+        k, s, p, d = conv.kernel_size[i], conv.stride[i], conv.padding[i], conv.dilation[i]
+        out_hw *= (x.shape[2 + i] + 2 * p - d * (k - 1) - 1) // s + 1
+    steps = x.shape[2] + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1)
+    return TIME_SLICE if out_hw <= SMALL_FRAME and steps > TIME_SLICE else 0
+
+
+def _geometry(conv: torch.nn.Conv3d, sliced: bool) -> tuple[list[int], list[int], list[int], int]:
+    """(padding, stride, dilation, groups) of the call: sliced, no time padding (in the slices)."""
+    padding = list(conv.padding)
+    if sliced:
+        padding[0] = 0
+    return padding, list(conv.stride), list(conv.dilation), conv.groups
+
+
+def _to_slices(x: torch.Tensor, conv: torch.nn.Conv3d, steps: int) -> torch.Tensor:
+    """``(N, C, T, H, W) -> (N * n, C, steps + halo, H, W)`` channels-last: batch ``i * n + j``
+    holds the input of output steps ``j * steps ...`` of sample ``i``, the conv's time padding
+    included (zeros, as are the steps past the last slice's end)."""
+    halo = conv.dilation[0] * (conv.kernel_size[0] - 1)
+    p = conv.padding[0]
+    n_out = x.shape[2] + 2 * p - halo
+    n = -(-n_out // steps)
+    x = torch.nn.functional.pad(x, (0, 0, 0, 0, p, n * steps + halo - x.shape[2] - p))
+    b, c, _, h, w = x.shape
+    out = torch.empty((b * n, c, steps + halo, h, w), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last_3d)
+    out.view(b, n, c, steps + halo, h, w).copy_(x.unfold(2, steps + halo, steps).permute(0, 2, 1, 5, 3, 4))
+    return out
+
+
+def _residual_slices(r: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(N, C, T, H, W) -> (N * n, C, steps, H, W)`` channels-last, zeros past T."""
+    b, c, t, h, w = r.shape
+    n = -(-t // steps)
+    r = torch.nn.functional.pad(r, (0, 0, 0, 0, 0, n * steps - t))
+    out = torch.empty((b * n, c, steps, h, w), dtype=r.dtype, device=r.device, memory_format=torch.channels_last_3d)
+    out.view(b, n, c, steps, h, w).copy_(r.view(b, c, n, steps, h, w).permute(0, 2, 1, 3, 4, 5))
+    return out
+
+
+def _from_slices(y: torch.Tensor, batch: int, t: int) -> torch.Tensor:
+    """``(N * n, C, steps, H, W) -> (N, C, t, H, W)`` channels-last: the slices end to end."""
+    bn, c, steps, h, w = y.shape
+    n = bn // batch
+    out = torch.empty((batch, c, n * steps, h, w), dtype=y.dtype, device=y.device,
+                      memory_format=torch.channels_last_3d)
+    out.view(batch, c, n, steps, h, w).copy_(y.view(batch, n, c, steps, h, w).permute(0, 2, 1, 3, 4, 5))
+    return out if n * steps == t else out[:, :, :t]
 
 
 def _onednn_conv(x: torch.Tensor) -> bool:
@@ -507,13 +579,13 @@ def _conv_pointwise(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
-    conv: torch.nn.Conv3d,
+    geometry: tuple,
     residual: torch.Tensor | None,
     relu: bool,
 ) -> torch.Tensor:
-    """``relu?(conv3d(x) + bias + residual?)`` as one oneDNN call (the ops inductor fuses into)."""
+    """``relu?(conv3d(x) + bias + residual?)`` as one oneDNN call (the ops inductor fuses into);
+    ``geometry``: (padding, stride, dilation, groups)."""
     ops = torch.ops.mkldnn
-    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
     if residual is None:
         return ops._convolution_pointwise(x, weight, bias, *geometry, "relu" if relu else "none", [], "")
     return ops._convolution_pointwise.binary(
