@@ -145,24 +145,19 @@ class StreamNet(nn.Module):
 def r3d_18(
     in_channels: int = 3, *, layer4_dilation: int = 2, grid: int = 0, device: str = "cpu"
 ) -> StreamNet:
-    """torchvision r3d_18 as a stream trunk (torchvision's random init; load weights after).
+    """torchvision's r3d_18 (:class:`VideoResNet18`) as a stream trunk (random init; load weights after).
 
     ``in_channels``: 3 for RGB, 2 for flow (a 2-channel stem). ``layer4_dilation``: 2 keeps the
     pretrained receptive field (see the module docstring), 1 is plain stride 1. ``grid``: 0 pools
     with the global mean (``r3d_18``), 2 with :class:`SpatialGrid` (``r3d_18_grid``).
     ``device="meta"`` builds shapes only (instant): ``to_empty`` then ``load_state_dict`` before use.
     """
-    from torchvision.models.video import r3d_18 as tv_r3d_18
-
     if layer4_dilation not in (1, 2):
         raise ValueError(f"layer4_dilation must be 1 or 2, got {layer4_dilation}")
     if grid not in (0, R3D_18_GRID.grid):
         raise ValueError(f"grid must be 0 or {R3D_18_GRID.grid}, got {grid}")
     with torch.device(device):
-        body = tv_r3d_18(weights=None)
-        if in_channels != 3:
-            body.stem[0] = nn.Conv3d(in_channels, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False)
-    del body.avgpool, body.fc  # the head is ours: spatial pooling only
+        body = VideoResNet18(in_channels)
     first = body.layer4[0]
     first.conv1[0].stride = (1, 2, 2)  # temporal stride 2 -> 1
     first.downsample[0].stride = (1, 2, 2)
@@ -180,6 +175,57 @@ def r3d_18(
     spec = R3D_18_GRID if grid else R3D_18
     spec = spec if layer4_dilation == 2 else replace(spec, receptive_field=85)
     return StreamNet(spec, body, stages)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's video ``BasicBlock`` (``Conv3DSimple``): ``relu(conv2(conv1(x)) + shortcut(x))``,
+    with its submodule names, so its state-dict keys are torchvision's."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            nn.Conv3d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True)
+        )
+        self.conv2 = nn.Sequential(nn.Conv3d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm3d(cout))
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv3d(cin, cout, 1, stride, bias=False), nn.BatchNorm3d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W) -> (B, C', T', H', W')
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv2(self.conv1(x)) + residual)
+
+
+class VideoResNet18(nn.Module):
+    """torchvision's ``r3d_18`` trunk without ``avgpool``/``fc``: the same modules, names, keys
+    and random initialisation, built here so that extraction does not import torchvision (about
+    a second of every ``tal`` start, more than torch's own import adds on top of it).
+    ``tests/test_backbone.py`` holds it to torchvision's model, key for key and output for output.
+    """
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv3d(in_channels, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
+            nn.BatchNorm3d(64),
+            nn.ReLU(inplace=True),
+        )
+        widths, cin = (64, 128, 256, 512), 64
+        for i, cout in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
+            cin = cout
+        for m in self.modules():  # torchvision's init (random trunks in tests; weights load after)
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W) -> (B, 512, T/8, H/16, W/16)
+        x = self.stem(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
 def i3d_r50(in_channels: int = 3, *, device: str = "cpu") -> StreamNet:
@@ -647,9 +693,7 @@ def fold_batchnorm(module: torch.nn.Module, folded: dict | None = None) -> int:
 
 
 def _fuse_basic_blocks(module: torch.nn.Module) -> None:
-    """Swap each folded torchvision ``BasicBlock`` (its convs are ConvNorms) for a FusedBasicBlock."""
-    from torchvision.models.video.resnet import BasicBlock
-
+    """Swap each folded ``BasicBlock`` (its convs are ConvNorms) for a FusedBasicBlock."""
     def folded(seq: torch.nn.Module | None) -> bool:
         return isinstance(seq, torch.nn.Sequential) and isinstance(seq[0], ConvNorm)
 

@@ -301,3 +301,26 @@ def test_small_frame_convs_run_in_time_slices_with_the_same_bits(monkeypatch, di
         module(x)  # fp32: one call
         module(torch.randn(1, 16, steps, 16, 16).to(torch.bfloat16))  # 16 x 16 frames: one call
     assert len(calls) == 2
+
+
+def test_own_r3d_18_is_torchvisions_key_for_key_and_output_for_output():
+    """VideoResNet18 (built here so extraction does not import torchvision) has torchvision's
+    r3d_18 state-dict keys and shapes (less fc) and gives its outputs with the same weights."""
+    from torchvision.models.video import r3d_18 as tv_r3d_18
+
+    from tal_pipeline.backbone import VideoResNet18
+
+    torch.manual_seed(3)
+    tv = tv_r3d_18(weights=None).eval()
+    _randomise_bn(tv, seed=3)
+    ours = VideoResNet18().eval()
+    expected = {k: v.shape for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == expected
+    ours.load_state_dict({k: v for k, v in tv.state_dict().items() if k in expected})
+    x = torch.randn(1, 3, 8, 32, 32)
+    with torch.inference_mode():
+        want = tv.layer4(tv.layer3(tv.layer2(tv.layer1(tv.stem(x)))))
+        assert torch.equal(ours(x), want)
+    # the random init is torchvision's too: Kaiming (fan out) convs, unit BatchNorms
+    conv = VideoResNet18().layer3[0].conv1[0].weight
+    assert abs(conv.std().item() - (2 / (256 * 27)) ** 0.5) < 2e-3
