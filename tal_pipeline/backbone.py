@@ -216,6 +216,8 @@ class VideoResNet18(nn.Module):
             stride = 1 if i == 0 else 2
             setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
             cin = cout
+        if self.stem[0].weight.is_meta:  # shapes only: no values to draw (and drawing on "meta"
+            return  # goes through torch._refs, which imports torch._dynamo: ~1.5 s)
         for m in self.modules():  # torchvision's init (random trunks in tests; weights load after)
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
