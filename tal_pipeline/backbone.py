@@ -199,8 +199,8 @@ class BasicBlock(nn.Module):
 
 class VideoResNet18(nn.Module):
     """torchvision's ``r3d_18`` trunk without ``avgpool``/``fc``: the same modules, names, keys
-    and random initialisation, built here so that extraction does not import torchvision (about
-    a second of every ``tal`` start, more than torch's own import adds on top of it).
+    and random initialisation, built here so that extraction does not import torchvision
+    (``import torchvision`` adds about a second to every ``tal`` start on top of torch's own).
     ``tests/test_backbone.py`` holds it to torchvision's model, key for key and output for output.
     """
 
