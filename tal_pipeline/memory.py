@@ -16,11 +16,10 @@ and 1603-1627 MB peak; a 1 MiB threshold 52-58 s and 1441-1443 MB (TV-L1's 1.6 M
 then each cost an mmap and page faults); 16 MiB 44-46 s and 1479-1501 MB.
 
 ``tal extract`` (long batches of long videos, two streams) then lowers the threshold to
-``EXTRACT_MMAP_THRESHOLD`` (4 MiB): its peak stays flatter over the length than at 16 MiB, and
-TV-L1's ~1.6 MB work arrays stay on the heap instead of costing an mmap and page faults each.
-Two streams, 1 min against 10 min (2026-12-07, BENCHMARKS.md): 4 MiB 1204 -> 1322 MB (+9.8 %)
-at 5.62x real time over 10 min; 1 MiB 1132 -> 1255 MB (+10.9 %) at 5.15x; 16 MiB 1327 -> 1627
-MB (+22.6 %) at 6.62x. ``tal detect`` keeps 16 MiB (speed first).
+``EXTRACT_MMAP_THRESHOLD`` (4 MiB): its peak stays flatter over the length than at 16 MiB (and
+than at 1 MiB), and TV-L1's ~1.6 MB work arrays stay on the heap instead of costing an mmap and
+page faults each (the 1 vs 10 min figures of the three thresholds: BENCHMARKS.md, "Extraction").
+``tal detect`` keeps 16 MiB (speed first).
 
 Environment variables the user set (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``) win. A
 library user who embeds :class:`~tal_pipeline.features.FeatureExtractor` can call
