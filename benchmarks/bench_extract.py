@@ -4,6 +4,7 @@
     python benchmarks/bench_extract.py --device cuda         # one GPU (fp16, torch flow too)
     python benchmarks/bench_extract.py --rss 1 10            # + peak RSS, 1- and 10-min clips
     python benchmarks/bench_extract.py --skip-stages --against REV   # backbone: this tree vs a commit
+    python benchmarks/bench_extract.py --skip-stages --tal-against REV   # `tal extract`: the same
 
 Generates 640x360 30 fps clips of textured moving content (cached in --workdir), then prints
 video-seconds processed per wall-second ("x real time") for: decode (10 fps, 112 px), TV-L1
@@ -24,6 +25,11 @@ differ by design, 16 frames against our 109-frame receptive field).
 precomputed flow) of this working tree and of git revision REV in alternating fresh processes,
 ``--rounds`` each, and prints the best CPU and wall seconds of each side, their ratio, the
 features' relative L2 per stream, and whether each side gave the same bytes on every run.
+
+``--tal-against REV`` runs ``tal extract`` (the CLI's defaults, ``--weights seeded``) on the
+``--seconds`` clip in fresh processes of this tree and of REV, alternating, ``--rounds`` each:
+every run's wall time (start-up included) and own peak RSS, each side's median and the ratio.
+Both sides run outside the checkout, so that each imports its own ``tal_pipeline``.
 """
 
 from __future__ import annotations
@@ -250,13 +256,7 @@ def bench_against(rev: str, clip: Path, seconds: float, precision: str, rounds: 
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        other = tmp / "rev"
-        other.mkdir()
-        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "tal_pipeline"], capture_output=True,
-                                 check=False)
-        if archive.returncode != 0:
-            raise SystemExit(f"--against {rev}: {archive.stderr.decode().strip()}")
-        subprocess.run(["tar", "-x", "-C", str(other)], input=archive.stdout, check=True)
+        other = _checkout(repo, rev, tmp / "rev")
         frames = np.concatenate([c.frames for c in decode_video(clip)])[: round(seconds * 10)]
         flow = compute_flow(rgb_to_gray(frames), backend="torch")
         np.savez(tmp / "inputs.npz", frames=frames, flow=np.concatenate([flow, flow[-1:]]))
@@ -290,6 +290,40 @@ def bench_against(rev: str, clip: Path, seconds: float, precision: str, rounds: 
     return res
 
 
+def _checkout(repo: Path, rev: str, where: Path) -> Path:
+    """``rev``'s ``tal_pipeline`` package, unpacked under ``where`` (the folder to put on the path)."""
+    where.mkdir()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "tal_pipeline"], capture_output=True,
+                             check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"revision {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive.stdout, check=True)
+    return where
+
+
+def bench_tal_against(rev: str, clip: Path, seconds: float, rounds: int, device: str) -> dict:
+    """``tal extract`` of this tree against git revision ``rev``'s, alternating fresh processes."""
+    repo = Path(__file__).resolve().parent.parent
+    runs: dict[str, list[tuple[float, float]]] = {"this tree": [], rev: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        roots = {"this tree": repo, rev: _checkout(repo, rev, Path(tmp) / "rev")}
+        for _ in range(rounds):
+            for name, root in roots.items():
+                with tempfile.TemporaryDirectory() as out:
+                    # cwd outside the checkout: `python -c` puts the cwd first on sys.path
+                    dt, mb = run_tal(["extract", str(clip), "-o", out, "--weights", "seeded", "--device", device,
+                                      "--no-progress"], quiet=True, root=root, cwd=tmp)
+                runs[name].append((dt, mb))
+                print(f"tal extract {name:>12s}: {dt:6.2f} s ({seconds / dt:.2f}x real time), "
+                      f"peak {mb:.0f} MB", flush=True)
+    med = {name: (float(np.median([d for d, _ in r])), float(np.median([m for _, m in r]))) for name, r in runs.items()}
+    res = {"runs": runs, "median_s": {k: v[0] for k, v in med.items()}, "median_peak_mb": {k: v[1] for k, v in med.items()},
+           "ratio": med[rev][0] / med["this tree"][0], "load": os.getloadavg()[0]}
+    print(f"tal extract, medians of {rounds}: this tree {med['this tree'][0]:.2f} s / {med['this tree'][1]:.0f} MB, "
+          f"{rev} {med[rev][0]:.2f} s / {med[rev][1]:.0f} MB: {res['ratio']:.2f}x faster", flush=True)
+    return res
+
+
 # ``tal`` itself (its console script's code), writing its own peak RSS (``memory.peak_rss_kib``,
 # KiB) to $TAL_BENCH_PEAK once the command is over. Not wait4's ru_maxrss: Linux keeps the
 # high-water mark across exec and subprocess starts children with vfork, so a child's ru_maxrss
@@ -303,12 +337,17 @@ TAL_OWN_PEAK = [sys.executable, "-c", (
     "sys.exit(main())\n")]
 
 
-def run_tal(args: list[str], quiet: bool = False) -> tuple[float, float]:
-    """(wall s, the process's own peak RSS in MB) of a fresh ``tal ARGS`` process."""
+def run_tal(args: list[str], quiet: bool = False, root: Path | None = None,
+            cwd: str | None = None) -> tuple[float, float]:
+    """(wall s, the process's own peak RSS in MB) of a fresh ``tal ARGS`` process; ``root``: the
+    folder whose ``tal_pipeline`` it imports (first on ``PYTHONPATH``)."""
+    env = dict(os.environ)
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
         t = time.perf_counter()
         proc = subprocess.Popen([*TAL_OWN_PEAK, *args], stdout=subprocess.DEVNULL if quiet else None,
-                                env={**os.environ, "TAL_BENCH_PEAK": peak.name})
+                                env={**env, "TAL_BENCH_PEAK": peak.name}, cwd=cwd)
         code = proc.wait()
         dt = time.perf_counter() - t
         kib = int(Path(peak.name).read_text() or 0)
@@ -339,7 +378,9 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", help="--clips, --against: backbone precision of both sides")
     ap.add_argument("--against", default=None, metavar="REV",
                     help="time this tree's backbone against git revision REV's (alternating processes)")
-    ap.add_argument("--rounds", type=int, default=3, help="--against: processes per side")
+    ap.add_argument("--tal-against", default=None, metavar="REV",
+                    help="time `tal extract` of this tree against git revision REV's (alternating processes)")
+    ap.add_argument("--rounds", type=int, default=3, help="--against, --tal-against: processes per side")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tal_bench"))
     ap.add_argument("--json", default=None, help="write the numbers here")
     args = ap.parse_args()
@@ -371,6 +412,9 @@ def main() -> None:
     if args.against:
         clip = make_clip(work / f"clip_{args.seconds:g}s.mp4", args.seconds)
         results["against"] = bench_against(args.against, clip, min(args.seconds, 20.0), args.precision, args.rounds)
+    if args.tal_against:
+        clip = make_clip(work / f"clip_{args.seconds:g}s.mp4", args.seconds)
+        results["tal_against"] = bench_tal_against(args.tal_against, clip, args.seconds, args.rounds, args.device)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
