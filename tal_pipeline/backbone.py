@@ -594,7 +594,8 @@ def _from_slices(y: torch.Tensor, batch: int, t: int) -> torch.Tensor:
     out = torch.empty((batch, c, n * steps, h, w), dtype=y.dtype, device=y.device,
                       memory_format=torch.channels_last_3d)
     out.view(batch, c, n, steps, h, w).copy_(y.view(batch, n, c, steps, h, w).permute(0, 2, 1, 3, 4, 5))
-    return out if n * steps == t else out[:, :, :t]
+    # cropped: a view for one sample (time is its outermost axis), a copy for several
+    return out if n * steps == t else out[:, :, :t].contiguous(memory_format=torch.channels_last_3d)
 
 
 def _onednn_conv(x: torch.Tensor) -> bool:

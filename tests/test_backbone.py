@@ -265,9 +265,9 @@ def test_halo_buffers_are_time_major_and_windows_are_views(net):
     assert torch.allclose(got, whole, atol=1e-6) and seen and all(seen)
 
 
-@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("dilation,batch", [(1, 1), (2, 1), (2, 2)])
 @pytest.mark.parametrize("steps", [33, 70])
-def test_small_frame_convs_run_in_time_slices_with_the_same_bits(monkeypatch, dilation, steps):
+def test_small_frame_convs_run_in_time_slices_with_the_same_bits(monkeypatch, dilation, batch, steps):
     """bf16 convs on small frames run on TIME_SLICE-step slices stacked in the batch (oneDNN's
     cliff, backbone.TIME_SLICE): the same bits as one call, with the time padding, the dilation,
     a last partial slice and the residual post-op; fp32 and large frames are not sliced."""
@@ -281,25 +281,25 @@ def test_small_frame_convs_run_in_time_slices_with_the_same_bits(monkeypatch, di
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.1)
         norm.running_var.uniform_(0.5, 1.5, generator=g)
     module = ConvNorm(conv, norm, relu=True)
-    x = torch.randn(1, 16, steps, 7, 7, generator=g).contiguous(memory_format=torch.channels_last_3d)
-    residual = torch.randn(1, 16, steps, 7, 7, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(batch, 16, steps, 7, 7, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    residual = torch.randn(batch, 16, steps, 7, 7, generator=g).contiguous(memory_format=torch.channels_last_3d)
     calls = []
     real = backbone._to_slices
     monkeypatch.setattr(backbone, "_to_slices", lambda *a: calls.append(a[0].shape) or real(*a))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         sliced = [module(x), module(x, residual)]
-        assert len(calls) == 2 and calls[0][0] == 1  # batch 1 in ...
+        assert len(calls) == 2 and calls[0][0] == batch  # the slicing ran
         with monkeypatch.context() as m:
             m.setattr(backbone, "TIME_SLICE", 10_000)  # one call
             whole = [module(x), module(x, residual)]
         assert len(calls) == 2
     for a, b in zip(sliced, whole, strict=True):
-        assert a.shape == b.shape == (1, 16, steps, 7, 7)
+        assert a.shape == b.shape == (batch, 16, steps, 7, 7)
         assert a.is_contiguous(memory_format=torch.channels_last_3d)
         assert torch.equal(a, b)
     with torch.inference_mode():
         module(x)  # fp32: one call
-        module(torch.randn(1, 16, steps, 16, 16).to(torch.bfloat16))  # 16 x 16 frames: one call
+        module(torch.randn(batch, 16, steps, 16, 16).to(torch.bfloat16))  # 16 x 16 frames: one call
     assert len(calls) == 2
 
 
