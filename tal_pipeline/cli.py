@@ -53,6 +53,22 @@ def _raise_terminated(signum, frame) -> None:
 _signal_status: int | None = None  # set when a signal stopped the verb: the exit status
 
 
+PIPELINE_VERBS = ("detect", "extract")  # the verbs that run decode, TV-L1 and the backbone
+
+
+def openmp_passive() -> None:
+    """OpenMP's idle threads sleep at once instead of spinning (``OMP_WAIT_POLICY=PASSIVE``).
+
+    Why: a pipeline process runs more threads than cores (the backbone's OpenMP team, TV-L1's
+    workers, the decoder), and an OpenMP thread spinning while the backbone waits for its next
+    chunk holds a core that TV-L1 would use: the wait policy changed nothing but the CPU spent
+    (BENCHMARKS.md, "Extraction"). The OpenMP runtime reads it once, when torch loads it, so it
+    is set before torch is imported (no effect after); a value the user set wins.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 class _LazyGroup(click.Group):
     """Loads each verb's module only when that verb (or --help) needs it."""
 
@@ -62,6 +78,8 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in VERBS:
             return None
+        if name in PIPELINE_VERBS:
+            openmp_passive()
         module = importlib.import_module(f"tal_pipeline.commands.{VERBS[name]}")
         return module.command
 

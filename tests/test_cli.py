@@ -174,3 +174,26 @@ def test_merged_subtitle_refusal_counts_the_inputs(tmp_path, feats):
     r = _tal("detect", feats / "b.npy", *FEATS, "-o", tmp_path / "x.vtt")
     assert r.exit_code == 2
     assert f"this run has 1 input, and {tmp_path / 'x.vtt'} already holds 1 other video" in _one_error(r)
+
+
+@pytest.mark.parametrize("verb,user,expected", [
+    ("detect", None, "PASSIVE"), ("extract", None, "PASSIVE"), ("extract", "ACTIVE", "ACTIVE"), ("eval", None, None),
+])
+def test_pipeline_verbs_make_openmp_sleep_before_torch_loads(verb, user, expected):
+    """detect and extract set OMP_WAIT_POLICY=PASSIVE before torch (and so OpenMP) is imported,
+    unless the user set it; other verbs leave it alone. Checked in a fresh interpreter, where the
+    OpenMP runtime reads it: the value torch's process sees once the verb's options are parsed."""
+    import os
+
+    code = (
+        "import os, sys\n"
+        "from tal_pipeline.cli import main\n"
+        f"main.get_command(None, {verb!r})\n"
+        "import torch\n"  # what the verb's options import next
+        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user is not None:
+        env["OMP_WAIT_POLICY"] = user
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
