@@ -492,9 +492,8 @@ class ConvNorm(torch.nn.Module):
         x = x.to(dtype or c.weight.dtype)
         if residual is not None:
             residual = residual.to(x.dtype)
-        steps, batch = _slice_steps(c, x), x.shape[0]  # TIME_SLICE says why
+        steps, batch, t_out = _slice_steps(c, x), x.shape[0], _out_steps(c, x.shape[2])  # TIME_SLICE says why
         if steps:
-            t_out = x.shape[2] + 2 * c.padding[0] - c.dilation[0] * (c.kernel_size[0] - 1)
             x = _to_slices(x, c, steps)
             residual = _residual_slices(residual, steps) if residual is not None else None
         geometry = _geometry(c, bool(steps))
@@ -549,8 +548,12 @@ def _slice_steps(conv: torch.nn.Conv3d, x: torch.Tensor) -> int:
     for i in (1, 2):
         k, s, p, d = conv.kernel_size[i], conv.stride[i], conv.padding[i], conv.dilation[i]
         out_hw *= (x.shape[2 + i] + 2 * p - d * (k - 1) - 1) // s + 1
-    steps = x.shape[2] + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1)
-    return TIME_SLICE if out_hw <= SMALL_FRAME and steps > TIME_SLICE else 0
+    return TIME_SLICE if out_hw <= SMALL_FRAME and _out_steps(conv, x.shape[2]) > TIME_SLICE else 0
+
+
+def _out_steps(conv: torch.nn.Conv3d, t: int) -> int:
+    """Output steps of ``conv`` (time stride 1) on ``t`` input steps."""
+    return t + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1)
 
 
 def _geometry(conv: torch.nn.Conv3d, sliced: bool) -> tuple[list[int], list[int], list[int], int]:
@@ -562,28 +565,25 @@ def _geometry(conv: torch.nn.Conv3d, sliced: bool) -> tuple[list[int], list[int]
 
 
 def _to_slices(x: torch.Tensor, conv: torch.nn.Conv3d, steps: int) -> torch.Tensor:
+    """``conv``'s input in slices of ``steps`` output steps (:func:`_slices`)."""
+    return _slices(x, steps, conv.padding[0], conv.dilation[0] * (conv.kernel_size[0] - 1))
+
+
+def _residual_slices(r: torch.Tensor, steps: int) -> torch.Tensor:
+    """A residual (output-shaped) cut like the output: ``steps``-long pieces, no halo."""
+    return _slices(r, steps, 0, 0)
+
+
+def _slices(x: torch.Tensor, steps: int, pad: int, halo: int) -> torch.Tensor:
     """``(N, C, T, H, W) -> (N * n, C, steps + halo, H, W)`` channels-last: batch ``i * n + j``
-    holds the input of output steps ``j * steps ...`` of sample ``i``, the conv's time padding
-    included (zeros, as are the steps past the last slice's end)."""
-    halo = conv.dilation[0] * (conv.kernel_size[0] - 1)
-    p = conv.padding[0]
-    n_out = x.shape[2] + 2 * p - halo
-    n = -(-n_out // steps)
-    x = torch.nn.functional.pad(x, (0, 0, 0, 0, p, n * steps + halo - x.shape[2] - p))
+    holds the input of output steps ``j * steps ...`` of sample ``i``: ``pad`` zero steps first
+    (the conv's time padding), ``halo`` more steps each (its reach), zeros past the end."""
+    n = -(-(x.shape[2] + 2 * pad - halo) // steps)
+    x = torch.nn.functional.pad(x, (0, 0, 0, 0, pad, n * steps + halo - x.shape[2] - pad))
     b, c, _, h, w = x.shape
     out = torch.empty((b * n, c, steps + halo, h, w), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last_3d)
     out.view(b, n, c, steps + halo, h, w).copy_(x.unfold(2, steps + halo, steps).permute(0, 2, 1, 5, 3, 4))
-    return out
-
-
-def _residual_slices(r: torch.Tensor, steps: int) -> torch.Tensor:
-    """``(N, C, T, H, W) -> (N * n, C, steps, H, W)`` channels-last, zeros past T."""
-    b, c, t, h, w = r.shape
-    n = -(-t // steps)
-    r = torch.nn.functional.pad(r, (0, 0, 0, 0, 0, n * steps - t))
-    out = torch.empty((b * n, c, steps, h, w), dtype=r.dtype, device=r.device, memory_format=torch.channels_last_3d)
-    out.view(b, n, c, steps, h, w).copy_(r.view(b, c, n, steps, h, w).permute(0, 2, 1, 3, 4, 5))
     return out
 
 
