@@ -536,13 +536,24 @@ class ConvNorm(torch.nn.Module):
 # once a call's output has more than ~53 steps of 7 x 7 (~25 % already at 14 x 14), a cliff in
 # its blocking heuristic; fp32 and large frames show none. So such convs run on slices of
 # TIME_SLICE output steps, stacked in the batch (the same sums: bitwise the same results).
+# Only where AMX runs them: on a Zen 4 (AVX512_BF16, no AMX) one call has no cliff and the
+# slices cost ~5 % of the trunk (BENCHMARKS.md, issue #30).
 TIME_SLICE = 32  # output steps per slice
 SMALL_FRAME = 14 * 14  # output pixels per step at or under which convs are sliced
+
+
+@cache
+def _cpu_has_amx() -> bool:
+    """Whether oneDNN's bf16 convs run on AMX tiles here (where the time-slice cliff is)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
 
 
 def _slice_steps(conv: torch.nn.Conv3d, x: torch.Tensor) -> int:
     """Output steps per time slice for ``conv`` on ``x`` (0: one call, no slicing)."""
     if x.device.type != "cpu" or x.ndim != 5 or x.dtype != torch.bfloat16 or conv.stride[0] != 1:
+        return 0
+    if not _cpu_has_amx():
         return 0
     out_hw = 1
     for i in (1, 2):

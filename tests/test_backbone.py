@@ -286,6 +286,7 @@ def test_small_frame_convs_run_in_time_slices_with_the_same_bits(monkeypatch, di
     calls = []
     real = backbone._to_slices
     monkeypatch.setattr(backbone, "_to_slices", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(backbone, "_cpu_has_amx", lambda: True)  # sliced on any CPU here
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         sliced = [module(x), module(x, residual)]
         assert len(calls) == 2 and calls[0][0] == batch  # the slicing ran
@@ -300,6 +301,9 @@ def test_small_frame_convs_run_in_time_slices_with_the_same_bits(monkeypatch, di
     with torch.inference_mode():
         module(x)  # fp32: one call
         module(torch.randn(batch, 16, steps, 16, 16).to(torch.bfloat16))  # 16 x 16 frames: one call
+    monkeypatch.setattr(backbone, "_cpu_has_amx", lambda: False)  # no AMX, no cliff: one call
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        module(x)
     assert len(calls) == 2
 
 
