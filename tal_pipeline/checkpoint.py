@@ -8,12 +8,15 @@ numbers), loaded with ``torch.load(weights_only=True)``, so loading never execut
      "input_dim": D,
      "features": {"step": s, "t0": s0, "fps": f, "feature_stride": n, "window_frames": 16,
                   "dim": D, "steps_vary": bool, "streams": [...], "flow_backend": str,
-                  "backbone": "r3d_18" | "unknown", "weights": "<id>:sha256:..." | "unknown"},
+                  "backbone": "r3d_18" | "unknown", "weights": "<id>:sha256:..." | "unknown",
+                  "motion_input": {"columns": [...], "mean": [...], "std": [...]}},   # optional
      "training": {...epochs, seed, lr, data, final loss, validation mAP...},
      "motion_check": {"columns": [...], "threshold": px, "scale": f,     # optional
                       "labels": {label: {"column": "tx", "sign": 1}, ...}}}
 
-``motion_check`` (``global_motion.MotionCheck``), for heads whose labels are camera motions:
+``features["motion_input"]`` (``global_motion.MotionInput``): the head reads the features'
+global-motion descriptor too, z-scored, appended after their ``D`` channels (``input_dim`` is
+then ``D + K``). ``motion_check`` (``global_motion.MotionCheck``), for heads whose labels are camera motions:
 each label's global-motion column and sign, and the threshold under which a detection's
 segment did not see that camera motion (its score is then scaled by ``scale``; 0 drops it).
 
@@ -39,7 +42,7 @@ import torch
 
 from tal_pipeline.errors import InputError
 from tal_pipeline.featio import UNKNOWN, WeightsLabel
-from tal_pipeline.global_motion import MotionCheck
+from tal_pipeline.global_motion import MotionCheck, MotionInput
 from tal_pipeline.head.model import HeadConfig, HeadModel
 
 log = logging.getLogger(__name__)
@@ -137,6 +140,14 @@ def validate_checkpoint(ckpt: Any, source: str = "<checkpoint>") -> None:
             MotionCheck.from_json(ckpt["motion_check"], names)
         except (TypeError, ValueError) as err:
             raise InputError(f"{source}: checkpoint {err}") from None
+    if "motion_input" in ckpt["features"]:
+        try:
+            width = MotionInput.from_json(ckpt["features"]["motion_input"]).width
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{source}: checkpoint {err}") from None
+        if ckpt["input_dim"] <= width:
+            raise InputError(f"{source}: checkpoint input_dim {ckpt['input_dim']} leaves no feature channels "
+                             f"beside its {width} global-motion inputs")
 
 
 def build_model(ckpt: dict, source: str = "<checkpoint>") -> HeadModel:
@@ -166,7 +177,7 @@ class HeadMeta:
 
     path: str  # the checkpoint file
     class_names: tuple[str, ...]  # column order of the class scores
-    input_dim: int  # D, feature channels
+    input_dim: int  # the head's input channels: D, plus K with ``motion_input``
     backbone: str = UNKNOWN  # "r3d_18", "i3d_r50"; UNKNOWN: foreign features (e.g. THUMOS14 I3D .npy)
     weights: str = UNKNOWN  # "<id>:sha256:<hex>" (featio.WeightsLabel); UNKNOWN if foreign
     streams: tuple[str, ...] = ("rgb", "flow")  # the extractor's streams, RGB columns first
@@ -174,6 +185,7 @@ class HeadMeta:
     flow_version: int | None = None  # its version (flow.FLOW_VERSIONS), if recorded
     step: float | None = None  # seconds per feature step (None: not recorded)
     motion_check: MotionCheck | None = None  # the camera-motion check it declares, if any
+    motion_input: MotionInput | None = None  # the global-motion descriptor as an input, if it reads it
     training: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # options, epochs, mAP
 
     @classmethod
@@ -192,8 +204,14 @@ class HeadMeta:
             step=feats.get("step"),
             motion_check=(MotionCheck.from_json(ckpt["motion_check"], ckpt["class_names"])
                           if "motion_check" in ckpt else None),
+            motion_input=(MotionInput.from_json(feats["motion_input"]) if "motion_input" in feats else None),
             training=dict(ckpt["training"]),
         )
+
+    @property
+    def feature_dim(self) -> int:
+        """D: the channels of the features the head reads (its input less the motion input)."""
+        return self.input_dim - (self.motion_input.width if self.motion_input is not None else 0)
 
     @property
     def weights_label(self) -> WeightsLabel | None:
@@ -219,8 +237,8 @@ class HeadMeta:
         backend is warned about once (``warn_flow_version``: this tal computes only its own
         version, so re-extracting cannot give the old one). A feature ``step`` (s) over 2 %
         away from the trained one is only warned about (foreign features may round it)."""
-        if dim != self.input_dim:
-            raise InputError(f"{source}: features have {dim} channels, the model expects {self.input_dim}")
+        if dim != self.feature_dim:
+            raise InputError(f"{source}: features have {dim} channels, the model expects {self.feature_dim}")
         for key, ours, theirs in (("backbone", self.backbone, backbone), ("weights", self.weights, weights)):
             if UNKNOWN in (ours, theirs) or not ours or not theirs:
                 continue

@@ -21,6 +21,7 @@ the camera panning left moves the picture right, ``tx > 0``; zooming in, ``zoom 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -247,3 +248,60 @@ def apply_check(segments: list, motion: np.ndarray, times: np.ndarray, check: Mo
         elif check.scale > 0:
             out.append(replace(s, score=s.score * check.scale))
     return sorted(out, key=lambda s: -s.score)
+
+
+@dataclass(frozen=True)
+class MotionInput:
+    """The descriptor as an input of the head (issue #31), as data a checkpoint carries: its
+    ``COLUMNS``, each z-scored by the training videos' ``mean`` and ``std``, appended to the
+    features ``(T, D) -> (T, D + K)``. The trunk's pooled features lose where in the frame the
+    flow is; these say whether one camera model explains it (a camera move) or leaves a region
+    unexplained (an object), which the head learns to read over time."""
+
+    mean: tuple[float, ...]  # per column, over the training videos' steps
+    std: tuple[float, ...]  # per column (floored at 1e-3: a column that never moved adds nothing)
+
+    @classmethod
+    def fit(cls, motions: Sequence[np.ndarray]) -> MotionInput:
+        """Statistics of the per-step descriptors ``(T, K)`` of the training videos."""
+        rows = np.concatenate([np.asarray(m, np.float64).reshape(-1, len(COLUMNS)) for m in motions])
+        if len(rows) == 0:
+            raise ValueError("no global-motion rows to fit the motion input on")
+        return cls(tuple(float(v) for v in rows.mean(0)), tuple(float(v) for v in np.maximum(rows.std(0), 1e-3)))
+
+    @property
+    def width(self) -> int:
+        return len(COLUMNS)
+
+    def append(self, features: np.ndarray, motion: np.ndarray | None, source: str = "features") -> np.ndarray:
+        """``features`` float32 (T, D) and their ``motion`` (T, K) -> float32 (T, D + K); a
+        ``ValueError`` naming ``source`` when the motion is missing or of another length."""
+        if motion is None:
+            raise ValueError(f"{source}: features without their global motion (made by an older tal, or "
+                             "without the flow stream); the model reads it: re-extract them")
+        motion = np.asarray(motion, np.float32)
+        if motion.shape != (features.shape[0], len(COLUMNS)):
+            raise ValueError(f"{source}: global motion of shape {motion.shape} for {features.shape[0]} feature steps")
+        z = (motion - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.concatenate([np.asarray(features, np.float32), z], axis=1)
+
+    def to_json(self) -> dict:
+        return {"columns": list(COLUMNS), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, d: object) -> MotionInput:
+        """Validate a checkpoint's ``motion_input`` dict; TypeError or ValueError says what is wrong."""
+        if not isinstance(d, dict):
+            raise TypeError("motion_input must be a dict with 'columns', 'mean' and 'std'")
+        if d.get("columns") != list(COLUMNS):
+            raise ValueError("motion_input was made for other global-motion columns than this tal computes")
+        out = []
+        for key in ("mean", "std"):
+            v = d.get(key)
+            if (not isinstance(v, list) or len(v) != len(COLUMNS)
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+                raise ValueError(f"motion_input '{key}' must be {len(COLUMNS)} finite numbers")
+            out.append(tuple(float(x) for x in v))
+        if min(out[1]) <= 0:
+            raise ValueError("motion_input 'std' must be positive")
+        return cls(*out)

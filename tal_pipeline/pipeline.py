@@ -161,10 +161,10 @@ class Detector:
                 f"{source}: backbone mismatch: the model was trained on {meta.backbone} "
                 f"{meta.weights}, the extractor has {have}"
             )
-        if extractor.dim != meta.input_dim:
+        if extractor.dim != meta.feature_dim:
             raise InputError(
                 f"{source}: the extractor gives {extractor.dim}-d features, the model expects "
-                f"{meta.input_dim}"
+                f"{meta.feature_dim}"
             )
 
     @property
@@ -240,6 +240,11 @@ class Detector:
         from tal_pipeline.inference import predict_segments
 
         array = np.asarray(array, dtype=np.float32)  # (T, D)
+        if self.meta.motion_input is not None:  # (T, D) -> (T, D + K): the head reads the camera model too
+            try:
+                array = self.meta.motion_input.append(array, meta.motion, source)
+            except ValueError as err:
+                raise InputError(str(err)) from None
         segments = predict_segments(self.model, array, meta.times(), meta.step, meta.duration,
                                     self.meta.class_names, self.postprocess, self.device)
         segments = self._motion_check(segments, meta, source)

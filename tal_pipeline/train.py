@@ -143,6 +143,7 @@ class TrainVideo:
     step: float  # s per position
     duration: float  # s
     instances: np.ndarray  # (N, 3): class index, start, end in feature steps
+    motion: np.ndarray | None = None  # (T, K) global-motion descriptor of the flow, if the file has it
 
     @property
     def times(self) -> np.ndarray:
@@ -192,7 +193,8 @@ def load_feature_set(
             for label, t_start, t_end in ann.segments
             if label in index
         ]
-        videos.append(TrainVideo(vid, arr, meta.t0, meta.step, duration, np.asarray(inst, np.float64).reshape(-1, 3)))
+        videos.append(TrainVideo(vid, arr, meta.t0, meta.step, duration, np.asarray(inst, np.float64).reshape(-1, 3),
+                                 meta.motion))
         metas.append(meta)
     if missing:
         log.warning("%d annotated videos have no features in %s (skipped), e.g. %s", len(missing), folder, missing[:3])
@@ -226,6 +228,26 @@ def load_feature_set(
         "flow_version": common([recorded_flow_version(m.extra) for m in metas]),
     }
     return FeatureSet(videos, names, info)
+
+
+def with_motion_input(data: FeatureSet, motion_input=None) -> tuple[FeatureSet, Any]:
+    """``data`` with each video's global-motion descriptor appended to its features
+    (``global_motion.MotionInput``: ``(T, D) -> (T, D + K)``), z-scored by ``motion_input``'s
+    statistics, or by ``data``'s own when None (the training set's; validation passes the
+    training set's). Returns the new set and the ``MotionInput``; the set's ``info`` records it
+    (the checkpoint's ``features["motion_input"]``). A video without the descriptor is an
+    InputError naming it."""
+    from tal_pipeline.global_motion import MotionInput
+
+    lacking = [v.video_id for v in data.videos if v.motion is None]
+    if lacking:
+        raise InputError(f"{len(lacking)} videos' features carry no global motion (made by an older tal or "
+                         f"without the flow stream), e.g. {lacking[:3]}: re-extract them to train with it")
+    if motion_input is None:
+        motion_input = MotionInput.fit([v.motion for v in data.videos])
+    videos = [replace(v, features=motion_input.append(v.features, v.motion, v.video_id)) for v in data.videos]
+    info = {**data.info, "dim": data.info["dim"] + motion_input.width, "motion_input": motion_input.to_json()}
+    return FeatureSet(videos, data.class_names, info), motion_input
 
 
 def _pick_window(video: TrainVideo, window: int, coverage: float, rng: np.random.Generator) -> int:

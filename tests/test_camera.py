@@ -77,7 +77,16 @@ def test_loaders(train_sources):
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
     frames, fps = footage.load_video_shot(video, 140, 6, (160, 68))
     assert frames.shape == (6, 68, 160, 3) and frames.dtype == np.uint8 and fps == 25.0
-    assert footage.shots(video)[0] == (0, 30)
+    assert footage.shots(video) == ((137, 187), (187, 242))  # 0-30 left out (issue #31)
+
+
+def test_video_shots_loop_forward_with_a_cut_never_backwards():
+    """A looping shot plays 0..n-1 then cuts back to 0 (issue #31: played forth and back,
+    every object reversed its motion at each end)."""
+    from tal_pipeline.demo.scene import _loop
+
+    assert [_loop(u, 4) for u in range(10)] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert _loop(7.9, 4) == 3 and _loop(5.0, 1) == 0
 
 
 # --------------------------------------------------------------------------------------- plans

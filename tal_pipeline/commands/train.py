@@ -153,11 +153,16 @@ def _check_head(head: dict[str, Any], data) -> None:
 @click.option("--final-act", type=click.Choice(["inside", "iou"]), default=None,
               help="Final actionness target [default: inside]; iou: each positive's own predicted tIoU "
                    "(a localisation-quality score; opt-in, docs/method.md).")
+@click.option("--motion-input", is_flag=True,
+              help="Also feed the head each step's global-motion descriptor of the flow (the camera model "
+                   "fitted to it and what it leaves unexplained; features from tal extract with the flow "
+                   "stream carry it), z-scored by the training videos' statistics; docs/method.md.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(features_dir, annotations, output, subset, val_subset, fps, feature_stride, window_frames, epochs,
-            batch_size, lr, window, hidden_dim, tsa, tpp, extra_head, val_every, select, device, precision, final_act, seed, resume, quiet):
+            batch_size, lr, window, hidden_dim, tsa, tpp, extra_head, val_every, select, device, precision, final_act,
+            motion_input, seed, resume, quiet):
     """Train the TSA/TPP head on FEATURES_DIR (<id>.npy [+ <id>.json]) and ANNOTATIONS.
 
     Foreign meta-less features (e.g. ActionFormer's THUMOS14 I3D .npy) need --feature-stride and
@@ -167,7 +172,7 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
 
     from tal_pipeline.annotations import load_annotations, without_zero_length
     from tal_pipeline.safety import Inputs, check_target
-    from tal_pipeline.train import TrainConfig, load_feature_set, train
+    from tal_pipeline.train import TrainConfig, load_feature_set, train, with_motion_input
 
     # a checkpoint that could never be written is refused now, not after the training
     check_target(output, "checkpoint", Inputs.of([annotations, features_dir]))
@@ -185,6 +190,9 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
             val_data = load_feature_set(features_dir, val_ann, class_names=data.class_names, fps=fps,
                                         feature_stride=feature_stride, window_frames=window_frames)
             val_ann = type(val_ann)({v.video_id: val_ann.videos[v.video_id] for v in val_data.videos}, val_ann.source)
+    if motion_input:  # validation z-scored by the training videos' statistics
+        data, stats = with_motion_input(data)
+        val_data = with_motion_input(val_data, stats)[0] if val_data is not None else None
     config = TrainConfig(seed=seed, device=device, select=select)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "window": window, "val_every": val_every,
                  "precision": precision}

@@ -61,7 +61,7 @@ class SceneSpec:
     video: str | None  # video source id (kinds video, video_in_photo)
     video_box: tuple[int, int, int, int]  # (x, y, w, h) of the video in canvas pixels
     shot: tuple[int, int]  # (start frame, frame count) of the video footage
-    video_rate: float  # playback speed (1 = real time); the shot plays forth and back
+    video_rate: float  # playback speed (1 = real time); the shot loops forward, a cut at its end
     flip: bool  # mirror the background left-right
     tint: tuple[float, float, float]  # RGB gains (white balance, tints grey photos; applied
     #                                   by the camera's sensor stage, not by the Scene)
@@ -226,14 +226,11 @@ def _bounce(x: float, lo: float, hi: float) -> float:
     return lo + (y if y <= span else 2 * span - y)
 
 
-def _ping_pong(u: float, n: int) -> int:
-    """Frame index at playback position ``u`` (frames) of an ``n``-frame loop played forth and
-    back (0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...)."""
-    if n <= 1:
-        return 0
-    period = 2 * (n - 1)
-    i = math.floor(u) % period
-    return i if i < n else period - i
+def _loop(u: float, n: int) -> int:
+    """Frame index at playback position ``u`` (frames) of an ``n``-frame shot looped forward
+    (0, 1, ..., n-1, 0, 1, ...): a cut back to the start, as an edit would. Played forth and back
+    (issue #31), every object reversed its motion at each end, which no footage does."""
+    return math.floor(u) % n if n > 1 else 0
 
 
 class _Sprite:
@@ -312,7 +309,7 @@ class Scene:
     def frame(self, t: float) -> np.ndarray:
         spec = self.spec
         if self.video is not None:
-            i = _ping_pong(t * self.video_fps * spec.video_rate, len(self.video))
+            i = _loop(t * self.video_fps * spec.video_rate, len(self.video))
             vid = self.video[i]
         if self.background is None:
             if not self.sprites:
