@@ -8,6 +8,9 @@
     # then score each fit x threshold x scale without re-extracting
     python benchmarks/camera_check.py cache VIDEOS... -o FEAT [--threads 1]
     python benchmarks/camera_check.py fits --set FEAT:ANN [--set ...] [--lowtex FEAT:ANN] [--still FEAT]
+    # candidate models (issue #31, fourth session: the retrain), each with the shipped check
+    python benchmarks/camera_check.py models --candidate S=weights/demo.pt --candidate B=b.pt \
+        --set FEAT:ANN [--set ...] --still FEAT [--choose]
     # the descriptor's cost: two clean worktrees of one commit, the second without the
     # extractor's fit_fields call (features.py), run from the first
     python benchmarks/camera_check.py speed  --against /tmp/nodesc [--seconds 60 --rounds 3]
@@ -29,6 +32,11 @@ a number is ``fit_fields``' ``zero_margin``), and scores each fit x threshold x 
 on ``--still`` (fixed-camera clips, no annotations), the detections at or above the console's
 0.3 per clip. With ``--choose`` it applies the selection rule of docs/method.md (issue #31,
 third session) against the model's own check with ``none``: run it on VALIDATION only.
+``models`` scores each ``--candidate NAME=MODEL`` with the shipped model's check (whatever the
+candidate itself declares): the ``--set`` videos' mAP (all, and looping-video scenes) and the
+detections at or above 0.3 per ``--still`` clip; ``--choose`` applies the rule of
+docs/method.md (issue #31, fourth session; the first candidate is the shipped model S, the
+order of the rest breaks the last ties): run it on VALIDATION only.
 ``speed`` times ``tal detect`` of bench_detect's clip (demo model, a fresh process each, wall
 time and the process's own peak RSS) with this checkout and with another one (its own code and
 its own ``weights/demo.pt``), alternating.
@@ -295,6 +303,44 @@ def score(args) -> None:
         print()
 
 
+def models(args) -> None:
+    from tal_pipeline.checkpoint import load_head
+
+    check = load_head("weights/demo.pt")[1].motion_check  # the shipped check, for every candidate
+    rows = []
+    for spec in args.candidate:
+        name, _, path = spec.partition("=")
+        videos, ctx = run_head(args.set, path)
+        gt = _merge(ctx["annotations"])
+        r = scores(videos, gt, check)
+        rv = scores(videos, gt, check, "video") if any(v.scene == "video" for v in videos) else None
+        still = {}
+        if args.still:
+            for v in still_videos(args.still, ctx["detector"]):
+                segs = apply_check(v.segments, v.motion, v.times, check)
+                still[v.vid] = sum(s.score >= STILL_MAX_SCORE for s in segs)
+        rows.append({"name": name, "model": path, "avg": 100 * r.average_mAP, "at05": 100 * r.mAP[r.tiou.index(0.5)],
+                     "video05": 100 * rv.mAP[rv.tiou.index(0.5)] if rv else float("nan"),
+                     "still": sum(still.values()), "per_still": still, "result": r})
+    print(f"check: threshold {check.threshold:g} px, scale {check.scale:g}; sets {', '.join(args.set)}"
+          f"{'; still ' + args.still if args.still else ''}\n")
+    print(f"| candidate | avg mAP | mAP@0.5 | video scenes @0.5 | still detections >= {STILL_MAX_SCORE:g} (per clip) |")
+    print("|---|---|---|---|---|")
+    for w in rows:
+        per = ", ".join(f"{k} {n}" for k, n in sorted(w["per_still"].items()))
+        print(f"| {w['name']} | {w['avg']:.2f} | {w['at05']:.2f} | {w['video05']:.2f} | {w['still']} ({per}) |")
+    for w in rows:
+        print(f"\n## {w['name']} ({w['model']})\n\n{w['result'].table()}")
+    if args.choose:
+        shipped = rows[0]
+        ok = [w for w in rows if w["still"] <= shipped["still"]]
+        best = max(w["avg"] for w in ok)
+        order = {w["name"]: i for i, w in enumerate(rows)}  # S first, then the given order
+        tied = sorted((w for w in ok if w["avg"] >= best - 0.1), key=lambda w: (w["still"], order[w["name"]]))
+        print(f"\nqualify (still detections <= {shipped['name']}'s {shipped['still']}): "
+              f"{', '.join(w['name'] for w in ok)}; chosen: **{tied[0]['name']}** ({tied[0]['model']})")
+
+
 def write(args) -> None:
     import torch
 
@@ -349,7 +395,7 @@ def speed(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("verb", choices=("sweep", "score", "write", "speed", "cache", "fits"))
+    ap.add_argument("verb", choices=("sweep", "score", "write", "speed", "cache", "fits", "models"))
     ap.add_argument("inputs", nargs="*", help="cache: videos, folders or .txt lists")
     ap.add_argument("-o", "--output", default=None, help="cache: the features folder")
     ap.add_argument("--threads", type=int, default=1, help="cache: torch threads")
@@ -358,7 +404,9 @@ def main() -> None:
     ap.add_argument("--checks", default=None, help="fits: THRESHOLD:SCALE,... (default: the sweep's grid)")
     ap.add_argument("--lowtex", default=None, help="fits: FEAT:ANN of the low-texture set")
     ap.add_argument("--still", default=None, help="fits: a folder of fixed-camera clips' features")
-    ap.add_argument("--choose", action="store_true", help="fits: apply the declared selection rule")
+    ap.add_argument("--choose", action="store_true", help="fits, models: apply the declared selection rule")
+    ap.add_argument("--candidate", action="append", default=[], metavar="NAME=MODEL",
+                    help="models: a checkpoint to score (the first: the shipped one)")
     ap.add_argument("--set", action="append", default=[], help="FEATURE_FOLDER:ANNOTATIONS.json")
     ap.add_argument("--model", default="weights/demo.pt")
     ap.add_argument("--threshold", type=float, default=None, help="write: px per frame pair at 112 px")
@@ -367,7 +415,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="speed: clip length")
     ap.add_argument("--rounds", type=int, default=2, help="speed: runs of each checkout, alternating")
     args = ap.parse_intermixed_args()
-    if args.verb in ("sweep", "score", "fits") and not args.set:
+    if args.verb in ("sweep", "score", "fits", "models") and not args.set:
         ap.error("give at least one --set FEAT:ANN")
     if args.verb == "write" and args.threshold is None:
         ap.error("write needs --threshold")
@@ -375,7 +423,8 @@ def main() -> None:
         ap.error("speed needs --against CHECKOUT")
     if args.verb == "cache" and not (args.inputs and args.output):
         ap.error("cache needs VIDEOS... and -o FEAT")
-    {"sweep": sweep, "score": score, "write": write, "speed": speed, "cache": cache, "fits": fits}[args.verb](args)
+    {"sweep": sweep, "score": score, "write": write, "speed": speed, "cache": cache, "fits": fits,
+     "models": models}[args.verb](args)
 
 
 if __name__ == "__main__":

@@ -406,6 +406,10 @@ def _resume(state_path: Path, config: TrainConfig, model: HeadModel, optimizer, 
     except Exception as err:  # noqa: BLE001
         raise InputError(f"{state_path}: unreadable training state ({str(err)[:200]})") from None
     _check_resume(state, config, str(state_path))
+    if state["checkpoint"].get("input_dim") != model.config.input_dim:
+        raise InputError(f"{state_path}: cannot resume: the run was started with "
+                         f"{state['checkpoint'].get('input_dim')} input channels, this one has "
+                         f"{model.config.input_dim} (--motion-input given to one run only?)")
     model.load_state_dict(state["checkpoint"]["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     rng.bit_generator.state = state["rng_numpy"]

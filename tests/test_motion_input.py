@@ -137,3 +137,15 @@ def test_motion_input_statistics_and_their_json():
         MotionInput.from_json({**mi.to_json(), "std": [0.0] * len(COLUMNS)})
     with pytest.raises(ValueError, match=r"a\.mp4: global motion of shape"):
         mi.append(np.ones((50, D), np.float32), rows[1].astype(np.float32), "a.mp4")
+
+
+def test_resuming_with_other_input_channels_is_one_clear_error(motion_set, tmp_path):
+    from tal_pipeline.annotations import load_annotations
+    from tal_pipeline.train import TrainConfig, load_feature_set, train, with_motion_input
+
+    ann = load_annotations(motion_set / "ann.json").select("training")
+    plain = load_feature_set(motion_set / "feats", ann)
+    config = TrainConfig(epochs=2, window=64, val_every=0)
+    train(with_motion_input(plain)[0], tmp_path / "m.pt", config, progress=False, stop_after=1)
+    with pytest.raises(InputError, match=r"cannot resume: the run was started with 13 input channels, this one has 4"):
+        train(plain, tmp_path / "m.pt", config, resume=True, progress=False)
