@@ -5,6 +5,7 @@
     python benchmarks/bench_extract.py --rss 1 10            # + peak RSS, 1- and 10-min clips
     python benchmarks/bench_extract.py --skip-stages --against REV   # backbone: this tree vs a commit
     python benchmarks/bench_extract.py --skip-stages --tal-against REV   # `tal extract`: the same
+    python benchmarks/bench_extract.py --skip-stages --time-slices       # bf16 time slices vs one call
 
 Generates 640x360 30 fps clips of textured moving content (cached in --workdir), then prints
 video-seconds processed per wall-second ("x real time") for: decode (10 fps, 112 px), TV-L1
@@ -25,6 +26,11 @@ differ by design, 16 frames against our 109-frame receptive field).
 precomputed flow) of this working tree and of git revision REV in alternating fresh processes,
 ``--rounds`` each, and prints the best CPU and wall seconds of each side, their ratio, the
 features' relative L2 per stream, and whether each side gave the same bytes on every run.
+
+``--time-slices`` times the backbone (both streams, the whole clip, precomputed flow) with bf16
+convs on small frames in time slices (``backbone.TIME_SLICE``, forced on whatever the CPU) and
+in one call, alternating in this process, ``--rounds`` each: every wall time, the medians and
+whether both gave the same bytes (where the slices pay: AMX; docs/design.md).
 
 ``--tal-against REV`` runs ``tal extract`` (the CLI's defaults, ``--weights seeded``) on the
 ``--seconds`` clip in fresh processes of this tree and of REV, alternating, ``--rounds`` each:
@@ -247,6 +253,48 @@ def backbone_worker(inputs: Path, out: Path, precision: str, repeats: int = 2) -
     np.savez(out, wall=min(walls), cpu=min(cpus), feats=feats[0], stable=stable, precision=fx.options.precision)
 
 
+def bench_time_slices(frames: np.ndarray, flow: np.ndarray, rounds: int) -> dict:
+    """``--time-slices``: the backbone (bf16, both streams) sliced and in one call, alternating."""
+    import torch
+
+    from tal_pipeline import backbone
+    from tal_pipeline.backbone import StreamPipeline
+    from tal_pipeline.features import FeatureExtractor
+
+    fx = FeatureExtractor(weights="seeded", precision="bf16")
+
+    def run() -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for s, src, tensor in (("rgb", frames, fx._rgb_tensor), ("flow", flow, fx._flow_tensor)):
+                pipe = StreamPipeline(fx.nets[s], fx._stage_chunks(), fx.options.batch_chunks, fx._wrap)
+                ys = [pipe.push(tensor(src[i : i + 64])) for i in range(0, len(src), 64)] + [pipe.finish()]
+                out.append(torch.cat([y for y in ys if y is not None], dim=1).float().numpy())
+        return np.concatenate(out)
+
+    sides = {"sliced": backbone.TIME_SLICE, "one call": 10**9}
+    walls: dict[str, list[float]] = {k: [] for k in sides}
+    feats: dict[str, np.ndarray] = {}
+    amx, before = backbone._cpu_has_amx, backbone.TIME_SLICE
+    backbone._cpu_has_amx = lambda: True  # sliced wherever TIME_SLICE allows, AMX or not
+    try:
+        for r in range(rounds + 1):  # round 0 warms both up
+            for name, steps in sides.items():
+                backbone.TIME_SLICE = steps
+                t = time.perf_counter()
+                feats[name] = run()
+                if r:
+                    walls[name].append(time.perf_counter() - t)
+    finally:
+        backbone._cpu_has_amx, backbone.TIME_SLICE = amx, before
+    med = {k: float(np.median(v)) for k, v in walls.items()}
+    same = bool(np.array_equal(feats["sliced"], feats["one call"]))
+    for k, v in walls.items():
+        print(f"backbone {k:>8s}: {' '.join(f'{x:.2f}' for x in v)} s, median {med[k]:.2f} s")
+    print(f"one call / sliced: {med['one call'] / med['sliced']:.3f} (> 1: the slices pay here); same bytes: {same}")
+    return {"walls": walls, "median": med, "same_bytes": same}
+
+
 def bench_against(rev: str, clip: Path, seconds: float, precision: str, rounds: int) -> dict:
     """This tree's backbone against git revision ``rev``'s on the same inputs, in alternating
     fresh processes (both see the same load): best CPU and wall seconds, ratio, relative L2."""
@@ -380,7 +428,9 @@ def main() -> None:
                     help="time this tree's backbone against git revision REV's (alternating processes)")
     ap.add_argument("--tal-against", default=None, metavar="REV",
                     help="time `tal extract` of this tree against git revision REV's (alternating processes)")
-    ap.add_argument("--rounds", type=int, default=3, help="--against, --tal-against: processes per side")
+    ap.add_argument("--rounds", type=int, default=3, help="--against, --tal-against, --time-slices: runs per side")
+    ap.add_argument("--time-slices", action="store_true",
+                    help="time the backbone's bf16 time slices against one call (alternating, in-process)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tal_bench"))
     ap.add_argument("--json", default=None, help="write the numbers here")
     args = ap.parse_args()
@@ -409,6 +459,14 @@ def main() -> None:
         flow = compute_flow(rgb_to_gray(frames), backend="torch")
         flow = np.concatenate([flow, flow[-1:]])
         results["clips"] = bench_clips(frames, flow, args.precision)
+    if args.time_slices:
+        from tal_pipeline.decode import decode_video, rgb_to_gray
+        from tal_pipeline.flow import compute_flow
+
+        clip = make_clip(work / f"clip_{args.seconds:g}s.mp4", args.seconds)
+        frames = np.concatenate([c.frames for c in decode_video(clip)])
+        flow = compute_flow(rgb_to_gray(frames), backend="torch")
+        results["time_slices"] = bench_time_slices(frames, np.concatenate([flow, flow[-1:]]), args.rounds)
     if args.against:
         clip = make_clip(work / f"clip_{args.seconds:g}s.mp4", args.seconds)
         results["against"] = bench_against(args.against, clip, min(args.seconds, 20.0), args.precision, args.rounds)
