@@ -305,8 +305,9 @@ def score(args) -> None:
 
 def models(args) -> None:
     from tal_pipeline.checkpoint import load_head
+    from tal_pipeline.pipeline import demo_checkpoint_path
 
-    check = load_head("weights/demo.pt")[1].motion_check  # the shipped check, for every candidate
+    check = load_head(demo_checkpoint_path())[1].motion_check  # the shipped check, for every candidate
     rows = []
     for spec in args.candidate:
         name, _, path = spec.partition("=")

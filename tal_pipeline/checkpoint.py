@@ -7,7 +7,7 @@ numbers), loaded with ``torch.load(weights_only=True)``, so loading never execut
      "class_names": [str, ...],                 # column order of the class scores
      "input_dim": D,
      "features": {"step": s, "t0": s0, "fps": f, "feature_stride": n, "window_frames": 16,
-                  "dim": D, "steps_vary": bool, "streams": [...], "flow_backend": str,
+                  "dim": D (D + K with motion_input), "steps_vary": bool, "streams": [...], "flow_backend": str,
                   "backbone": "r3d_18" | "unknown", "weights": "<id>:sha256:..." | "unknown",
                   "motion_input": {"columns": [...], "mean": [...], "std": [...]}},   # optional
      "training": {...epochs, seed, lr, data, final loss, validation mAP...},

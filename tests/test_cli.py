@@ -67,7 +67,9 @@ def feats(tmp_path):
     return folder
 
 
-FEATS = ["--features", "--fps", "10", "--feature-stride", "4", "--no-progress"]
+from batchrun import plain_model  # tests/ is on the path, as for the fixture above
+
+FEATS = ["--features", "--model", str(plain_model()), "--fps", "10", "--feature-stride", "4", "--no-progress"]
 TRAIN = ["train", "feats", "--annotations", "ann.json", "-o", "m.pt"]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from batchrun import FAST, demo_dim, hidden
+from batchrun import FAST, demo_dim, hidden, plain_model
 from click.testing import CliRunner
 from videogen import write_video
 
@@ -246,8 +246,8 @@ def test_two_detect_shards_merge_into_one_file(tmp_path):
     for k in range(8):  # ~0.5 s of work each
         np.save(feats / f"f{k:02d}.npy", rng.standard_normal((48, DEMO_DIM)).astype(np.float32))
     x = tmp_path / "out.json"
-    args = ["detect", str(feats), "--features", "--fps", "10", "--feature-stride", "4",
-            "-o", str(x), "--no-progress"]
+    args = ["detect", str(feats), "--features", "--model", str(plain_model()), "--fps", "10",
+            "--feature-stride", "4", "-o", str(x), "--no-progress"]
     cmd = [sys.executable, "-m", "tal_pipeline", *args]
     procs = [subprocess.Popen([*cmd, "--shard", f"{i}/2"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -336,7 +336,7 @@ def test_detect_and_extract_racing_on_one_folder_never_mix(videos, tmp_path, fir
     for k in range(4):
         np.save(feats / f"f{k}.npy", rng.standard_normal((48, DEMO_DIM)).astype(np.float32))
     extract = ["extract", str(videos), "-o", str(out), *FAST]
-    detect = ["detect", str(feats), "--features", "--fps", "10", "--feature-stride", "4", "-o",
+    detect = ["detect", str(feats), "--features", "--model", str(plain_model()), "--fps", "10", "--feature-stride", "4", "-o",
               f"{out}/", "--no-progress"]
     runs = _slow_two(*((extract, detect) if first == "extract" else (detect, extract)), delay=2.0)
     codes = sorted(rc for rc, _ in runs)
@@ -354,7 +354,7 @@ def test_sequential_extract_refuses_a_folder_of_detections(videos, tmp_path):
     feats = tmp_path / "feats"
     feats.mkdir()
     np.save(feats / "f0.npy", np.zeros((24, DEMO_DIM), np.float32))
-    args = ["--features", "--fps", "10", "--feature-stride", "4", "--no-progress"]
+    args = ["--features", "--model", str(plain_model()), "--fps", "10", "--feature-stride", "4", "--no-progress"]
     assert CliRunner().invoke(main, ["detect", str(feats), *args, "-o", f"{out}/"]).exit_code == 0
     r = CliRunner().invoke(main, ["extract", str(videos / "v0.mp4"), "-o", str(out), *FAST])
     assert r.exit_code == 1
@@ -374,7 +374,7 @@ def test_two_models_racing_on_one_merged_output_never_exit_0_with_a_video_lost(t
     for k in range(6):
         np.save(feats / f"f{k}.npy", rng.standard_normal((48, DEMO_DIM)).astype(np.float32))
     x = tmp_path / "out.json"
-    base = ["detect", str(feats), "--features", "--fps", "10", "--feature-stride", "4", "-o", str(x),
+    base = ["detect", str(feats), "--features", "--model", str(plain_model()), "--fps", "10", "--feature-stride", "4", "-o", str(x),
             "--no-progress"]
     runs = _slow_two([*base, "--min-score", "0.01"], [*base, "--min-score", "0.02"])
     assert any(rc != 0 for rc, _ in runs), runs  # two settings cannot both own one merged file
@@ -396,8 +396,8 @@ def test_detect_shards_keep_their_own_failure_lists(tmp_path):
         np.save(feats / f"f{k:02d}.npy", rng.standard_normal((16, DEMO_DIM)).astype(np.float32))
     (feats / "a_bad.npy").write_text("not an array\n")  # sorted first: shard 0 of 2
     x = tmp_path / "out.json"
-    args = ["detect", str(feats), "--features", "--fps", "10", "--feature-stride", "4",
-            "--model", "demo", "-o", str(x), "--no-progress"]
+    args = ["detect", str(feats), "--features", "--model", str(plain_model()), "--fps", "10",
+            "--feature-stride", "4", "-o", str(x), "--no-progress"]
     r0 = CliRunner().invoke(main, [*args, "--shard", "0/2"])
     assert r0.exit_code == 1 and "a_bad.npy" in r0.stderr
     line = next(ln for ln in r0.stderr.splitlines() if ln.startswith("tal: "))

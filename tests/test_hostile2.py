@@ -28,7 +28,7 @@ from badfiles import (
     write_multi_stream,
     write_offset_clip,
 )
-from batchrun import demo_dim
+from batchrun import demo_dim, plain_model
 from click.testing import CliRunner
 from videogen import read_code
 
@@ -40,10 +40,9 @@ from tal_pipeline.decode import decode_video, probe_video
 from tal_pipeline.errors import InputError, VideoDecodeError
 from tal_pipeline.inputs import collect_inputs
 from tal_pipeline.locks import lock_path
-from tal_pipeline.pipeline import demo_checkpoint_path
 from tal_pipeline.results import load_annotations, load_results
 
-FEATS = ["--features", "--fps", "10", "--feature-stride", "4", "--no-progress"]
+FEATS = ["--features", "--model", str(plain_model()), "--fps", "10", "--feature-stride", "4", "--no-progress"]
 DEMO_DIM = demo_dim()  # D of the feature files the demo model takes
 
 
@@ -74,8 +73,8 @@ def _one_error(r) -> str:
 
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory) -> Path:
-    """The demo checkpoint with one training note changed: same head, another file checksum."""
-    ckpt = read_checkpoint(demo_checkpoint_path())
+    """The batch tests' checkpoint with one training note changed: same head, another checksum."""
+    ckpt = read_checkpoint(plain_model())
     ckpt["training"] = {**ckpt["training"], "note": "another model"}
     return save_checkpoint(tmp_path_factory.mktemp("model") / "other.pt", ckpt)
 
@@ -155,7 +154,8 @@ def test_detections_never_go_into_a_features_folder(tmp_path):
             "backbone": "r3d_18", "weights": "unknown", "streams": ["rgb"]}))
     before = {p.name: p.read_bytes() for p in feats.iterdir()}
     for extra in ([], ["--overwrite"]):
-        r = _tal("detect", feats, "--features", "--no-progress", "-o", f"{feats}/", *extra)
+        r = _tal("detect", feats, "--features", "--model", str(plain_model()), "--no-progress", "-o", f"{feats}/",
+                 *extra)
         assert r.exit_code == 1 and "feature files" in _one_error(r)
     assert {p.name: p.read_bytes() for p in feats.iterdir()} == before
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from batchrun import FAST, demo_dim, hidden
+from batchrun import FAST, demo_dim, hidden, plain_model
 from click.testing import CliRunner
 from videogen import write_video
 
@@ -25,7 +25,7 @@ DEMO_DIM = demo_dim()  # D of the feature files the demo model takes
 N_VIDEOS = 3
 N_FEATURES = 6  # detect --features: files of (64, D) features (the demo model's D), ~0.5 s of work each
 PROMPT_S = 2.5  # a stopped run ends within this (~0.2 s; 2-9 s if it waits for flow workers)
-DETECT = ["--features", "--fps", "10", "--feature-stride", "4", "--no-progress"]
+DETECT = ["--features", "--model", str(plain_model()), "--fps", "10", "--feature-stride", "4", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

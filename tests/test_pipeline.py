@@ -132,12 +132,15 @@ def _demo_features(**changes):
     from tal_pipeline.featio import FeatureMeta
     from tal_pipeline.flow import FLOW_VERSIONS
 
+    from tal_pipeline.global_motion import COLUMNS
+
     f = read_checkpoint(demo_checkpoint_path())["features"]
+    dim = f["dim"] - (len(COLUMNS) if "motion_input" in f else 0)  # the features' own width
     extra = {"flow_backend": "torch", "flow_version": FLOW_VERSIONS["torch"], **changes.pop("extra", {})}
     meta = FeatureMeta(video="v.mp4", duration=4.8, fps=10.0, feature_stride=4, t0=0.0, step=0.4,
-                       backbone=f["backbone"], weights=f["weights"], streams=("flow",), dim=f["dim"],
-                       num_features=12, extra=extra)
-    return np.zeros((12, f["dim"]), np.float32), replace(meta, **changes)
+                       backbone=f["backbone"], weights=f["weights"], streams=("flow",), dim=dim,
+                       num_features=12, extra=extra, motion=np.zeros((12, len(COLUMNS)), np.float32))
+    return np.zeros((12, dim), np.float32), replace(meta, **changes)
 
 
 def test_features_of_another_stream_or_flow_backend_are_refused(detector):
@@ -210,6 +213,7 @@ def test_demo_checkpoint_is_small_and_plain():
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["class_names"] == list(camera.CLASSES) or set(ckpt["class_names"]) == set(camera.CLASSES)
     spec = SPECS[ckpt["features"]["backbone"]]  # one of ours: tal detect builds its extractor
-    assert ckpt["input_dim"] == spec.dim * len(ckpt["features"]["streams"])
+    motion = len(ckpt["features"]["motion_input"]["columns"]) if "motion_input" in ckpt["features"] else 0
+    assert ckpt["input_dim"] == spec.dim * len(ckpt["features"]["streams"]) + motion
     assert ckpt["features"]["weights"] == f"seeded:sha256:{SEEDED_SHA256[spec.weights_of]}"
     assert math.isclose(ckpt["features"]["step"], 0.4)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from batchrun import demo_dim
+from batchrun import demo_dim, plain_model
 from click.testing import CliRunner
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -34,7 +34,7 @@ from tal_pipeline.pipeline import demo_checkpoint_path
 from tal_pipeline.results import load_results, make_results, write_results
 from tal_pipeline.writers import render, video_files, write
 
-FEATS = ["--features", "--fps", "10", "--feature-stride", "4", "--no-progress"]
+FEATS = ["--features", "--model", str(plain_model()), "--fps", "10", "--feature-stride", "4", "--no-progress"]
 SEG = {"label": "pan_left", "score": 0.9, "segment": [1.0, 3.0]}
 
 
