@@ -92,6 +92,21 @@ def test_video_shots_loop_forward_with_a_cut_never_backwards():
 # --------------------------------------------------------------------------------------- plans
 
 
+def test_big_objects_are_added_from_their_own_stream(train_sources):
+    """--big-objects adds large crossing objects and changes nothing else a seed draws (issue #31)."""
+    plain = camera.plan_video("a", (7, 0, 3), train_sources, SMALL)
+    big = camera.plan_video("a", (7, 0, 3), train_sources, replace(SMALL, big_objects=2))
+    assert big.moves == plain.moves and big.start == plain.start and big.fps == plain.fps
+    assert big.scene.sprites[: len(plain.scene.sprites)] == plain.scene.sprites
+    added = big.scene.sprites[len(plain.scene.sprites):]
+    assert len(added) == 2
+    for s in added:
+        assert 0.6 * SMALL.height <= s.height <= 1.0 * SMALL.height
+        assert 8.0 <= abs(s.vel[0]) <= 60.0 and abs(s.vel[1]) < abs(s.vel[0])  # sideways
+    frames = list(camera.render_frames(big, train_sources, max_frames=2))
+    assert frames[0].shape == (96, 128, 3)
+
+
 def test_same_seed_same_plan_and_frames(train_sources):
     a = camera.plan_video("a", (7, 0, 1), train_sources, SMALL)
     b = camera.plan_video("a", (7, 0, 1), train_sources, SMALL)

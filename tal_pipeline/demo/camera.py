@@ -227,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(training data for soft, low-resolution footage; default 0)")
     ap.add_argument("--blur", type=float, default=0.0,
                     help="Gaussian defocus sigma in output pixels (low-texture scenes: e.g. 1.5)")
+    ap.add_argument("--big-objects", type=int, default=0,
+                    help="large objects (0.6-1.0 of the frame's height) crossing every scene, and "
+                         "static stretches of 2-12 s (training data: a large moving object is no "
+                         "camera motion; default 0)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--overwrite", action="store_true", help="re-render existing videos")
     ap.add_argument("--list-sources", action="store_true",
@@ -250,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   contrast=a.contrast, blur_px=a.blur, soft_fraction=a.soft_fraction)
     if a.fps is not None:
         opt = replace(opt, fps=a.fps)
+    if a.big_objects < 0:
+        ap.error("need --big-objects >= 0")
+    if a.big_objects:
+        opt = replace(opt, big_objects=a.big_objects, static_s=(2.0, 12.0))
     ann = generate(a.out, a.split, a.videos, a.seed, opt, val_fraction=a.val_fraction,
                    jobs=a.jobs, overwrite=a.overwrite, progress=not a.quiet)
     n_act = sum(len(v["annotations"]) for v in ann["database"].values())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tal_pipeline.demo.footage import Source
-from tal_pipeline.demo.scene import SceneSpec, sample_scene, texture_map
+from tal_pipeline.demo.scene import SceneSpec, _sample_sprite, sample_scene, texture_map
 
 CLASSES: tuple[str, ...] = ("pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in",
                             "zoom_out")
@@ -56,6 +56,12 @@ class CameraOptions:
     soft_fraction: float = 0.0
     soft_blur_px: tuple[float, float] = (0.6, 3.0)  # sigma, output pixels (log-uniform)
     soft_contrast: tuple[float, float] = (0.3, 0.9)  # contrast around mid-grey (uniform)
+    # Large objects added to every scene (issue #31): a figure over half of the detector's crop,
+    # crossing while the camera holds, is no camera motion, and the footage has few. From a
+    # stream of their own, so every other draw of a video stays the same.
+    big_objects: int = 0  # objects per video
+    big_height: tuple[float, float] = (0.6, 1.0)  # output frame heights (at zoom 1)
+    big_speed: tuple[float, float] = (8.0, 60.0)  # canvas px/s (log-uniform)
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,8 @@ def plan_video(video_id: str, seed: Sequence[int], sources: Sequence[Source],
     fps = float(fps)
     scene = sample_scene(rng, sources, (opt.height, opt.width), kind=opt.scene_kind,
                                  objects=opt.objects)
+    if opt.big_objects:
+        scene = _with_big_objects(scene, seed, opt, sources)
     if script is None:
         script = _script_from_rng(rng, opt, rng.uniform(*opt.duration_s))
     for label, d in script:
@@ -271,6 +279,25 @@ def plan_video(video_id: str, seed: Sequence[int], sources: Sequence[Source],
         scene=scene, start=path.start, moves=tuple(moves), cuts=tuple(path.cuts),
         sources=scene.source_ids(), **_sample_softness(seed, opt),
         **_sample_sensor(rng, opt, duration))
+
+
+def _with_big_objects(scene: SceneSpec, seed: Sequence[int], opt: CameraOptions,
+                      sources: Sequence[Source]) -> SceneSpec:
+    """``scene`` with ``opt.big_objects`` more objects, each ``big_height`` output frames tall,
+    crossing the scene sideways at ``big_speed`` and bobbing as a walker does. Own stream
+    (seed + (4,))."""
+    rng = seed_rng((*seed, 4))
+    out_h = opt.height
+    extra = []
+    for _ in range(opt.big_objects):
+        src = sources[int(rng.integers(len(sources)))]
+        spec = _sample_sprite(rng, src, scene.canvas_hw, (opt.height, opt.width), big=True)
+        height = out_h * rng.uniform(*opt.big_height)
+        speed = _loguniform(rng, *opt.big_speed) * (1 if rng.random() < 0.5 else -1)
+        bob = (float(rng.uniform(0.0, 0.05) * height), float(rng.uniform(0.5, 2.0)), float(rng.uniform(0, 2 * math.pi)))
+        extra.append(replace(spec, height=float(height), vel=(float(speed), float(rng.normal(0, 0.05) * speed)),
+                             wander=bob, blink=(0.0, 1.0)))
+    return replace(scene, sprites=scene.sprites + tuple(extra))
 
 
 def _sample_softness(seed: Sequence[int], opt: CameraOptions) -> dict:
