@@ -7,7 +7,7 @@
 # and 2 min of training on 2 cores at full scale (2026-12-07, Zen 4).
 #
 #   bash examples/train_demo.sh              # needs: pip install -e '.[camera]'
-#   DATA=/tmp/demo N_TRAIN=5 TRAIN_USED=4 N_VIDEO_EXTRA=2 N_HELDOUT=2 bash examples/train_demo.sh  # a dry run
+#   DATA=/tmp/demo N_TRAIN=5 TRAIN_USED=4 N_VIDEO_EXTRA=2 N_BIG=2 N_HELDOUT=2 bash examples/train_demo.sh  # a dry run
 #
 # 1. generate videos from real footage through a virtual camera: N_TRAIN videos of the train
 #    sources, the last VAL_FRACTION of them in subset "validation" (same footage, other videos);
@@ -33,6 +33,8 @@ SOFT_FRACTION=${SOFT_FRACTION:-0.3}
 TRAIN_USED=${TRAIN_USED:-160}   # of the training videos, the first this many are extracted and used
 N_VIDEO_EXTRA=${N_VIDEO_EXTRA:-80}  # more training videos per extra seed, all of scene kind "video"
 EXTRA_SEEDS=${EXTRA_SEEDS:-"2"}     # generator seeds of those (one folder each)
+N_BIG=${N_BIG:-80}              # more training videos with large objects crossing a mostly still camera
+BIG_SEED=${BIG_SEED:-5}         # their generator seed (issue #31)
 N_HELDOUT=${N_HELDOUT:-12}      # videos of the held-out sources
 OUT=${OUT:-$DATA/demo.pt}
 
@@ -43,24 +45,32 @@ for seed in $EXTRA_SEEDS; do
         --videos "$N_VIDEO_EXTRA" --seed "$seed" --val-fraction 0 --soft-fraction "$SOFT_FRACTION" \
         --scene-kind video --min-duration 30 --max-duration 60 --jobs 2
 done
+extra_dirs=""
+for seed in $EXTRA_SEEDS; do extra_dirs="$extra_dirs train_video_s$seed"; done
+if [ "$N_BIG" -gt 0 ]; then
+    python -m tal_pipeline.demo.camera --out "$DATA/train_big_s$BIG_SEED" --split train \
+        --videos "$N_BIG" --seed "$BIG_SEED" --val-fraction 0 --soft-fraction "$SOFT_FRACTION" \
+        --big-objects 1 --min-duration 30 --max-duration 60 --jobs 2
+    extra_dirs="$extra_dirs train_big_s$BIG_SEED"
+fi
 python -m tal_pipeline.demo.camera --out "$DATA/heldout" --split heldout --videos "$N_HELDOUT" \
     --seed 1 --min-duration 30 --max-duration 60 --jobs 2
 
 abs=$(cd "$DATA" && pwd)  # list files: paths relative to the list's folder or absolute
 # the first TRAIN_USED training videos, all validation ones (subset from annotations.json) and
-# the extra video scenes; one annotation file for both folders ($DATA/train_all.json)
-python - "$DATA" "$TRAIN_USED" "$abs" $EXTRA_SEEDS > "$DATA/train.txt" <<'PY'
+# the extra folders (video scenes, big objects); one annotation file for all ($DATA/train_all.json)
+python - "$DATA" "$TRAIN_USED" "$abs" $extra_dirs > "$DATA/train.txt" <<'PY'
 import json, sys
-data, used, abs_, seeds = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+data, used, abs_, folders = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 ann = json.load(open(f"{data}/train/annotations.json"))
 db = ann["database"]
 train = sorted(k for k, v in db.items() if v["subset"] == "training")[:used]
 val = sorted(k for k, v in db.items() if v["subset"] == "validation")
 paths = [f"{abs_}/train/{k}.mp4" for k in train + val]
 extra = {}
-for seed in seeds:  # video ids carry the seed: no two folders share one
-    more = json.load(open(f"{data}/train_video_s{seed}/annotations.json"))["database"]
-    paths += [f"{abs_}/train_video_s{seed}/{k}.mp4" for k in sorted(more)]
+for folder in folders:  # video ids carry the seed: no two folders share one
+    more = json.load(open(f"{data}/{folder}/annotations.json"))["database"]
+    paths += [f"{abs_}/{folder}/{k}.mp4" for k in sorted(more)]
     extra.update(more)
 print("\n".join(paths))
 ann["database"] = {**{k: db[k] for k in train + val}, **extra}
@@ -83,7 +93,8 @@ tal extract "$DATA/heldout.txt" -o "$DATA/feat_heldout" $FEATURES
 # round 8's flow (version 2) on 215 of them: 86.4; on all 320: 87.3; with seed 2's 80 extra
 # video scenes: 88.1; with seed 4's 80 too: 89.1 (round 10's model). Issue #31 (docs/method.md):
 # with the global-motion descriptor as an input, on half that data (the generator's looping
-# shots now play forward), the shipped model (epoch 45).
+# shots now play forward), 95.07; with 80 big-object scenes too, 95.13 and fewer false pans on
+# fixed-camera clips: the shipped model (epoch 45; docs/method.md).
 tal train "$DATA/feat_train" --annotations "$DATA/train_all.json" -o "$OUT" --epochs 60 --seed 0 -q --motion-input \
     --head stem_layers=2 --head stem_dilations= --head tpp_dilations=1,2,4 --head tpp_strides=2,4 \
     --head output_levels=1 --head score_fusion=class --head input_dropout=0

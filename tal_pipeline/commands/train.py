@@ -214,8 +214,9 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
         raise click.UsageError(f"--head {clash[0]}: also set by its own option with another value")
     head.update(extra_head)
     _check_head(head, data)
-    log.info("training on %d videos (%s), %d classes, D=%d; validation: %s",
+    log.info("training on %d videos (%s), %d classes, D=%d%s; validation: %s",
              len(data.videos), subset or "all subsets", len(data.class_names), data.info["dim"],
+             " (with the global motion's columns)" if motion_input else "",
              f"{len(val_data.videos)} videos ({val_subset})" if val_data else "none")
     info = {"annotations": annotations.name, "subset": subset or "", "val_subset": val_subset or "",
             "head_overrides": {k: v for k, v in head.items()}}
