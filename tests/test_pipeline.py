@@ -131,7 +131,6 @@ def _demo_features(**changes):
 
     from tal_pipeline.featio import FeatureMeta
     from tal_pipeline.flow import FLOW_VERSIONS
-
     from tal_pipeline.global_motion import COLUMNS
 
     f = read_checkpoint(demo_checkpoint_path())["features"]
