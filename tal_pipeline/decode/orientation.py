@@ -73,9 +73,16 @@ def orientation_from_degrees(clockwise: int) -> Orientation:
     return IDENTITY
 
 
+def _side_data(frame: av.VideoFrame) -> list:
+    """The frame's side data objects. PyAV 18.1.0 iterates its container of them; 18.1.1 made
+    it a mapping, whose iteration gives their types (the keys)."""
+    container = frame.side_data
+    return [item if hasattr(item, "type") else container[item] for item in container]
+
+
 def orientation(frame: av.VideoFrame, stream) -> Orientation:
     """The display transform: the frame's display-matrix side data, else the ``rotate`` tag."""
-    for side in frame.side_data:
+    for side in _side_data(frame):
         if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
             raw = bytes(side)
             if len(raw) >= 36:
