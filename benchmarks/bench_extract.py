@@ -219,14 +219,38 @@ def bench_clips(frames: np.ndarray, flow: np.ndarray, precision: str = "auto", r
     return res
 
 
+def both_streams(fx, frames: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Both streams' backbone as ``fx`` (a ``FeatureExtractor``) runs it, ``StreamPipeline`` fed
+    64-frame pieces: ``frames`` (N, H, W, 3), ``flow`` (N, 2, H, W) -> features (2 * dim, T)."""
+    import torch
+
+    from tal_pipeline.backbone import StreamPipeline
+
+    out = []
+    with torch.inference_mode():
+        for s, src, tensor in (("rgb", frames, fx._rgb_tensor), ("flow", flow, fx._flow_tensor)):
+            pipe = StreamPipeline(fx.nets[s], fx._stage_chunks(), fx.options.batch_chunks, fx._wrap)
+            ys = [pipe.push(tensor(src[i : i + 64])) for i in range(0, len(src), 64)] + [pipe.finish()]
+            out.append(torch.cat([y for y in ys if y is not None], dim=1).float().numpy())
+    return np.concatenate(out)
+
+
+def clip_inputs(clip: Path, frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``frames`` decoded frames of ``clip`` (all: None) and their torch TV-L1 flow,
+    the last field repeated so that there is one per frame."""
+    from tal_pipeline.decode import decode_video, rgb_to_gray
+    from tal_pipeline.flow import compute_flow
+
+    rgb = np.concatenate([c.frames for c in decode_video(clip)])[:frames]
+    flow = compute_flow(rgb_to_gray(rgb), backend="torch")
+    return rgb, np.concatenate([flow, flow[-1:]])
+
+
 def backbone_worker(inputs: Path, out: Path, precision: str, repeats: int = 2) -> None:
     """``--against``'s child: both streams' backbone (``StreamPipeline`` as the extractor runs
     it, 64-frame pieces) on the frames and flow in ``inputs`` (.npz), with whichever
     ``tal_pipeline`` is first on the path; best wall and CPU seconds of ``repeats`` runs after a
     warm-up, the features (T, D) and whether the runs were bitwise equal, into ``out`` (.npz)."""
-    import torch
-
-    from tal_pipeline.backbone import StreamPipeline
     from tal_pipeline.features import FeatureExtractor
 
     data = np.load(inputs)
@@ -234,13 +258,7 @@ def backbone_worker(inputs: Path, out: Path, precision: str, repeats: int = 2) -
     fx = FeatureExtractor(weights="seeded", precision=precision)
 
     def run() -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for s, src, tensor in (("rgb", frames, fx._rgb_tensor), ("flow", flow, fx._flow_tensor)):
-                pipe = StreamPipeline(fx.nets[s], fx._stage_chunks(), fx.options.batch_chunks, fx._wrap)
-                ys = [pipe.push(tensor(src[i : i + 64])) for i in range(0, len(src), 64)] + [pipe.finish()]
-                out.append(torch.cat([y for y in ys if y is not None], dim=1).float().numpy())
-        return np.concatenate(out).T  # (T, 2 * dim)
+        return both_streams(fx, frames, flow).T  # (T, 2 * dim)
 
     run()  # warm-up: oneDNN kernels, folded weights
     walls, cpus, feats = [], [], []
@@ -255,23 +273,10 @@ def backbone_worker(inputs: Path, out: Path, precision: str, repeats: int = 2) -
 
 def bench_time_slices(frames: np.ndarray, flow: np.ndarray, rounds: int) -> dict:
     """``--time-slices``: the backbone (bf16, both streams) sliced and in one call, alternating."""
-    import torch
-
     from tal_pipeline import backbone
-    from tal_pipeline.backbone import StreamPipeline
     from tal_pipeline.features import FeatureExtractor
 
     fx = FeatureExtractor(weights="seeded", precision="bf16")
-
-    def run() -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for s, src, tensor in (("rgb", frames, fx._rgb_tensor), ("flow", flow, fx._flow_tensor)):
-                pipe = StreamPipeline(fx.nets[s], fx._stage_chunks(), fx.options.batch_chunks, fx._wrap)
-                ys = [pipe.push(tensor(src[i : i + 64])) for i in range(0, len(src), 64)] + [pipe.finish()]
-                out.append(torch.cat([y for y in ys if y is not None], dim=1).float().numpy())
-        return np.concatenate(out)
-
     sides = {"sliced": backbone.TIME_SLICE, "one call": 10**9}
     walls: dict[str, list[float]] = {k: [] for k in sides}
     feats: dict[str, np.ndarray] = {}
@@ -282,7 +287,7 @@ def bench_time_slices(frames: np.ndarray, flow: np.ndarray, rounds: int) -> dict
             for name, steps in sides.items():
                 backbone.TIME_SLICE = steps
                 t = time.perf_counter()
-                feats[name] = run()
+                feats[name] = both_streams(fx, frames, flow)
                 if r:
                     walls[name].append(time.perf_counter() - t)
     finally:
@@ -298,16 +303,12 @@ def bench_time_slices(frames: np.ndarray, flow: np.ndarray, rounds: int) -> dict
 def bench_against(rev: str, clip: Path, seconds: float, precision: str, rounds: int) -> dict:
     """This tree's backbone against git revision ``rev``'s on the same inputs, in alternating
     fresh processes (both see the same load): best CPU and wall seconds, ratio, relative L2."""
-    from tal_pipeline.decode import decode_video, rgb_to_gray
-    from tal_pipeline.flow import compute_flow
-
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         other = _checkout(repo, rev, tmp / "rev")
-        frames = np.concatenate([c.frames for c in decode_video(clip)])[: round(seconds * 10)]
-        flow = compute_flow(rgb_to_gray(frames), backend="torch")
-        np.savez(tmp / "inputs.npz", frames=frames, flow=np.concatenate([flow, flow[-1:]]))
+        frames, flow = clip_inputs(clip, round(seconds * 10))
+        np.savez(tmp / "inputs.npz", frames=frames, flow=flow)
         sides = {"this tree": str(repo), rev: str(other)}
         best: dict = {}
         for r in range(rounds):
@@ -451,22 +452,11 @@ def main() -> None:
         print(f"clip: {clip} ({args.seconds:g} s, {W}x{H} {SRC_FPS} fps; {dt:.1f} s to make)", flush=True)
         results["stages"] = bench_stages(clip, args.seconds, args.device, args.flow or ["opencv", "torch"])
     if args.clips:
-        from tal_pipeline.decode import decode_video, rgb_to_gray
-        from tal_pipeline.flow import compute_flow
-
         clip = make_clip(work / f"clip_{args.seconds:g}s.mp4", args.seconds)
-        frames = np.concatenate([c.frames for c in decode_video(clip)])[: round(args.clips * 10)]
-        flow = compute_flow(rgb_to_gray(frames), backend="torch")
-        flow = np.concatenate([flow, flow[-1:]])
-        results["clips"] = bench_clips(frames, flow, args.precision)
+        results["clips"] = bench_clips(*clip_inputs(clip, round(args.clips * 10)), args.precision)
     if args.time_slices:
-        from tal_pipeline.decode import decode_video, rgb_to_gray
-        from tal_pipeline.flow import compute_flow
-
         clip = make_clip(work / f"clip_{args.seconds:g}s.mp4", args.seconds)
-        frames = np.concatenate([c.frames for c in decode_video(clip)])
-        flow = compute_flow(rgb_to_gray(frames), backend="torch")
-        results["time_slices"] = bench_time_slices(frames, np.concatenate([flow, flow[-1:]]), args.rounds)
+        results["time_slices"] = bench_time_slices(*clip_inputs(clip), args.rounds)
     if args.against:
         clip = make_clip(work / f"clip_{args.seconds:g}s.mp4", args.seconds)
         results["against"] = bench_against(args.against, clip, min(args.seconds, 20.0), args.precision, args.rounds)

@@ -54,6 +54,7 @@ import torch
 from tal_pipeline.checkpoint import make_checkpoint, save_checkpoint
 from tal_pipeline.errors import InputError
 from tal_pipeline.featio import UNKNOWN, recorded_flow_version
+from tal_pipeline.global_motion import MotionInput
 from tal_pipeline.head.assign import AssignConfig, assign_levels, assign_window, collate_targets
 from tal_pipeline.head.losses import LossWeights, head_loss
 from tal_pipeline.head.model import HeadConfig, HeadModel, HeadOutputs
@@ -230,15 +231,13 @@ def load_feature_set(
     return FeatureSet(videos, names, info)
 
 
-def with_motion_input(data: FeatureSet, motion_input=None) -> tuple[FeatureSet, Any]:
+def with_motion_input(data: FeatureSet, motion_input: MotionInput | None = None) -> tuple[FeatureSet, MotionInput]:
     """``data`` with each video's global-motion descriptor appended to its features
     (``global_motion.MotionInput``: ``(T, D) -> (T, D + K)``), z-scored by ``motion_input``'s
     statistics, or by ``data``'s own when None (the training set's; validation passes the
     training set's). Returns the new set and the ``MotionInput``; the set's ``info`` records it
     (the checkpoint's ``features["motion_input"]``). A video without the descriptor is an
     InputError naming it."""
-    from tal_pipeline.global_motion import MotionInput
-
     lacking = [v.video_id for v in data.videos if v.motion is None]
     if lacking:
         raise InputError(f"{len(lacking)} videos' features carry no global motion (made by an older tal or "

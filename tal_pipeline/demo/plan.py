@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tal_pipeline.demo.footage import Source
-from tal_pipeline.demo.scene import SceneSpec, _sample_sprite, sample_scene, texture_map
+from tal_pipeline.demo.scene import SceneSpec, sample_scene, sample_sprite, texture_map
 
 CLASSES: tuple[str, ...] = ("pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in",
                             "zoom_out")
@@ -291,7 +291,7 @@ def _with_big_objects(scene: SceneSpec, seed: Sequence[int], opt: CameraOptions,
     extra = []
     for _ in range(opt.big_objects):
         src = sources[int(rng.integers(len(sources)))]
-        spec = _sample_sprite(rng, src, scene.canvas_hw, (opt.height, opt.width), big=True)
+        spec = sample_sprite(rng, src, scene.canvas_hw, (opt.height, opt.width), big=True)
         height = out_h * rng.uniform(*opt.big_height)
         speed = _loguniform(rng, *opt.big_speed) * (1 if rng.random() < 0.5 else -1)
         bob = (float(rng.uniform(0.0, 0.05) * height), float(rng.uniform(0.5, 2.0)), float(rng.uniform(0, 2 * math.pi)))

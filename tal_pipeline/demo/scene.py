@@ -105,7 +105,7 @@ def sample_scene(rng: np.random.Generator, sources: Sequence[Source],
         big = kind in ("photo", "mosaic") and rng.random() < 0.35
         for i in range(n_obj + int(big)):
             src = sources[int(rng.integers(len(sources)))]
-            sprites.append(_sample_sprite(rng, src, (ch, cw), out_hw, big=big and i == n_obj))
+            sprites.append(sample_sprite(rng, src, (ch, cw), out_hw, big=big and i == n_obj))
     tint = (1.0, 1.0, 1.0) if rng.random() < 0.3 else tuple(
         float(g) for g in rng.uniform(0.88, 1.12, size=3))
     return SceneSpec(kind=kind, tint=tint, sprites=tuple(sprites),  # type: ignore[arg-type]
@@ -186,8 +186,10 @@ def _scene_layout(rng: np.random.Generator, sources: Sequence[Source], out_hw: t
             "video_rate": float(rate)}
 
 
-def _sample_sprite(rng: np.random.Generator, src: Source, canvas_hw: tuple[int, int],
-                   out_hw: tuple[int, int], big: bool) -> SpriteSpec:
+def sample_sprite(rng: np.random.Generator, src: Source, canvas_hw: tuple[int, int],
+                  out_hw: tuple[int, int], big: bool) -> SpriteSpec:
+    """A patch of ``src`` moving over a ``canvas_hw`` canvas; ``big``: 0.45-0.8 of the output
+    frame's height, crossing sideways like a passing vehicle (else small, drifting anywhere)."""
     ch, cw = canvas_hw
     oh, _ = out_hw
     fw, fh = rng.uniform(0.15, 0.5), rng.uniform(0.15, 0.5)
