@@ -205,7 +205,10 @@ def _killed_inside(stderr: str, log: Path, kind: str) -> str:
     _, vid, pid = line.split()[:3]
     events = [ln.split()[:3] for ln in log.read_text().splitlines()]
     assert not [e for e in events if e[:2] == [pid, vid] and e[2] != "start"], events
-    assert [e for e in events if e[1] == vid and e[2] == "done" and e[0] != pid], events
+    # another process ended it: "done", or "skipped" when the kill landed after the killed try
+    # committed the output but before it logged "done" (the driver counts that as done: the
+    # summary assertion of the caller checks it; the outputs' bytes are checked too)
+    assert [e for e in events if e[1] == vid and e[2] in ("done", "skipped") and e[0] != pid], events
     return vid
 
 
