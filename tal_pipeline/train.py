@@ -111,7 +111,9 @@ class TrainConfig:
     warmup_epochs: float = 2.0  # linear warmup, epochs
     grad_clip: float = 1.0  # max gradient L2 norm
     window: int = 256  # training window, feature steps
-    min_samples_per_epoch: int = 128  # windows per epoch at least (small datasets cycle)
+    min_samples_per_epoch: int = 240  # windows per epoch at least (small datasets cycle); 240, not
+    #   128: 50-100 short training videos stopped learning at 960-1,140 iterations (docs/method.md,
+    #   "Training"); a set with 240 windows an epoch or more is unchanged
     crop_coverage: float = 0.75  # a random window keeps one instance with this fraction inside
     val_every: int = 5  # epochs between validation mAP runs (0: only after the last epoch)
     select: str = "best"  # saved weights: "best" validation average mAP, or "last" epoch

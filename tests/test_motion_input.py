@@ -62,7 +62,7 @@ def motion_set(tmp_path_factory):
 def _train(root, out, *extra):
     return CliRunner().invoke(main, ["train", str(root / "feats"), "--annotations", str(root / "ann.json"),
                                      "-o", str(out), "--epochs", "12", "--window", "64", "--batch-size", "4",
-                                     "--seed", "0", "-q", *extra])
+                                     "--min-windows", "128", "--seed", "0", "-q", *extra])
 
 
 def _validation_map(root, model) -> float:

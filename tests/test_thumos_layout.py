@@ -55,7 +55,7 @@ def test_thumos14_layout_trains_and_detects(thumos, tmp_path):
     model = tmp_path / "thumos14_head.pt"
     r = runner.invoke(main, ["train", str(feats), "--annotations", str(ann), "--subset", "Validation",
                              "--val-subset", "Test", "--select", "last", "--feature-stride", "4",
-                             "--hidden-dim", "32", "--window", "128", "--epochs", "12", "--batch-size", "8",
+                             "--hidden-dim", "32", "--window", "128", "--epochs", "12", "--batch-size", "8", "--min-windows", "128",
                              "--lr", "3e-3", "-q", "-o", str(model)])
     assert r.exit_code == 0, r.output
     ck = torch.load(model, weights_only=True)

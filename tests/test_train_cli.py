@@ -97,3 +97,14 @@ def test_head_tsa_without_its_own_option_is_not_a_clash(bench_dir, tmp_path):
     assert r.exit_code == 0, r.output
     cfg = HeadConfig.from_dict(torch.load(model, weights_only=True)["head_config"])
     assert (cfg.tsa, cfg.tpp) == ("none", False)
+
+
+@pytest.mark.parametrize("flag, windows", [(["--min-windows", "20"], 20), ([], 240)])
+def test_min_windows_sets_the_iterations_of_an_epoch(bench_dir, tmp_path, flag, windows):
+    """4 training videos of 60-80 steps are 4 windows: an epoch cycles them up to the minimum
+    (``--min-windows``, default 240), in batches of 8."""
+    r, model = _train(bench_dir, tmp_path, *flag, "--head", "hidden_dim=8")
+    assert r.exit_code == 0, r.output
+    training = torch.load(model, weights_only=True)["training"]
+    assert training["config"]["min_samples_per_epoch"] == windows
+    assert training["iterations"] == -(-windows // 8)

@@ -133,6 +133,9 @@ def _check_head(head: dict[str, Any], data) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Windows per iteration [default: 4].")
 @click.option("--lr", type=FiniteFloat(0, low_open=True), default=None,
               help="Peak AdamW learning rate [default: 1e-3].")
+@click.option("--min-windows", type=click.IntRange(1), default=None,
+              help="Training windows per epoch at least: small sets cycle through their videos again "
+                   "[default: 240].")
 @click.option("--window", type=click.IntRange(1), default=None,
               help="Training/inference window, feature steps [default: 256].")
 @click.option("--hidden-dim", type=click.IntRange(1), default=None, help="Channels inside the head [default: 128].")
@@ -161,8 +164,8 @@ def _check_head(head: dict[str, Any], data) -> None:
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(features_dir, annotations, output, subset, val_subset, fps, feature_stride, window_frames, epochs,
-            batch_size, lr, window, hidden_dim, tsa, tpp, extra_head, val_every, select, device, precision, final_act,
-            motion_input, seed, resume, quiet):
+            batch_size, lr, min_windows, window, hidden_dim, tsa, tpp, extra_head, val_every, select, device,
+            precision, final_act, motion_input, seed, resume, quiet):
     """Train the TSA/TPP head on FEATURES_DIR (<id>.npy [+ <id>.json]) and ANNOTATIONS.
 
     Foreign meta-less features (e.g. ActionFormer's THUMOS14 I3D .npy) need --feature-stride and
@@ -195,7 +198,7 @@ def command(features_dir, annotations, output, subset, val_subset, fps, feature_
         val_data = with_motion_input(val_data, stats)[0] if val_data is not None else None
     config = TrainConfig(seed=seed, device=device, select=select)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "window": window, "val_every": val_every,
-                 "precision": precision}
+                 "precision": precision, "min_samples_per_epoch": min_windows}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if final_act is not None:
         config = replace(config, loss=replace(config.loss, final_act=final_act))
