@@ -76,6 +76,15 @@ def cpu_has_native_bf16() -> bool:
     return True
 
 
+def onednn_runs_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU at all, natively or emulated: it needs
+    AVX-512 BW/VL/DQ or AVX-NE-CONVERT, and raises on AVX2-only CPUs (Zen 3)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def auto_precision(device: str | torch.device) -> str:
     """``precision="auto"``: "fp16" on CUDA, "bf16" on a CPU with native bf16, else "fp32"."""
     if torch.device(device).type == "cuda":
@@ -134,6 +143,9 @@ class FeatureExtractor:
             raise InputError(f"device {opts.device!r}: CUDA is not available here")
         cuda = device.type == "cuda"
         precision = opts.precision if opts.precision != "auto" else auto_precision(device)
+        if not cuda and precision == "bf16" and not onednn_runs_bf16():  # refused now, not per video
+            raise InputError("precision bf16: this CPU has no bf16 convolutions (they need AVX-512 BW/VL/DQ "
+                             "or AVX-NE-CONVERT); use --precision auto or fp32")
         batch = opts.batch_chunks or (4 if cuda else 1)
         self.options = replace(opts, streams=streams, precision=precision, batch_chunks=batch)
         self.device = device

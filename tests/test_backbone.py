@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 import torch
+from cpucaps import needs_bf16_kernels  # tests/ is on the path
 
 from tal_pipeline.backbone import R3D_18, forward_chunked, r3d_18
 from tal_pipeline.weights import flow_state_dict, load_weights, state_checksum
@@ -208,6 +209,7 @@ def test_batchnorm_folding_keeps_the_outputs(tmp_path):
     assert len(storage(rgb) & storage(flow)) == 19  # every conv but the stem: one copy in memory
 
 
+@needs_bf16_kernels
 def test_fused_blocks_match_the_unfused_net_in_fp32_and_bf16(monkeypatch):
     """Folding also fuses each conv's ReLU and each BasicBlock's residual add + ReLU (oneDNN
     post-ops on the CPU): fp32 equals the unfused net within float rounding, bf16 stays at bf16
@@ -265,6 +267,7 @@ def test_halo_buffers_are_time_major_and_windows_are_views(net):
     assert torch.allclose(got, whole, atol=1e-6) and seen and all(seen)
 
 
+@needs_bf16_kernels
 @pytest.mark.parametrize("dilation,batch", [(1, 1), (2, 1), (2, 2)])
 @pytest.mark.parametrize("steps", [33, 70])
 def test_small_frame_convs_run_in_time_slices_with_the_same_bits(monkeypatch, dilation, batch, steps):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cpucaps import needs_bf16_kernels  # tests/ is on the path
 
 from tal_pipeline import features
 from tal_pipeline.features import FeatureExtractor, auto_precision, cpu_has_native_bf16
@@ -55,6 +56,7 @@ def clip():
     return frames, flow
 
 
+@needs_bf16_kernels
 def test_bf16_features_are_close_to_fp32_and_recorded(clip):
     frames, flow = clip
     out = {
@@ -71,6 +73,7 @@ def test_bf16_features_are_close_to_fp32_and_recorded(clip):
     assert out["bf16"].meta.weights == out["fp32"].meta.weights  # same weights identity
 
 
+@needs_bf16_kernels
 def test_detector_takes_features_of_any_precision(clip):
     frames, flow = clip
     det = Detector.load("demo", build_extractor=False)
@@ -93,3 +96,12 @@ def test_results_record_the_precision_used():
     assert det.provenance("video")["precision"] == "fp32"  # resumes never mix precisions
     auto = Detector.load("demo")
     assert auto.external_data()["precision"] == auto_precision("cpu")
+
+
+def test_bf16_is_refused_up_front_where_the_cpu_has_no_bf16_convolutions(monkeypatch):
+    """An AVX2-only CPU (Zen 3) cannot run oneDNN's bf16 convolutions: one clear error before any
+    video, not the same RuntimeError for every video of a batch."""
+    monkeypatch.setattr(features, "onednn_runs_bf16", lambda: False)
+    with pytest.raises(features.InputError, match="precision bf16: this CPU has no bf16 convolutions"):
+        FeatureExtractor(precision="bf16", device="cpu", weights="seeded")
+    assert FeatureExtractor(precision="fp32", device="cpu", weights="seeded").options.precision == "fp32"
