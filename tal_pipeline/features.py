@@ -56,6 +56,15 @@ FLOW_BACKENDS = ("opencv", "torch")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def onednn_runs_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU at all, natively or emulated: it needs
+    AVX-512 BW/VL/DQ or AVX-NE-CONVERT, and raises on AVX2-only CPUs (Zen 3)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without these probes: assume not
+        return False
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 convolutions on this CPU in hardware, not emulated.
 
@@ -65,24 +74,12 @@ def cpu_has_native_bf16() -> bool:
     """
     import platform
 
-    try:
-        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-            return False
-    except (AttributeError, RuntimeError):  # a torch without these probes: assume not
+    if not onednn_runs_bf16():
         return False
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86"):
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
     return True
-
-
-def onednn_runs_bf16() -> bool:
-    """Whether oneDNN runs bf16 convolutions on this CPU at all, natively or emulated: it needs
-    AVX-512 BW/VL/DQ or AVX-NE-CONVERT, and raises on AVX2-only CPUs (Zen 3)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def auto_precision(device: str | torch.device) -> str:
